@@ -1,0 +1,136 @@
+//! Runs the map pipeline in process on one corpus file and prints what it cost:
+//! each phase's time, the total to READY, peak RSS, and 10-NN label accuracy when labels are given.
+//!
+//!     embedding-map-bench --corpus X.npy [--labels y.npy] [--repeat 3] [--out map.npy] [map flags]
+//!
+//! Prints a table on stderr and one JSON line per run on stdout.
+
+use std::{path::PathBuf, time::Instant};
+
+use clap::Parser;
+use embedding_service::{
+    config::MapArgs,
+    corpus::CorpusSource,
+    pipeline::{self, MapOutput, ProgressSink},
+};
+use embeddingmap_proto::v1::Phase;
+
+#[derive(Parser)]
+#[command(about = "Time the embedding-map pipeline on a corpus file")]
+struct Args {
+    /// Corpus: `.npy` float32 matrix or FAISS index; the demo corpus when absent.
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Item ids for a `.npy` corpus.
+    #[arg(long)]
+    ids: Option<PathBuf>,
+    /// Integer labels, one per row, to score the map by 10-NN label accuracy.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Runs to make; figures are reported per run and as the median.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Writes the last run's map as a float32 N x 2 `.npy`, rows in corpus order.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    map: MapArgs,
+}
+
+struct Quiet;
+
+impl ProgressSink for Quiet {
+    fn phase(&self, _: Phase) {}
+    fn iteration(&self, _: u32) {}
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
+    let labels = args.labels.as_ref().map(|path| read_labels(path)).transpose()?;
+    let settings = args.map.settings();
+    let mut totals = Vec::new();
+    for run in 1..=args.repeat.max(1) {
+        let started = Instant::now();
+        let corpus = source.load()?;
+        let load = started.elapsed();
+        let MapOutput { points, parameters, timings } = pipeline::compute_map(&corpus, &settings, &Quiet)?;
+        let total = started.elapsed();
+        totals.push(total.as_secs_f64());
+        let accuracy = labels.as_ref().map(|labels| pipeline::knn_label_accuracy(&points, labels));
+        let report = serde_json::json!({
+            "implementation": "embedding-service",
+            "run": run,
+            "n": corpus.len(),
+            "dimensions": corpus.dimensions(),
+            "knn": parameters.knn.name(),
+            "gradient": parameters.gradient.name(),
+            "iterations": parameters.iterations,
+            "threads": parameters.threads,
+            "seconds": {
+                "load": load.as_secs_f64(),
+                "normalize": timings.normalize.as_secs_f64(),
+                "pca": timings.pca.as_secs_f64(),
+                "knn": timings.knn.as_secs_f64(),
+                "affinities": timings.affinities.as_secs_f64(),
+                "optimize": timings.optimize.as_secs_f64(),
+                "total": total.as_secs_f64(),
+            },
+            "peak_rss_mb": peak_rss_mb(),
+            "knn10": accuracy,
+        });
+        eprintln!(
+            "run {run}: n={} load {:.3}s normalize {:.3}s pca {:.3}s knn({}) {:.3}s affinities {:.3}s optimize({}) {:.3}s | total {:.3}s | peak RSS {:.0} MB{}",
+            corpus.len(),
+            load.as_secs_f64(),
+            timings.normalize.as_secs_f64(),
+            timings.pca.as_secs_f64(),
+            parameters.knn.name(),
+            timings.knn.as_secs_f64(),
+            timings.affinities.as_secs_f64(),
+            parameters.gradient.name(),
+            timings.optimize.as_secs_f64(),
+            total.as_secs_f64(),
+            peak_rss_mb().unwrap_or(f64::NAN),
+            accuracy.map(|a| format!(" | 10-NN accuracy {a:.4}")).unwrap_or_default(),
+        );
+        println!("{report}");
+        if let Some(out) = &args.out {
+            write_map(out, &points)?;
+        }
+    }
+    totals.sort_by(f64::total_cmp);
+    eprintln!("median total over {} run(s): {:.3}s", totals.len(), totals[totals.len() / 2]);
+    Ok(())
+}
+
+fn read_labels(path: &PathBuf) -> anyhow::Result<Vec<i64>> {
+    let bytes = std::fs::read(path)?;
+    let npy = npyz::NpyFile::new(&bytes[..])?;
+    let labels = match npy.dtype() {
+        npyz::DType::Plain(ts) if ts.to_string() == "<i8" => npy.into_vec::<i64>()?,
+        npyz::DType::Plain(ts) if ts.to_string() == "<i4" => npy.into_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        other => anyhow::bail!("labels must be int32 or int64, found {other:?}"),
+    };
+    Ok(labels)
+}
+
+fn write_map(path: &PathBuf, points: &[[f32; 2]]) -> anyhow::Result<()> {
+    use npyz::WriterBuilder;
+    let mut writer = npyz::WriteOptions::<f32>::new()
+        .default_dtype()
+        .shape(&[points.len() as u64, 2])
+        .writer(std::io::BufWriter::new(std::fs::File::create(path)?))
+        .begin_nd()?;
+    writer.extend(points.iter().flatten().copied())?;
+    writer.finish()?;
+    Ok(())
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}

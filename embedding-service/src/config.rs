@@ -1,0 +1,168 @@
+//! Command-line flags and environment variables (every flag has an `EMBEDDING_*` twin).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, ValueEnum};
+
+use crate::pipeline::{GradientMethod, Initialization, MapSettings};
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "embedding-service", version, about)]
+pub struct Config {
+    /// Address the gRPC server binds; port 0 picks a free port (printed at start).
+    #[arg(long, env = "EMBEDDING_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// Corpus to map: a FAISS index file (flat, IP or L2, with or without an ID map) or a float32
+    /// `.npy` matrix. Without one, the bundled demo corpus (scikit-learn's digits) is served.
+    #[arg(long, env = "EMBEDDING_CORPUS")]
+    pub corpus: Option<PathBuf>,
+
+    /// Item ids for a `.npy` corpus: an integer `.npy` vector, one id per row (default: row numbers).
+    #[arg(long, env = "EMBEDDING_IDS", requires = "corpus")]
+    pub ids: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub map: MapArgs,
+
+    /// Largest gRPC message the server sends or accepts; a READY map of N points takes about
+    /// 17 bytes per point.
+    #[arg(long, env = "EMBEDDING_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// How long in-flight calls may run after SIGTERM before the server stops anyway.
+    #[arg(long, env = "EMBEDDING_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "EMBEDDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The map's parameters; shared with the benchmark command so both run the same pipeline.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MapArgs {
+    /// t-SNE perplexity; clamped to (N - 1) / 3 for small corpora.
+    #[arg(long, env = "EMBEDDING_PERPLEXITY", default_value_t = 30.0)]
+    pub perplexity: f64,
+
+    /// Optimisation iterations in all, early exaggeration included.
+    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 1000)]
+    pub iterations: u32,
+
+    /// Iterations with early exaggeration, at the start.
+    #[arg(long, env = "EMBEDDING_EXAGGERATION_ITERATIONS", default_value_t = 250)]
+    pub exaggeration_iterations: u32,
+
+    /// Seed for every random choice (random initialisation); with PCA initialisation the map is
+    /// a pure function of the corpus.
+    #[arg(long, env = "EMBEDDING_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Dimensions to project to with PCA before the neighbour search, when the corpus is wider.
+    #[arg(long, env = "EMBEDDING_PCA_DIMS", default_value_t = 50)]
+    pub pca_dims: u32,
+
+    /// Worker threads for the computation (FAISS and t-SNE); 0 uses every core.
+    #[arg(long, env = "EMBEDDING_THREADS", default_value_t = 0)]
+    pub threads: usize,
+
+    /// Gradient learning rate; 0 picks N / 12.
+    #[arg(long, env = "EMBEDDING_LEARNING_RATE", default_value_t = 0.0)]
+    pub learning_rate: f64,
+
+    /// Largest corpus searched exactly (FAISS flat); above it FAISS HNSW is used.
+    #[arg(long, env = "EMBEDDING_EXACT_KNN_MAX", default_value_t = 20_000)]
+    pub exact_knn_max: usize,
+
+    /// Repulsive-force approximation.
+    #[arg(long, env = "EMBEDDING_GRADIENT", value_enum, default_value_t = GradientChoice::Auto)]
+    pub gradient: GradientChoice,
+
+    /// Initial layout.
+    #[arg(long, env = "EMBEDDING_INIT", value_enum, default_value_t = Initialization::Pca)]
+    pub init: Initialization,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GradientChoice {
+    /// Barnes-Hut for small corpora, FFT interpolation above.
+    Auto,
+    Fft,
+    BarnesHut,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl MapArgs {
+    pub fn settings(&self) -> MapSettings {
+        MapSettings {
+            perplexity: self.perplexity,
+            iterations: self.iterations,
+            exaggeration_iterations: self.exaggeration_iterations.min(self.iterations),
+            early_exaggeration: 12.0,
+            seed: self.seed,
+            pca_dims: self.pca_dims,
+            threads: self.threads,
+            learning_rate: (self.learning_rate > 0.0).then_some(self.learning_rate),
+            exact_knn_max: self.exact_knn_max,
+            gradient: match self.gradient {
+                GradientChoice::Auto => None,
+                GradientChoice::Fft => Some(GradientMethod::Fft),
+                GradientChoice::BarnesHut => Some(GradientMethod::BarnesHut),
+            },
+            init: self.init,
+        }
+    }
+}
+
+/// Accepts `250ms`, `10s`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 500ms, 10s or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("10h").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn every_flag_parses_from_its_defaults() {
+        let config = Config::try_parse_from(["embedding-service"]).unwrap();
+        assert_eq!(config.map.perplexity, 30.0);
+        assert_eq!(config.map.iterations, 1000);
+        assert!(config.corpus.is_none());
+        let settings = config.map.settings();
+        assert_eq!(settings.learning_rate, None);
+        assert_eq!(settings.exaggeration_iterations, 250);
+    }
+}

@@ -1,0 +1,118 @@
+//! The few FAISS calls the `faiss` crate does not wrap (or wraps wrongly), over `faiss-sys`.
+//! Each returns FAISS's own error text, so failures stay explainable.
+
+use std::{ffi::CStr, os::raw::c_int};
+
+use faiss::index::IndexImpl;
+use faiss_sys::{FaissIndex, FaissVectorTransform};
+
+unsafe extern "C" {
+    // From libgomp, which faiss-sys links for FAISS's OpenMP loops.
+    fn omp_set_num_threads(threads: c_int);
+}
+
+/// Caps the OpenMP threads FAISS uses for this process.
+pub fn set_faiss_threads(threads: usize) {
+    let threads = c_int::try_from(threads.max(1)).unwrap_or(c_int::MAX);
+    // SAFETY: plain setter on the OpenMP runtime; any positive value is valid.
+    unsafe { omp_set_num_threads(threads) }
+}
+
+fn last_error() -> String {
+    // SAFETY: FAISS returns a thread-local C string or null.
+    let message = unsafe { faiss_sys::faiss_get_last_error() };
+    if message.is_null() {
+        "unknown FAISS error".to_owned()
+    } else {
+        // SAFETY: non-null and NUL-terminated, valid until the next FAISS call on this thread.
+        unsafe { CStr::from_ptr(message) }.to_string_lossy().trim().to_owned()
+    }
+}
+
+fn check(code: c_int) -> Result<(), String> {
+    if code == 0 { Ok(()) } else { Err(last_error()) }
+}
+
+/// What a loaded index turned out to be, with the vectors it stores.
+pub struct FlatContents {
+    /// The ID map's ids, when the index has one.
+    pub ids: Option<Vec<i64>>,
+    /// Row-major vectors, `ntotal x d`.
+    pub vectors: Vec<f32>,
+    pub dimensions: usize,
+}
+
+/// Reads every vector of a flat index, unwrapping an `IndexIDMap`/`IndexIDMap2` if present.
+/// Returns `None` when the index (or the one inside the ID map) is not flat.
+pub fn read_flat_contents(index: &IndexImpl) -> Result<Option<FlatContents>, String> {
+    let outer: *mut FaissIndex = index.inner_ptr();
+    // SAFETY: `outer` is a live index owned by `index`; the casts return null or a view of it.
+    unsafe {
+        let (inner, ids) = if !faiss_sys::faiss_IndexFlat_cast(outer).is_null() {
+            (outer, None)
+        } else if !faiss_sys::faiss_IndexIDMap_cast(outer).is_null() {
+            let map = faiss_sys::faiss_IndexIDMap_cast(outer);
+            let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
+            faiss_sys::faiss_IndexIDMap_id_map(map, &mut ptr, &mut len);
+            (faiss_sys::faiss_IndexIDMap_sub_index(map), Some(copy_ids(ptr, len)))
+        } else if !faiss_sys::faiss_IndexIDMap2_cast(outer).is_null() {
+            let map = faiss_sys::faiss_IndexIDMap2_cast(outer);
+            let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
+            faiss_sys::faiss_IndexIDMap2_id_map(map, &mut ptr, &mut len);
+            (faiss_sys::faiss_IndexIDMap2_sub_index(map), Some(copy_ids(ptr, len)))
+        } else {
+            return Ok(None);
+        };
+        if inner.is_null() || faiss_sys::faiss_IndexFlat_cast(inner).is_null() {
+            return Ok(None);
+        }
+        let dimensions = usize::try_from(faiss_sys::faiss_Index_d(inner)).unwrap_or(0);
+        let total = usize::try_from(faiss_sys::faiss_Index_ntotal(inner)).unwrap_or(0);
+        let len = total
+            .checked_mul(dimensions)
+            .ok_or_else(|| format!("index claims {total} x {dimensions} values"))?;
+        let mut vectors = vec![0f32; len];
+        if total > 0 {
+            check(faiss_sys::faiss_Index_reconstruct_n(
+                inner,
+                0,
+                total as i64,
+                vectors.as_mut_ptr(),
+            ))?;
+        }
+        Ok(Some(FlatContents { ids, vectors, dimensions }))
+    }
+}
+
+unsafe fn copy_ids(ptr: *mut i64, len: usize) -> Vec<i64> {
+    if ptr.is_null() || len == 0 {
+        Vec::new()
+    } else {
+        // SAFETY: FAISS hands out its id vector's buffer and length.
+        unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()
+    }
+}
+
+/// FAISS's PCAMatrix: trained on `vectors` (`n x d_in`), applied to them, `n x d_out` returned.
+pub fn pca_project(vectors: &[f32], d_in: usize, d_out: usize) -> Result<Vec<f32>, String> {
+    let n = vectors.len() / d_in;
+    let mut pca: *mut faiss_sys::FaissPCAMatrix = std::ptr::null_mut();
+    // SAFETY: `pca` is created, used with correctly sized buffers, and freed on every path.
+    unsafe {
+        check(faiss_sys::faiss_PCAMatrix_new_with(&mut pca, d_in as c_int, d_out as c_int, 0.0, 0))?;
+        let transform = pca as *mut FaissVectorTransform;
+        let result = (|| {
+            check(faiss_sys::faiss_VectorTransform_train(transform, n as i64, vectors.as_ptr()))?;
+            let mut projected = vec![0f32; n * d_out];
+            faiss_sys::faiss_VectorTransform_apply_noalloc(
+                transform,
+                n as i64,
+                vectors.as_ptr(),
+                projected.as_mut_ptr(),
+            );
+            Ok(projected)
+        })();
+        faiss_sys::faiss_VectorTransform_free(transform);
+        result
+    }
+}

@@ -1,0 +1,56 @@
+//! What `grpc.health.v1` reports.
+//!
+//! - `""` and `embeddingmap.v1.EmbeddingMapService`: SERVING once the server is bound and
+//!   answering, whatever the map's state (COMPUTING and FAILED are truthful answers too);
+//!   NOT_SERVING again from the moment shutdown begins.
+//! - `embeddingmap.v1.MapReady`: SERVING once the map is READY, NOT_SERVING while computing or
+//!   after a failure. Ask for this name to wait for the map itself.
+
+use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
+use tonic::server::NamedService;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::status::{MapStatus, StatusBoard};
+
+/// The health name that follows the map's own readiness.
+pub const MAP_READY_SERVICE: &str = "embeddingmap.v1.MapReady";
+
+fn serving_names() -> [&'static str; 2] {
+    ["", <EmbeddingMapServiceServer<crate::service::MapService> as NamedService>::NAME]
+}
+
+/// Everything NOT_SERVING: the state before the server is bound.
+pub async fn set_starting(reporter: &HealthReporter) {
+    for name in serving_names().into_iter().chain([MAP_READY_SERVICE]) {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+}
+
+/// The server is bound and answers RPCs.
+pub async fn set_serving(reporter: &HealthReporter) {
+    for name in serving_names() {
+        reporter.set_service_status(name, ServingStatus::Serving).await;
+    }
+}
+
+/// Shutdown began: probes should stop sending traffic here.
+pub async fn set_stopping(reporter: &HealthReporter) {
+    for name in serving_names().into_iter().chain([MAP_READY_SERVICE]) {
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
+    }
+}
+
+/// Follows the status board and flips `MAP_READY_SERVICE` to SERVING when the map is ready.
+pub async fn follow_map_readiness(board: StatusBoard, reporter: HealthReporter) {
+    let mut receiver = board.subscribe();
+    loop {
+        let ready = matches!(&*receiver.borrow_and_update(), MapStatus::Ready(_));
+        if ready {
+            reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::Serving).await;
+            return;
+        }
+        if receiver.borrow().is_final() || receiver.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The map job: one dedicated OS thread that loads the corpus and runs the pipeline, so the
+//! async runtime never carries CPU-bound work. It is started before the server binds and is
+//! never joined: shutdown does not wait for it, and a panic inside it becomes a FAILED status.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    thread::JoinHandle,
+    time::{Instant, SystemTime},
+};
+
+use embeddingmap_proto::v1 as pb;
+
+use crate::{
+    corpus::CorpusSource,
+    error::MapError,
+    pipeline::{self, MapOutput, MapSettings},
+    status::StatusPublisher,
+};
+
+pub const THREAD_NAME: &str = "map-compute";
+
+/// Starts the job; the status board sees COMPUTING at once and READY or FAILED at the end.
+pub fn spawn_map_job(
+    source: CorpusSource,
+    settings: MapSettings,
+    publisher: StatusPublisher,
+    started: Instant,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
+        let outcome = catch_unwind(AssertUnwindSafe(|| compute(&source, &settings, &publisher, started)))
+            .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
+        match outcome {
+            Ok(map) => {
+                tracing::info!(points = map.count, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
+                publisher.ready(map);
+            }
+            Err(error) => {
+                tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
+                publisher.failed(error.to_string());
+            }
+        }
+    })
+}
+
+fn compute(
+    source: &CorpusSource,
+    settings: &MapSettings,
+    publisher: &StatusPublisher,
+    started: Instant,
+) -> Result<pb::EmbeddingMap, MapError> {
+    tracing::info!(corpus = %source.describe(), "loading corpus");
+    let corpus = source.load()?;
+    publisher.point_count(corpus.len() as u64);
+    tracing::info!(points = corpus.len(), dimensions = corpus.dimensions(), "corpus loaded; computing map");
+    let MapOutput { points, parameters, timings } = pipeline::compute_map(&corpus, settings, publisher)?;
+    tracing::info!(?timings, "map phases done");
+    Ok(pb::EmbeddingMap {
+        points: corpus.ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
+        count: corpus.len() as u64,
+        parameters: Some(pb::MapParameters {
+            perplexity: parameters.perplexity,
+            iterations: parameters.iterations,
+            exaggeration_iterations: parameters.exaggeration_iterations,
+            early_exaggeration: parameters.early_exaggeration,
+            learning_rate: parameters.learning_rate,
+            seed: parameters.seed,
+            pca_dimensions: parameters.pca_dimensions,
+            neighbors: parameters.neighbors,
+            knn_method: parameters.knn.name().to_owned(),
+            gradient_method: parameters.gradient.name().to_owned(),
+            initialization: parameters.init.name().to_owned(),
+        }),
+        corpus_fingerprint: corpus.fingerprint(),
+        computed_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
+        input_dimensions: corpus.dimensions() as u32,
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".to_owned())
+}

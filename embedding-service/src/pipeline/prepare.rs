@@ -1,0 +1,81 @@
+//! Geometry before the neighbour search: cosine rows, PCA, and the initial 2-D layout.
+
+use ndarray::{Array2, Axis, s};
+use rand::{SeedableRng, rngs::StdRng};
+use rand_distr::{Distribution, Normal};
+
+use crate::{error::MapError, faiss_ext};
+
+/// Scale of the initial layout's first axis, as openTSNE and scikit-learn use: small enough that
+/// early exaggeration, not the initial spread, shapes the clusters.
+const INITIAL_STD: f32 = 1e-4;
+
+/// Rows scaled to unit length, so Euclidean distance ranks neighbours by cosine similarity.
+/// A zero row stays zero.
+pub fn l2_normalized(vectors: &Array2<f32>) -> Array2<f32> {
+    let mut normalized = vectors.to_owned();
+    for mut row in normalized.axis_iter_mut(Axis(0)) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            row.mapv_inplace(|v| v / norm);
+        }
+    }
+    normalized
+}
+
+/// FAISS PCA down to `dims` columns; the input is returned as is when it is no wider.
+pub fn pca_reduce(vectors: Array2<f32>, dims: usize) -> Result<Array2<f32>, MapError> {
+    let (n, d) = vectors.dim();
+    if d <= dims {
+        return Ok(vectors);
+    }
+    let flat = vectors.as_standard_layout();
+    let projected = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, dims)
+        .map_err(|e| MapError::faiss("PCA", e))?;
+    Array2::from_shape_vec((n, dims), projected).map_err(|e| MapError::faiss("PCA", e))
+}
+
+/// The first two principal components (FAISS orders them by decreasing variance), scaled so the
+/// first has standard deviation 1e-4.
+pub fn pca_initial_layout(reduced: &Array2<f32>) -> Result<Vec<f32>, MapError> {
+    let (n, d) = reduced.dim();
+    let top_two = if d > 2 {
+        let flat = reduced.as_standard_layout();
+        let projected = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, 2)
+            .map_err(|e| MapError::faiss("PCA initialisation", e))?;
+        Array2::from_shape_vec((n, 2), projected).map_err(|e| MapError::faiss("PCA initialisation", e))?
+    } else {
+        reduced.slice(s![.., ..2]).to_owned()
+    };
+    let first = top_two.column(0);
+    let mean = first.mean().unwrap_or(0.0);
+    let std = (first.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32).sqrt();
+    // A corpus of identical points has no spread to scale; keep it at the origin.
+    let scale = if std > 0.0 { INITIAL_STD / std } else { 0.0 };
+    Ok(top_two.iter().map(|v| v * scale).collect())
+}
+
+/// Gaussian noise with standard deviation 1e-4 from `seed`.
+pub fn random_initial_layout(points: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, INITIAL_STD).expect("valid normal");
+    (0..points * 2).map(|_| normal.sample(&mut rng)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_become_unit_length_and_zero_rows_stay_zero() {
+        let vectors = ndarray::array![[3.0f32, 4.0], [0.0, 0.0]];
+        let normalized = l2_normalized(&vectors);
+        assert_eq!(normalized, ndarray::array![[0.6f32, 0.8], [0.0, 0.0]]);
+    }
+
+    #[test]
+    fn random_layout_depends_on_the_seed_only() {
+        assert_eq!(random_initial_layout(5, 7), random_initial_layout(5, 7));
+        assert_ne!(random_initial_layout(5, 7), random_initial_layout(5, 8));
+    }
+}

@@ -1,0 +1,91 @@
+//! Boot order and lifecycle: start the map job, bind, serve, drain on a signal.
+
+use std::{future::Future, time::Duration};
+
+use anyhow::Context;
+use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::Server;
+
+use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, shutdown, status};
+
+/// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
+/// the address is printed on stdout as `embedding-service listening on ADDR`.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let settings = config.map.settings();
+    let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
+    let (publisher, board) = status::status_channel(settings.iterations);
+    job::spawn_map_job(source, settings, publisher, board.started()).context("cannot start the map thread")?;
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::set_starting(&reporter).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(embeddingmap_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build the reflection service")?;
+
+    let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
+    let address = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    spawn_named(&tasks, "map-readiness", health::follow_map_readiness(board.clone(), reporter.clone()), &shutdown);
+
+    let map_service = EmbeddingMapServiceServer::new(MapService::new(board, shutdown.clone()))
+        .max_encoding_message_size(config.max_message_bytes)
+        .max_decoding_message_size(config.max_message_bytes);
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(map_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+
+    health::set_serving(&reporter).await;
+    tracing::info!(%address, "serving gRPC");
+    println!("embedding-service listening on {address}");
+
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.context("gRPC server failed"),
+        _ = shutdown::wait_for_signal() => {}
+    }
+    // Readiness drops first, then connections drain within the grace period.
+    health::set_stopping(&reporter).await;
+    shutdown.cancel();
+    tasks.close();
+    match tokio::time::timeout(config.shutdown_grace, server).await {
+        Ok(result) => result.context("gRPC server failed while draining")?,
+        Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open calls"),
+    }
+    tasks.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Spawns a named background task that stops at shutdown and logs how it ended.
+fn spawn_named(
+    tasks: &TaskTracker,
+    name: &'static str,
+    work: impl Future<Output = ()> + Send + 'static,
+    shutdown: &CancellationToken,
+) {
+    let shutdown = shutdown.clone();
+    let handle = tasks.spawn(async move {
+        tokio::select! {
+            _ = work => tracing::debug!(task = name, "task finished"),
+            _ = shutdown.cancelled() => tracing::debug!(task = name, "task stopped for shutdown"),
+        }
+    });
+    tasks.spawn(async move {
+        if let Err(error) = handle.await
+            && error.is_panic()
+        {
+            tracing::error!(task = name, "background task panicked; its duty is no longer done: {error}");
+        }
+    });
+}

@@ -1,0 +1,23 @@
+//! Compiles the protocol with protox (pure Rust, no system `protoc`) and writes the descriptor set
+//! that the services register for gRPC reflection.
+use std::{env, path::PathBuf};
+
+const PROTOS: &[&str] = &["proto/embeddingmap/v1/embedding_map.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // tonic-prost-build's own rerun switch does not cover the files, so name each one.
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("embeddingmap_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! Generated protocol code for `embeddingmap.v1`, shared by the embedding and API services.
+
+pub mod embeddingmap {
+    pub mod v1 {
+        tonic::include_proto!("embeddingmap.v1");
+    }
+}
+
+pub use embeddingmap::v1;
+
+/// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/embeddingmap_descriptor.bin"));

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages the build needs on Debian: cmake and BLAS/LAPACK for the FAISS
+# build. Only what is missing is installed.
+set -euo pipefail
+
+packages=(cmake g++ make libopenblas-dev liblapack-dev)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }

@@ -1,0 +1,221 @@
+//! The embedding service, end to end: the real binary on an ephemeral port.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use embeddingmap_proto::v1::{
+    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest,
+};
+use end_to_end_tests::{
+    ServiceProcess, binary, corpus_files, digits_labels, fixtures_dir, health_status, knn10_accuracy, map_client,
+    poll_until_final,
+};
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+const MAP_READY: &str = "embeddingmap.v1.MapReady";
+const MAP_SERVICE: &str = "embeddingmap.v1.EmbeddingMapService";
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn start(args: &[&str]) -> ServiceProcess {
+    ServiceProcess::start(&binary("embedding-service"), args, &[])
+}
+
+fn points(status: &EmbeddingMapStatus) -> Vec<(i64, f32, f32)> {
+    status.map.as_ref().expect("map").points.iter().map(|p| (p.id, p.x, p.y)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
+    let service = start(&[]);
+    let mut client = map_client(&service).await;
+    let seen = poll_until_final(&mut client, LIMIT).await;
+
+    assert_eq!(seen[0].state(), MapState::Computing, "the first answer comes before the map");
+    let progress: Vec<_> = seen.iter().filter_map(|s| s.progress.clone()).collect();
+    let iterations: BTreeSet<u32> = progress.iter().map(|p| p.iteration).collect();
+    assert!(iterations.len() >= 2, "progress advanced through iterations: {iterations:?}");
+    assert!(progress.iter().all(|p| p.total_iterations == 1000));
+    let phases: Vec<i32> = progress.iter().map(|p| p.phase).collect();
+    assert!(phases.windows(2).all(|w| w[0] <= w[1]), "phases only move forward: {phases:?}");
+    assert!(progress.iter().any(|p| p.phase() == Phase::Optimizing));
+
+    let ready = seen.last().unwrap();
+    assert_eq!(ready.state(), MapState::Ready);
+    let map = ready.map.as_ref().unwrap();
+    assert_eq!(map.count, 1797);
+    assert_eq!(map.input_dimensions, 64);
+    assert_eq!(map.corpus_fingerprint.len(), 64);
+    assert!(map.computed_at.is_some() && map.compute_duration.is_some());
+    let parameters = map.parameters.as_ref().unwrap();
+    assert_eq!((parameters.perplexity, parameters.iterations, parameters.seed), (30.0, 1000, 42));
+    assert_eq!(parameters.initialization, "pca");
+
+    let points = points(ready);
+    let ids: Vec<i64> = points.iter().map(|p| p.0).collect();
+    assert_eq!(ids, (0..1797).collect::<Vec<_>>());
+    let accuracy = knn10_accuracy(&points.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(), &digits_labels());
+    assert!(accuracy >= 0.95, "10-NN label accuracy {accuracy} below 0.95");
+
+    let summary = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await.unwrap().into_inner();
+    let summary = summary.map.unwrap();
+    assert_eq!((summary.points.len(), summary.count), (0, 1797));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_streams_progress_then_the_ready_map_and_ends() {
+    let service = start(&[]);
+    let mut client = map_client(&service).await;
+    let mut stream = client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner();
+    let mut states = Vec::new();
+    let mut last = None;
+    while let Some(message) = tokio::time::timeout(LIMIT, stream.next()).await.expect("stream stalled") {
+        let message = message.expect("stream item");
+        states.push(message.state());
+        last = Some(message);
+    }
+    assert_eq!(states.first(), Some(&MapState::Computing));
+    assert!(states.len() >= 3, "several updates, not just the end: {states:?}");
+    assert_eq!(states.last(), Some(&MapState::Ready), "the stream ends after READY");
+    assert_eq!(points(&last.unwrap()).len(), 1797);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_boots_with_the_same_corpus_and_seed_give_identical_maps() {
+    let (first, second) = (start(&[]), start(&[]));
+    let (mut a, mut b) = (map_client(&first).await, map_client(&second).await);
+    let (a, b) = tokio::join!(poll_until_final(&mut a, LIMIT), poll_until_final(&mut b, LIMIT));
+    let (a, b) = (a.last().unwrap(), b.last().unwrap());
+    assert_eq!(a.state(), MapState::Ready);
+    assert_eq!(a.map.as_ref().unwrap().corpus_fingerprint, b.map.as_ref().unwrap().corpus_fingerprint);
+    assert!(points(a) == points(b), "the maps differ");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_serves_at_once_and_names_map_readiness_separately() {
+    let service = start(&[]);
+    assert_eq!(health_status(&service, "").await, ServingStatus::Serving);
+    assert_eq!(health_status(&service, MAP_SERVICE).await, ServingStatus::Serving);
+    assert_eq!(health_status(&service, MAP_READY).await, ServingStatus::NotServing, "not ready while computing");
+    let mut client = map_client(&service).await;
+    assert_eq!(poll_until_final(&mut client, LIMIT).await.last().unwrap().state(), MapState::Ready);
+    // The health flip follows the status board on its own task; give it a moment.
+    for _ in 0..100 {
+        if health_status(&service, MAP_READY).await == ServingStatus::Serving {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{MAP_READY} never became SERVING");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faiss_index_written_by_python_with_an_id_map_keeps_its_ids() {
+    let index = fixtures_dir().join("clusters_flat_ip_idmap.index");
+    let service = start(&["--corpus", index.to_str().unwrap()]);
+    let mut client = map_client(&service).await;
+    let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+    assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
+    let points = points(&ready);
+    let ids: Vec<i64> = points.iter().map(|p| p.0).collect();
+    assert_eq!(ids, (0..240).map(|i| 10_000 + 7 * i).collect::<Vec<_>>());
+    let labels: Vec<i64> = (0..240).map(|i| i / 60).collect();
+    let accuracy = knn10_accuracy(&points.iter().map(|p| (p.1, p.2)).collect::<Vec<_>>(), &labels);
+    assert!(accuracy > 0.99, "the four clusters stay apart: accuracy {accuracy}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_flat_index_uses_row_numbers_and_npy_uses_its_ids_file() {
+    let flat = start(&["--corpus", fixtures_dir().join("clusters_flat_l2.index").to_str().unwrap()]);
+    let mut client = map_client(&flat).await;
+    let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+    assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
+    let ids: Vec<i64> = points(&ready).iter().map(|p| p.0).collect();
+    assert_eq!(ids, (0..240).collect::<Vec<_>>(), "row numbers without an ID map");
+
+    let dir = tempfile::tempdir().unwrap();
+    let vectors = corpus_files::write_matrix(&dir.path().join("v.npy"), 40, 8, &corpus_files::clustered(4, 10, 8));
+    let wanted: Vec<i64> = (0..40).map(|i| -5 + i * 1_000_000_007).collect();
+    let ids_file = corpus_files::write_ids(&dir.path().join("ids.npy"), &wanted);
+    let npy = start(&["--corpus", vectors.to_str().unwrap(), "--ids", ids_file.to_str().unwrap()]);
+    let mut client = map_client(&npy).await;
+    let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+    assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
+    assert_eq!(points(&ready).iter().map(|p| p.0).collect::<Vec<_>>(), wanted);
+    assert!(ready.map.unwrap().parameters.unwrap().perplexity < 30.0, "perplexity clamped for 40 points");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("garbage.index"), b"IxF2 this is not an index at all, just text").unwrap();
+    let fixture = std::fs::read(fixtures_dir().join("clusters_flat_l2.index")).unwrap();
+    std::fs::write(path("truncated.index"), &fixture[..fixture.len() / 2]).unwrap();
+    std::fs::write(path("garbage.npy"), b"\x93NUMPY garbage").unwrap();
+    std::fs::create_dir(path("directory.index")).unwrap();
+    let mut with_nan = corpus_files::clustered(2, 10, 4);
+    with_nan[13] = f32::NAN;
+    corpus_files::write_matrix(&path("nan.npy"), 20, 4, &with_nan);
+    corpus_files::write_matrix(&path("tiny.npy"), 3, 4, &[1.0; 12]);
+    corpus_files::write_matrix(&path("fine.npy"), 20, 4, &corpus_files::clustered(2, 10, 4));
+    let ids_path = fixtures_dir().join("clusters_ids.npy");
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--corpus".into(), path("missing.npy").display().to_string()], "does not exist"),
+        (vec!["--corpus".into(), path("directory.index").display().to_string()], "is a directory"),
+        (vec!["--corpus".into(), path("garbage.index").display().to_string()], "is not a valid FAISS index"),
+        (vec!["--corpus".into(), path("truncated.index").display().to_string()], "is not a valid FAISS index"),
+        (vec!["--corpus".into(), path("garbage.npy").display().to_string()], "is not a valid .npy matrix"),
+        (vec!["--corpus".into(), fixtures_dir().join("empty_flat.index").display().to_string()], "corpus is empty"),
+        (vec!["--corpus".into(), fixtures_dir().join("clusters_hnsw.index").display().to_string()], "HNSW"),
+        (vec!["--corpus".into(), path("nan.npy").display().to_string()], "non-finite value (NaN or infinity) at row 3, column 1"),
+        (vec!["--corpus".into(), path("tiny.npy").display().to_string()], "corpus has 3 points; a map needs at least 7"),
+        (
+            vec!["--corpus".into(), path("fine.npy").display().to_string(), "--ids".into(), ids_path.display().to_string()],
+            "has 240 ids for 20 corpus rows",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let service = start(&args);
+        let mut client = map_client(&service).await;
+        let last = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+        assert_eq!(last.state(), MapState::Failed, "{args:?} should fail");
+        let message = last.failure.unwrap().message;
+        assert!(message.contains(expected), "{args:?}: message {message:?} lacks {expected:?}");
+        assert_eq!(health_status(&service, "").await, ServingStatus::Serving, "{args:?}: health still answers");
+        assert_eq!(health_status(&service, MAP_READY).await, ServingStatus::NotServing);
+        let log = service.log();
+        assert!(log.contains(&message), "{args:?}: the log says the same; log:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_computation_exits_within_two_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clusters, per_cluster, dims) = (40, 750, 32);
+    let corpus = corpus_files::write_matrix(
+        &dir.path().join("large.npy"),
+        clusters * per_cluster,
+        dims,
+        &corpus_files::clustered(clusters, per_cluster, dims),
+    );
+    let mut service = start(&["--corpus", corpus.to_str().unwrap()]);
+    let mut client = map_client(&service).await;
+    let first = client.get_embedding_map(GetEmbeddingMapRequest::default()).await.unwrap().into_inner();
+    assert_eq!(first.state(), MapState::Computing, "the server answers before a 30k-point map is done");
+
+    // Wait until the optimisation itself is running, with a watcher attached.
+    let mut watch = client.watch_embedding_map(WatchEmbeddingMapRequest::default()).await.unwrap().into_inner();
+    loop {
+        let message = tokio::time::timeout(LIMIT, watch.next()).await.expect("watch stalled").unwrap().unwrap();
+        assert_eq!(message.state(), MapState::Computing, "the map finished before the test could stop it");
+        if message.progress.unwrap().phase() == Phase::Optimizing {
+            break;
+        }
+    }
+    service.signal("TERM");
+    let (status, took) = service.wait_exit(Duration::from_secs(2)).expect("still running 2 s after SIGTERM");
+    assert!(status.success(), "clean exit, got {status:?} after {took:?}");
+    assert!(service.log().contains("SIGTERM"), "the log names the signal");
+}

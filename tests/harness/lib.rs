@@ -1,0 +1,194 @@
+//! Starts the real service binaries for tests: ephemeral ports, captured logs, killed on drop.
+//!
+//! Binaries are found beside the test executable (`target/<profile>/`), as `cargo build` leaves
+//! them; `EMBEDDING_SERVICE_BIN` overrides the path.
+
+pub mod corpus_files;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use embeddingmap_proto::v1::{
+    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, embedding_map_service_client::EmbeddingMapServiceClient,
+};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+
+/// Largest message the tests accept: a READY map of 1M points fits.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Path of a workspace binary built next to the running test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let variable = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Ok(path) = std::env::var(&variable) {
+        return PathBuf::from(path);
+    }
+    let test_exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target profile directory");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first, or set {variable}",
+        path.display()
+    );
+    path
+}
+
+/// A running service process, killed when dropped.
+pub struct ServiceProcess {
+    child: Child,
+    pub address: SocketAddr,
+    log_path: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `args` plus a `--listen 127.0.0.1:0`, and waits for the
+    /// `listening on ADDR` line it prints once bound.
+    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> ServiceProcess {
+        let log_dir = tempfile::tempdir().expect("log directory");
+        let log_path = log_dir.path().join("service.log");
+        let log_file = std::fs::File::create(&log_path).expect("log file");
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (sender, receiver) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(address) = line.rsplit("listening on ").next().filter(|_| line.contains("listening on ")) {
+                    let _ = sender.send(address.trim().to_owned());
+                }
+            }
+        });
+        let address = match receiver.recv_timeout(Duration::from_secs(20)) {
+            Ok(address) => address.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("{} did not report its address; log:\n{}", binary.display(), std::fs::read_to_string(&log_path).unwrap_or_default());
+            }
+        };
+        ServiceProcess { child, address, log_path, _log_dir: log_dir }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends `signal` (e.g. "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `limit` for the process to exit; None if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<(ExitStatus, Duration)> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some((status, started.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn connect(process: &ServiceProcess) -> Channel {
+    Channel::from_shared(process.url()).expect("url").connect().await.expect("connect")
+}
+
+pub async fn map_client(process: &ServiceProcess) -> EmbeddingMapServiceClient<Channel> {
+    EmbeddingMapServiceClient::new(connect(process).await).max_decoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+pub async fn health_status(process: &ServiceProcess, service: &str) -> ServingStatus {
+    let mut client = HealthClient::new(connect(process).await);
+    let response = client.check(HealthCheckRequest { service: service.to_owned() }).await.expect("health check");
+    response.into_inner().status()
+}
+
+/// Polls `GetEmbeddingMap` until the state is final, returning every status seen.
+pub async fn poll_until_final(
+    client: &mut EmbeddingMapServiceClient<Channel>,
+    limit: Duration,
+) -> Vec<EmbeddingMapStatus> {
+    let started = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        let status = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: false }).await.expect("GetEmbeddingMap").into_inner();
+        let state = status.state();
+        seen.push(status);
+        if state != MapState::Computing {
+            return seen;
+        }
+        assert!(started.elapsed() < limit, "map still computing after {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Directory of the committed test fixtures.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+/// The demo corpus's labels (digits 0-9), in corpus order.
+pub fn digits_labels() -> Vec<i64> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../embedding-service/data/digits_y.npy");
+    let npy = npyz::NpyFile::new(std::fs::File::open(path).expect("digits labels")).expect("npy");
+    npy.into_vec::<i32>().expect("int32 labels").into_iter().map(i64::from).collect()
+}
+
+/// 10-NN label accuracy of a 2-D map, brute force: the share of points whose 10 nearest map
+/// neighbours' majority label (ties to the smallest) is their own.
+pub fn knn10_accuracy(points: &[(f32, f32)], labels: &[i64]) -> f64 {
+    let n = points.len();
+    let correct = (0..n)
+        .filter(|&i| {
+            let mut others: Vec<(f32, usize)> = (0..n)
+                .filter(|&j| j != i)
+                .map(|j| ((points[i].0 - points[j].0).powi(2) + (points[i].1 - points[j].1).powi(2), j))
+                .collect();
+            others.select_nth_unstable_by(9, |a, b| a.0.total_cmp(&b.0));
+            let mut votes = std::collections::BTreeMap::<i64, usize>::new();
+            for &(_, j) in &others[..10] {
+                *votes.entry(labels[j]).or_default() += 1;
+            }
+            let best = *votes.values().max().unwrap();
+            votes.iter().find(|&(_, &count)| count == best).map(|(&label, _)| label) == Some(labels[i])
+        })
+        .count();
+    correct as f64 / n as f64
+}
