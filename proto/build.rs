@@ -2,7 +2,7 @@
 //! that the services register for gRPC reflection.
 use std::{env, path::PathBuf};
 
-const PROTOS: &[&str] = &["proto/embeddingmap/v1/embedding_map.proto"];
+const PROTOS: &[&str] = &["proto/embeddingmap/v1/embedding_map.proto", "proto/embeddingmap/api/v1/api.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-prost-build's own rerun switch does not cover the files, so name each one.

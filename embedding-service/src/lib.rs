@@ -10,5 +10,4 @@ pub mod job;
 pub mod pipeline;
 pub mod server;
 pub mod service;
-pub mod shutdown;
 pub mod status;

@@ -1,6 +1,6 @@
 //! Boot order and lifecycle: start the map job, bind, serve, drain on a signal.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use anyhow::Context;
 use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
@@ -9,7 +9,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::Server;
 
-use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, shutdown, status};
+use service_kit::{shutdown, spawn_named};
+
+use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, status};
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -65,27 +67,4 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Spawns a named background task that stops at shutdown and logs how it ended.
-fn spawn_named(
-    tasks: &TaskTracker,
-    name: &'static str,
-    work: impl Future<Output = ()> + Send + 'static,
-    shutdown: &CancellationToken,
-) {
-    let shutdown = shutdown.clone();
-    let handle = tasks.spawn(async move {
-        tokio::select! {
-            _ = work => tracing::debug!(task = name, "task finished"),
-            _ = shutdown.cancelled() => tracing::debug!(task = name, "task stopped for shutdown"),
-        }
-    });
-    tasks.spawn(async move {
-        if let Err(error) = handle.await
-            && error.is_panic()
-        {
-            tracing::error!(task = name, "background task panicked; its duty is no longer done: {error}");
-        }
-    });
 }

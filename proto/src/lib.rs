@@ -4,9 +4,14 @@ pub mod embeddingmap {
     pub mod v1 {
         tonic::include_proto!("embeddingmap.v1");
     }
+    pub mod api {
+        pub mod v1 {
+            tonic::include_proto!("embeddingmap.api.v1");
+        }
+    }
 }
 
-pub use embeddingmap::v1;
+pub use embeddingmap::{api::v1 as api, v1};
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

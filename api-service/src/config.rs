@@ -1,0 +1,83 @@
+//! Command-line flags and environment variables (every flag has an `API_*` twin).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use service_kit::{LogFormat, parse_duration};
+
+#[derive(Clone, Parser)]
+#[command(name = "api-service", version, about)]
+pub struct Config {
+    /// gRPC and gRPC-web (HTTP/1.1 accepted) listen address; port 0 picks a free port.
+    #[arg(long, env = "API_GRPC_LISTEN", default_value = "0.0.0.0:8080")]
+    pub grpc_listen: SocketAddr,
+
+    /// HTTP JSON and probes (/livez, /readyz) listen address.
+    #[arg(long, env = "API_HTTP_LISTEN", default_value = "0.0.0.0:8081")]
+    pub http_listen: SocketAddr,
+
+    /// SQLite database file, created if missing. Must be on a local filesystem (WAL).
+    #[arg(long, env = "API_DATABASE", default_value = "data/api.sqlite3")]
+    pub database: PathBuf,
+
+    /// Pooled SQLite connections.
+    #[arg(long, env = "API_DATABASE_CONNECTIONS", default_value_t = 8)]
+    pub database_connections: u32,
+
+    /// The embedding service's gRPC URL.
+    #[arg(long, env = "API_EMBEDDING_URL", default_value = "http://127.0.0.1:50051")]
+    pub embedding_url: String,
+
+    /// Bearer token for the admin routes.
+    #[arg(long, env = "API_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+
+    /// Origins allowed to call from a browser (gRPC-web and JSON), comma-separated.
+    #[arg(long, env = "API_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Deadline for one request, database work included.
+    #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connect timeout towards the embedding service.
+    #[arg(long, env = "API_EMBEDDING_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub embedding_connect_timeout: Duration,
+
+    /// Per-call timeout towards the embedding service.
+    #[arg(long, env = "API_EMBEDDING_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub embedding_timeout: Duration,
+
+    /// Largest HTTP body and gRPC message accepted.
+    #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest gRPC message sent (a READY map of N points takes about 40 bytes a point).
+    #[arg(long, env = "API_MAX_RESPONSE_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_response_bytes: usize,
+
+    /// Requests served at once per transport; more wait.
+    #[arg(long, env = "API_CONCURRENCY_LIMIT", default_value_t = 512)]
+    pub concurrency_limit: usize,
+
+    /// How long in-flight requests may run after SIGTERM.
+    #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    #[arg(long, env = "API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    // Written by hand so the admin token never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("grpc_listen", &self.grpc_listen)
+            .field("http_listen", &self.http_listen)
+            .field("database", &self.database)
+            .field("embedding_url", &self.embedding_url)
+            .field("admin_token", &"<redacted>")
+            .field("cors_origins", &self.cors_origins)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,133 @@
+//! The api-service's one error type, and its one mapping to gRPC codes and HTTP statuses.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use tonic::Code;
+
+/// Seconds a client should wait before retrying a retryable error.
+pub const RETRY_AFTER_SECONDS: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+
+    #[error("malformed JSON body: {0}")]
+    MalformedJson(String),
+
+    #[error("expected a body with content type application/json")]
+    UnsupportedMediaType,
+
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+
+    #[error("{what} not found")]
+    NotFound { what: String },
+
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+
+    #[error("missing or invalid admin token")]
+    Unauthenticated,
+
+    #[error("the database is busy; retry shortly")]
+    DatabaseBusy,
+
+    #[error("the embedding service cannot be reached: {0}")]
+    EmbeddingUnavailable(String),
+
+    #[error("the embedding map failed: {0}")]
+    MapFailed(String),
+
+    #[error("internal error; see the service log")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ApiError::InvalidArgument { field: field.into(), reason: reason.into() }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::NotFound { what: what.into() }
+    }
+
+    /// The mapping table: gRPC code, HTTP status, stable machine-readable name, retryable.
+    fn kind(&self) -> (Code, StatusCode, &'static str, bool) {
+        match self {
+            ApiError::InvalidArgument { .. } => (Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false),
+            ApiError::MalformedJson(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST, "malformed_json", false),
+            ApiError::UnsupportedMediaType => {
+                (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", false)
+            }
+            ApiError::PayloadTooLarge => {
+                (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false)
+            }
+            ApiError::MethodNotAllowed => (Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+            ApiError::NotFound { .. } => (Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::AlreadyExists { .. } => (Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
+            ApiError::Unauthenticated => (Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
+            ApiError::DatabaseBusy => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
+            ApiError::EmbeddingUnavailable(_) => {
+                (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "embedding_unavailable", true)
+            }
+            ApiError::MapFailed(_) => (Code::FailedPrecondition, StatusCode::INTERNAL_SERVER_ERROR, "map_failed", false),
+            ApiError::Internal(_) => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        self.kind().1
+    }
+
+    fn log(&self) {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!("internal error: {detail}");
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::db::is_busy(&error) {
+            return ApiError::DatabaseBusy;
+        }
+        match error {
+            sqlx::Error::RowNotFound => ApiError::not_found("row"),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(error: ApiError) -> Self {
+        error.log();
+        tonic::Status::new(error.kind().0, error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let (_, status, code, retryable) = self.kind();
+        let field = match &self {
+            ApiError::InvalidArgument { field, .. } => Some(field.clone()),
+            _ => None,
+        };
+        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string(), "field": field } });
+        let mut response = (status, Json(body)).into_response();
+        if retryable {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

@@ -1,0 +1,197 @@
+//! HTTP JSON: the same operations as gRPC, the map as 202/200/304, and the probes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    error::{ApiError, RETRY_AFTER_SECONDS},
+    events::{self, NewEvent},
+    items::{self, NewItem},
+    map_gateway::{MapView, progress_json},
+    state::AppState,
+};
+
+/// Every route. Admin routes sit behind the bearer-token check.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let admin = Router::new()
+        .route("/api/admin/embedding-map", get(embedding_map))
+        .route("/api/admin/items", get(list_items).post(create_item))
+        .route("/api/admin/items/import", post(import_items))
+        .route("/api/admin/items/{id}", get(get_item).put(update_item))
+        .route("/api/admin/stats", get(item_stats))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/api/events", post(record_event))
+        .merge(admin)
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Admin routes are refused before any work is done.
+async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match state.token.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `Json` with our error bodies: 415 without a JSON content type, 413 over the limit, 400 for
+/// syntax errors and for fields of the wrong type (naming the field serde names).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(JsonBody(value)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+            Err(JsonRejection::BytesRejection(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::PayloadTooLarge)
+            }
+            Err(JsonRejection::JsonDataError(error)) => Err(ApiError::invalid("body", error.body_text())),
+            Err(other) => Err(ApiError::MalformedJson(other.body_text())),
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn embedding_map(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    match state.map.view().await? {
+        MapView::Computing(progress) => {
+            let body = json!({ "status": "computing", "progress": progress_json(&progress) });
+            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+            Ok(response)
+        }
+        MapView::Ready(joined) => {
+            let etag = HeaderValue::from_str(&joined.etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+            let matches = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == joined.etag || tag.trim() == "*"));
+            let mut response = if matches {
+                StatusCode::NOT_MODIFIED.into_response()
+            } else {
+                let mut response = Response::new(Body::from(joined.json.clone()));
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                response
+            };
+            response.headers_mut().insert(header::ETAG, etag);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            Ok(response)
+        }
+        MapView::Failed(failure) => {
+            let body = json!({
+                "status": "failed",
+                "error": failure.message,
+                "phase": failure.phase().as_str_name().trim_start_matches("PHASE_").to_lowercase(),
+            });
+            Ok((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response())
+        }
+    }
+}
+
+fn parse_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| ApiError::invalid("id", format!("{text:?} is not an integer id")))
+}
+
+async fn create_item(State(state): State<AppState>, JsonBody(item): JsonBody<NewItem>) -> Result<Response, ApiError> {
+    let item = items::create(&state.pool, &item).await?;
+    state.map.items_changed();
+    Ok((StatusCode::CREATED, Json(item)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemFields {
+    name: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
+}
+
+async fn update_item(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(fields): JsonBody<ItemFields>,
+) -> Result<Json<items::Item>, ApiError> {
+    let item = NewItem { id: parse_id(&id)?, name: fields.name, category: fields.category, attributes: fields.attributes };
+    let item = items::update(&state.pool, &item).await?;
+    state.map.items_changed();
+    Ok(Json(item))
+}
+
+async fn get_item(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<items::Item>, ApiError> {
+    Ok(Json(items::get(&state.pool, parse_id(&id)?).await?))
+}
+
+async fn list_items(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let page_size = match query.get("page_size") {
+        Some(text) => text.parse().map_err(|_| ApiError::invalid("page_size", "must be a whole number"))?,
+        None => 0,
+    };
+    let token = query.get("page_token").map(String::as_str).unwrap_or_default();
+    let (page, next) = items::list(&state.pool, page_size, token).await?;
+    Ok(Json(json!({ "items": page, "next_page_token": next })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportBody {
+    items: Vec<NewItem>,
+}
+
+async fn import_items(State(state): State<AppState>, JsonBody(body): JsonBody<ImportBody>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (created, updated) = items::import(&state.pool, &body.items).await?;
+    state.map.items_changed();
+    Ok(Json(json!({ "created": created, "updated": updated })))
+}
+
+async fn record_event(State(state): State<AppState>, JsonBody(event): JsonBody<NewEvent>) -> Result<Response, ApiError> {
+    let recorded = events::record(&state.pool, &event).await?;
+    let status = if recorded.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(recorded)).into_response())
+}
+
+async fn item_stats(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let ids = match query.get("item_ids").filter(|s| !s.is_empty()) {
+        Some(list) => list.split(',').map(parse_id).collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let limit = match query.get("limit") {
+        Some(text) => text.parse().map_err(|_| ApiError::invalid("limit", "must be a whole number"))?,
+        None => 0,
+    };
+    Ok(Json(json!({ "stats": events::stats(&state.pool, &ids, limit).await? })))
+}

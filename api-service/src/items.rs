@@ -1,0 +1,234 @@
+//! Items: validation and storage. Shared by the gRPC and HTTP handlers.
+
+use std::collections::BTreeMap;
+
+use embeddingmap_proto::api as pb;
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+
+use crate::{db, error::ApiError};
+
+pub const MAX_NAME_CHARS: usize = 200;
+pub const MAX_CATEGORY_CHARS: usize = 100;
+pub const MAX_ATTRIBUTES: usize = 50;
+pub const MAX_ATTRIBUTE_KEY_CHARS: usize = 100;
+pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 2000;
+pub const MAX_IMPORT_ITEMS: usize = 10_000;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+/// An item as a client sends it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewItem {
+    pub id: i64,
+    pub name: String,
+    #[serde(default)]
+    pub category: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// An item as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Item {
+    pub id: i64,
+    pub name: String,
+    pub category: String,
+    pub attributes: BTreeMap<String, String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl From<pb::NewItem> for NewItem {
+    fn from(item: pb::NewItem) -> Self {
+        NewItem { id: item.id, name: item.name, category: item.category, attributes: item.attributes.into_iter().collect() }
+    }
+}
+
+impl From<Item> for pb::Item {
+    fn from(item: Item) -> Self {
+        pb::Item {
+            id: item.id,
+            name: item.name,
+            category: item.category,
+            attributes: item.attributes.into_iter().collect(),
+            created_at: Some(db::timestamp(item.created_at)),
+            updated_at: Some(db::timestamp(item.updated_at)),
+        }
+    }
+}
+
+fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
+    let chars = value.chars().count();
+    if chars < min || chars > max {
+        return Err(ApiError::invalid(field, format!("must be {min} to {max} characters, got {chars}")));
+    }
+    if value.contains('\0') {
+        return Err(ApiError::invalid(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+impl NewItem {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), ApiError> {
+        check_text("name", &self.name, 1, MAX_NAME_CHARS)?;
+        if self.name.trim().is_empty() {
+            return Err(ApiError::invalid("name", "must not be blank"));
+        }
+        check_text("category", &self.category, 0, MAX_CATEGORY_CHARS)?;
+        if self.attributes.len() > MAX_ATTRIBUTES {
+            return Err(ApiError::invalid("attributes", format!("at most {MAX_ATTRIBUTES} entries")));
+        }
+        for (key, value) in &self.attributes {
+            check_text("attributes key", key, 1, MAX_ATTRIBUTE_KEY_CHARS)?;
+            check_text(&format!("attributes[{key}]"), value, 0, MAX_ATTRIBUTE_VALUE_CHARS)?;
+        }
+        Ok(())
+    }
+
+    fn attributes_json(&self) -> String {
+        serde_json::to_string(&self.attributes).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+const COLUMNS: &str = "id, name, category, attributes, created_at, updated_at";
+
+fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
+    let attributes: String = row.try_get("attributes")?;
+    Ok(Item {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        category: row.try_get("category")?,
+        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+pub async fn create(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
+    item.validate()?;
+    let now = db::now_millis();
+    let mut tx = db::write_transaction(pool).await?;
+    let exists = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(item.id).fetch_optional(&mut *tx).await?;
+    if exists.is_some() {
+        return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
+    }
+    let row = sqlx::query(&format!(
+        "INSERT INTO items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+    ))
+    .bind(item.id)
+    .bind(&item.name)
+    .bind(&item.category)
+    .bind(item.attributes_json())
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    let created = from_row(&row)?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+pub async fn update(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
+    item.validate()?;
+    let mut tx = db::write_transaction(pool).await?;
+    let row = sqlx::query(&format!(
+        "UPDATE items SET name = ?, category = ?, attributes = ?, updated_at = ? WHERE id = ? RETURNING {COLUMNS}"
+    ))
+    .bind(&item.name)
+    .bind(&item.category)
+    .bind(item.attributes_json())
+    .bind(db::now_millis())
+    .bind(item.id)
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))?;
+    let updated = from_row(&row)?;
+    tx.commit().await?;
+    Ok(updated)
+}
+
+pub async fn get(pool: &SqlitePool, id: i64) -> Result<Item, ApiError> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id = ?"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("item {id}")))?;
+    Ok(from_row(&row)?)
+}
+
+/// A page of items by ascending id; the token is the last id of the previous page.
+pub async fn list(pool: &SqlitePool, page_size: u32, page_token: &str) -> Result<(Vec<Item>, String), ApiError> {
+    let page_size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(ApiError::invalid("page_size", format!("at most {MAX_PAGE_SIZE}")));
+        }
+        n => n,
+    };
+    let after = if page_token.is_empty() {
+        i64::MIN
+    } else {
+        page_token.parse::<i64>().map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?
+    };
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"))
+        .bind(after)
+        .bind(i64::from(page_size) + 1)
+        .fetch_all(pool)
+        .await?;
+    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+    let next = if items.len() > page_size as usize {
+        items.truncate(page_size as usize);
+        items.last().map(|item| item.id.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((items, next))
+}
+
+/// Creates or replaces all `items` in one transaction; returns (created, updated).
+pub async fn import(pool: &SqlitePool, items: &[NewItem]) -> Result<(u32, u32), ApiError> {
+    if items.len() > MAX_IMPORT_ITEMS {
+        return Err(ApiError::invalid("items", format!("at most {MAX_IMPORT_ITEMS} per import")));
+    }
+    for (index, item) in items.iter().enumerate() {
+        item.validate().map_err(|error| match error {
+            ApiError::InvalidArgument { field, reason } => ApiError::invalid(format!("items[{index}].{field}"), reason),
+            other => other,
+        })?;
+    }
+    let now = db::now_millis();
+    let (mut created, mut updated) = (0, 0);
+    let mut tx = db::write_transaction(pool).await?;
+    for item in items {
+        let existed = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(item.id).fetch_optional(&mut *tx).await?.is_some();
+        sqlx::query(
+            "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
+                attributes = excluded.attributes, updated_at = excluded.updated_at",
+        )
+        .bind(item.id)
+        .bind(&item.name)
+        .bind(&item.category)
+        .bind(item.attributes_json())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if existed { updated += 1 } else { created += 1 }
+    }
+    tx.commit().await?;
+    Ok((created, updated))
+}
+
+/// Every item's name and category by id, for joining with the map.
+pub async fn labels(pool: &SqlitePool) -> Result<std::collections::HashMap<i64, (String, String)>, ApiError> {
+    let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(ApiError::from)
+}

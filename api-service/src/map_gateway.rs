@@ -1,0 +1,205 @@
+//! The admin view of the embedding map: the embedding service's status, with READY maps joined
+//! to the items' names and categories. A joined map (its JSON and its protobuf) is built once per
+//! (corpus fingerprint, computation, items version) and shared by every request after.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use embeddingmap_proto::{
+    api as api_pb,
+    v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient},
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sqlx::SqlitePool;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{error::ApiError, items};
+
+/// What the admin routes show.
+pub enum MapView {
+    Computing(pb::Progress),
+    Ready(Arc<JoinedMap>),
+    Failed(pb::Failure),
+}
+
+pub struct JoinedMap {
+    pub etag: String,
+    /// `{"status":"ready","points":[...],...}`, built once.
+    pub json: Bytes,
+    pub status: api_pb::AdminMapStatus,
+}
+
+#[derive(Clone)]
+pub struct MapGateway {
+    client: EmbeddingMapServiceClient<Channel>,
+    pool: SqlitePool,
+    /// Bumped by every item write, so a joined map never shows stale names.
+    items_version: Arc<AtomicU64>,
+    cache: Arc<Mutex<Option<Arc<JoinedMap>>>>,
+}
+
+impl MapGateway {
+    /// Connects lazily: the API starts (and stays ready) while the embedding service is down,
+    /// and reconnects by itself when it returns.
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        call_timeout: Duration,
+        max_message_bytes: usize,
+        pool: SqlitePool,
+        items_version: Arc<AtomicU64>,
+    ) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(connect_timeout)
+            .timeout(call_timeout)
+            .connect_lazy();
+        Ok(MapGateway {
+            client: EmbeddingMapServiceClient::new(channel).max_decoding_message_size(max_message_bytes),
+            pool,
+            items_version,
+            cache: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    pub fn items_changed(&self) {
+        self.items_version.fetch_add(1, Ordering::Release);
+    }
+
+    pub async fn view(&self) -> Result<MapView, ApiError> {
+        let summary = self
+            .client
+            .clone()
+            .get_embedding_map(pb::GetEmbeddingMapRequest { omit_points: true })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        self.view_of(summary).await
+    }
+
+    /// Turns an upstream status (points omitted) into the admin view, joining READY maps.
+    pub async fn view_of(&self, status: pb::EmbeddingMapStatus) -> Result<MapView, ApiError> {
+        match status.state() {
+            MapState::Ready => {
+                let summary = status.map.unwrap_or_default();
+                Ok(MapView::Ready(self.joined(&summary).await?))
+            }
+            MapState::Failed => Ok(MapView::Failed(status.failure.unwrap_or_default())),
+            _ => Ok(MapView::Computing(status.progress.unwrap_or_default())),
+        }
+    }
+
+    /// Upstream status changes, for the admin watch stream.
+    pub async fn watch(&self) -> Result<tonic::Streaming<pb::EmbeddingMapStatus>, ApiError> {
+        let mut client = self.client.clone();
+        Ok(client
+            .watch_embedding_map(pb::WatchEmbeddingMapRequest { omit_points: true })
+            .await
+            .map_err(unavailable)?
+            .into_inner())
+    }
+
+    async fn joined(&self, summary: &pb::EmbeddingMap) -> Result<Arc<JoinedMap>, ApiError> {
+        let version = self.items_version.load(Ordering::Acquire);
+        let etag = etag(summary, version);
+        let mut cache = self.cache.lock().await;
+        if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == etag) {
+            return Ok(cached.clone());
+        }
+        let full = self
+            .client
+            .clone()
+            .get_embedding_map(pb::GetEmbeddingMapRequest { omit_points: false })
+            .await
+            .map_err(unavailable)?
+            .into_inner();
+        let map = full.map.filter(|_| full.state == MapState::Ready as i32).ok_or_else(|| {
+            ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into())
+        })?;
+        let labels = items::labels(&self.pool).await?;
+        let joined = Arc::new(build(map, &labels, etag));
+        *cache = Some(joined.clone());
+        Ok(joined)
+    }
+}
+
+fn unavailable(status: tonic::Status) -> ApiError {
+    ApiError::EmbeddingUnavailable(format!("{:?}: {}", status.code(), status.message()))
+}
+
+fn etag(summary: &pb::EmbeddingMap, items_version: u64) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(summary.corpus_fingerprint.as_bytes());
+    let computed = summary.computed_at.unwrap_or_default();
+    hasher.update(computed.seconds.to_le_bytes());
+    hasher.update(computed.nanos.to_le_bytes());
+    hasher.update(items_version.to_le_bytes());
+    format!("\"{}\"", &format!("{:x}", hasher.finalize())[..32])
+}
+
+fn build(map: pb::EmbeddingMap, labels: &std::collections::HashMap<i64, (String, String)>, etag: String) -> JoinedMap {
+    let points: Vec<api_pb::MapPoint> = map
+        .points
+        .iter()
+        .map(|point| {
+            let (name, category) = labels.get(&point.id).cloned().unwrap_or_default();
+            api_pb::MapPoint { id: point.id, x: point.x, y: point.y, name, category }
+        })
+        .collect();
+    let json_points: Vec<_> = points
+        .iter()
+        .map(|p| {
+            let known = labels.contains_key(&p.id);
+            json!({
+                "id": p.id, "x": p.x, "y": p.y,
+                "name": known.then_some(&p.name), "category": known.then_some(&p.category),
+            })
+        })
+        .collect();
+    let parameters = map.parameters.clone().unwrap_or_default();
+    let computed_at = map.computed_at.unwrap_or_default();
+    let body = json!({
+        "status": "ready",
+        "count": map.count,
+        "corpus_fingerprint": map.corpus_fingerprint,
+        "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
+        "parameters": {
+            "perplexity": parameters.perplexity,
+            "iterations": parameters.iterations,
+            "seed": parameters.seed,
+            "pca_dimensions": parameters.pca_dimensions,
+            "knn_method": parameters.knn_method,
+            "gradient_method": parameters.gradient_method,
+        },
+        "points": json_points,
+    });
+    let status = api_pb::AdminMapStatus {
+        state: MapState::Ready.into(),
+        count: map.count,
+        corpus_fingerprint: map.corpus_fingerprint,
+        computed_at: map.computed_at,
+        parameters: map.parameters,
+        points,
+        ..Default::default()
+    };
+    JoinedMap { etag, json: Bytes::from(body.to_string()), status }
+}
+
+/// The progress as JSON, for 202 answers.
+pub fn progress_json(progress: &pb::Progress) -> serde_json::Value {
+    let elapsed = progress.elapsed.unwrap_or_default();
+    json!({
+        "phase": progress.phase().as_str_name().trim_start_matches("PHASE_").to_lowercase(),
+        "iteration": progress.iteration,
+        "total_iterations": progress.total_iterations,
+        "point_count": progress.point_count,
+        "elapsed_seconds": elapsed.seconds as f64 + f64::from(elapsed.nanos) / 1e9,
+    })
+}

@@ -1,0 +1,150 @@
+//! Boot order and lifecycle: open and migrate the database, bind both listeners, serve gRPC
+//! (+ gRPC-web) and HTTP; on SIGTERM drop readiness first, then drain within the grace period.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use embeddingmap_proto::api::{
+    admin_map_service_server::AdminMapServiceServer, event_service_server::EventServiceServer,
+    item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
+};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{auth::AdminToken, config::Config, db, grpc::Api, http, map_gateway::MapGateway, state::AppState};
+
+/// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
+/// `api-service http listening on ADDR` once bound.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let token = AdminToken::new(&config.admin_token)?;
+    let pool = db::open(&config.database, config.database_connections)
+        .await
+        .with_context(|| format!("cannot open the database {}", config.database.display()))?;
+    let map = MapGateway::new(
+        &config.embedding_url,
+        config.embedding_connect_timeout,
+        config.embedding_timeout,
+        config.max_response_bytes,
+        pool.clone(),
+        Arc::new(AtomicU64::new(0)),
+    )?;
+    let state = AppState { pool: pool.clone(), map, token: token.clone(), ready: Arc::new(AtomicBool::new(false)) };
+
+    let grpc_listener = TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
+    let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
+    let (grpc_address, http_address) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let grpc = grpc_server(&config, &state, &token, health_service, grpc_listener, shutdown.clone())?;
+    let http_app = http::router(state.clone(), config.max_body_bytes).layer(
+        ServiceBuilder::new()
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                config.request_timeout,
+            ))
+            .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
+            .layer(cors(&config.cors_origins)?),
+    );
+    let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %grpc_address, http = %http_address, database = %config.database.display(), "serving");
+    println!("api-service grpc listening on {grpc_address}");
+    println!("api-service http listening on {http_address}");
+
+    let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, async { http.await.context("HTTP server") }) };
+    tokio::pin!(servers);
+    tokio::select! {
+        result = &mut servers => { result?; return Ok(()) }
+        _ = service_kit::shutdown::wait_for_signal() => {}
+    }
+    // Readiness drops first so load balancers stop sending; then connections drain.
+    state.ready.store(false, Ordering::Release);
+    reporter.set_service_status("", ServingStatus::NotServing).await;
+    shutdown.cancel();
+    match tokio::time::timeout(config.shutdown_grace, servers).await {
+        Ok(result) => {
+            result?;
+        }
+        Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open requests"),
+    }
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn grpc_server(
+    config: &Config,
+    state: &AppState,
+    token: &AdminToken,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(embeddingmap_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let (limit_in, limit_out) = (config.max_body_bytes, config.max_response_bytes);
+    macro_rules! sized {
+        ($server:expr) => {
+            $server.max_decoding_message_size(limit_in).max_encoding_message_size(limit_out)
+        };
+    }
+    let api = || Api(state.clone());
+    let router = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .timeout(config.request_timeout)
+        .concurrency_limit_per_connection(config.concurrency_limit)
+        .layer(cors(&config.cors_origins)?)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(sized!(EventServiceServer::new(api())))
+        .add_service(InterceptedService::new(sized!(ItemServiceServer::new(api())), token.interceptor()))
+        .add_service(InterceptedService::new(sized!(StatsServiceServer::new(api())), token.interceptor()))
+        .add_service(InterceptedService::new(sized!(AdminMapServiceServer::new(api())), token.interceptor()));
+    Ok(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()))
+}
+
+/// CORS for browsers: only the configured origins, and the gRPC trailers exposed so gRPC-web
+/// clients can read statuses.
+fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .filter(|o| !o.is_empty())
+        .map(|o| HeaderValue::from_str(o).with_context(|| format!("invalid CORS origin {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+            header::ETAG,
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600)))
+}

@@ -1,0 +1,25 @@
+//! What every handler shares.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use sqlx::SqlitePool;
+
+use crate::{auth::AdminToken, map_gateway::MapGateway};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: SqlitePool,
+    pub map: MapGateway,
+    pub token: AdminToken,
+    /// Set once the database is open and migrated; cleared when shutdown begins.
+    pub ready: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.pool.is_closed()
+    }
+}
