@@ -3,9 +3,11 @@
 //! Binaries are found beside the test executable (`target/<profile>/`), as `cargo build` leaves
 //! them; `EMBEDDING_SERVICE_BIN` overrides the path.
 
+pub mod api;
 pub mod corpus_files;
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -45,6 +47,7 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct ServiceProcess {
     child: Child,
     pub address: SocketAddr,
+    addresses: HashMap<String, SocketAddr>,
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
 }
@@ -53,15 +56,20 @@ impl ServiceProcess {
     /// Starts `binary` with `args` plus a `--listen 127.0.0.1:0`, and waits for the
     /// `listening on ADDR` line it prints once bound.
     pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> ServiceProcess {
+        let args: Vec<&str> = ["--listen", "127.0.0.1:0"].into_iter().chain(args.iter().copied()).collect();
+        Self::start_listening(binary, &args, env, &["embedding-service"])
+    }
+
+    /// Starts `binary` with exactly `args` and waits for one `LABEL listening on ADDR` line per
+    /// label; the addresses are then available through `address_of`.
+    pub fn start_listening(binary: &Path, args: &[&str], env: &[(&str, &str)], labels: &[&str]) -> ServiceProcess {
         let log_dir = tempfile::tempdir().expect("log directory");
         let log_path = log_dir.path().join("service.log");
         let log_file = std::fs::File::create(&log_path).expect("log file");
         let mut command = Command::new(binary);
         command
-            .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file);
@@ -73,19 +81,34 @@ impl ServiceProcess {
         let (sender, receiver) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(address) = line.rsplit("listening on ").next().filter(|_| line.contains("listening on ")) {
-                    let _ = sender.send(address.trim().to_owned());
+                if let Some((label, address)) = line.split_once(" listening on ") {
+                    let _ = sender.send((label.trim().to_owned(), address.trim().to_owned()));
                 }
             }
         });
-        let address = match receiver.recv_timeout(Duration::from_secs(20)) {
-            Ok(address) => address.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("{} did not report its address; log:\n{}", binary.display(), std::fs::read_to_string(&log_path).unwrap_or_default());
+        let mut addresses = HashMap::new();
+        while addresses.len() < labels.len() {
+            match receiver.recv_timeout(Duration::from_secs(20)) {
+                Ok((label, address)) => {
+                    addresses.insert(label, address.parse().expect("listen address"));
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "{} did not report {labels:?}; log:\n{}",
+                        binary.display(),
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
             }
-        };
-        ServiceProcess { child, address, log_path, _log_dir: log_dir }
+        }
+        let address = addresses[labels[0]];
+        ServiceProcess { child, address, addresses, log_path, _log_dir: log_dir }
+    }
+
+    /// The address printed as `LABEL listening on ADDR`.
+    pub fn address_of(&self, label: &str) -> SocketAddr {
+        self.addresses[label]
     }
 
     pub fn url(&self) -> String {
@@ -126,7 +149,18 @@ impl Drop for ServiceProcess {
     }
 }
 
-pub async fn connect(process: &ServiceProcess) -> Channel {
+/// Anything with a gRPC URL.
+pub trait Endpoint {
+    fn url(&self) -> String;
+}
+
+impl Endpoint for ServiceProcess {
+    fn url(&self) -> String {
+        ServiceProcess::url(self)
+    }
+}
+
+pub async fn connect(process: &impl Endpoint) -> Channel {
     Channel::from_shared(process.url()).expect("url").connect().await.expect("connect")
 }
 
@@ -134,7 +168,7 @@ pub async fn map_client(process: &ServiceProcess) -> EmbeddingMapServiceClient<C
     EmbeddingMapServiceClient::new(connect(process).await).max_decoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-pub async fn health_status(process: &ServiceProcess, service: &str) -> ServingStatus {
+pub async fn health_status(process: &impl Endpoint, service: &str) -> ServingStatus {
     let mut client = HealthClient::new(connect(process).await);
     let response = client.check(HealthCheckRequest { service: service.to_owned() }).await.expect("health check");
     response.into_inner().status()

@@ -1,0 +1,442 @@
+//! The api-service, end to end: the real binary with a real SQLite file in a temp dir and the
+//! real embedding service.
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use embeddingmap_proto::api::{
+    self as pb, admin_map_service_client::AdminMapServiceClient, event_service_client::EventServiceClient,
+    item_service_client::ItemServiceClient, stats_service_client::StatsServiceClient,
+};
+use end_to_end_tests::{
+    ServiceProcess, api::*, binary, digits_labels, health_status,
+};
+use prost::Message;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn embedding_service(extra: &[&str]) -> ServiceProcess {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &["embedding-service"])
+}
+
+async fn import_digits(api: &ServiceProcess) {
+    let items: Vec<Value> = digits_labels()
+        .iter()
+        .enumerate()
+        .map(|(id, label)| json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
+        .collect();
+    let response = http_client()
+        .post(http_url(api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
+}
+
+async fn get_map(api: &ServiceProcess, etag: Option<&str>) -> reqwest::Response {
+    let mut request = http_client().get(http_url(api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN);
+    if let Some(etag) = etag {
+        request = request.header("if-none-match", etag);
+    }
+    request.send().await.unwrap()
+}
+
+/// Polls the map endpoint until 200, checking every 202 on the way; returns the 202 count.
+async fn wait_for_ready_map(api: &ServiceProcess) -> (reqwest::Response, usize) {
+    let started = Instant::now();
+    let mut computing = 0;
+    loop {
+        let response = get_map(api, None).await;
+        match response.status() {
+            StatusCode::OK => return (response, computing),
+            StatusCode::ACCEPTED => {
+                assert!(response.headers().contains_key("retry-after"), "202 carries Retry-After");
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["status"], "computing");
+                assert!(body["progress"]["total_iterations"].as_u64().unwrap() > 0, "{body}");
+                computing += 1;
+            }
+            StatusCode::SERVICE_UNAVAILABLE => assert!(response.headers().contains_key("retry-after")),
+            other => panic!("unexpected {other}: {:?}", response.text().await),
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "map never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embedding_restart() {
+    // More iterations than the default keep the map computing while the API boots.
+    let embedding = embedding_service(&["--iterations", "3000"]);
+    let port = embedding.address.port();
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("api.sqlite3"), &embedding.url(), &[]);
+    import_digits(&api).await;
+
+    let (ready, computing) = wait_for_ready_map(&api).await;
+    assert!(computing > 0, "the map was seen computing (202) before it was ready");
+    let etag = ready.headers()["etag"].to_str().unwrap().to_owned();
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    let points = body["points"].as_array().unwrap();
+    assert_eq!(points.len(), 1797);
+    let labels = digits_labels();
+    for point in points {
+        let id = point["id"].as_u64().unwrap() as usize;
+        assert_eq!(point["name"], format!("digit {} #{id}", labels[id]));
+        assert_eq!(point["category"], labels[id].to_string());
+        assert!(point["x"].as_f64().unwrap().is_finite());
+    }
+    assert_eq!(get_map(&api, Some(&etag)).await.status(), StatusCode::NOT_MODIFIED);
+
+    // The same map over gRPC.
+    let mut admin_map = AdminMapServiceClient::new(grpc_channel(&api).await).max_decoding_message_size(64 << 20);
+    let status = admin_map.get_embedding_map(admin(pb::GetAdminMapRequest::default())).await.unwrap().into_inner();
+    assert_eq!(status.points.len(), 1797);
+    assert_eq!(status.points[5].name, format!("digit {} #5", labels[5]));
+
+    // Renaming an item changes the ETag: the cached JSON is never stale.
+    let renamed = http_client()
+        .put(http_url(&api, "/api/admin/items/5"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "renamed five", "category": "5" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renamed.status(), StatusCode::OK);
+    let fresh = get_map(&api, Some(&etag)).await;
+    assert_eq!(fresh.status(), StatusCode::OK, "a new ETag after an item changed");
+    let body: Value = fresh.json().await.unwrap();
+    assert_eq!(body["points"][5]["name"], "renamed five");
+
+    // The embedding service goes away: 503 with Retry-After, promptly; the API stays ready.
+    drop(embedding);
+    let started = Instant::now();
+    let down = get_map(&api, None).await;
+    assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(down.headers().contains_key("retry-after"));
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang while the embedding service is down");
+    let ready = http_client().get(http_url(&api, "/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "a downstream outage does not make the API unready");
+
+    // It comes back on the same address: 200 again without restarting the API.
+    let listen = format!("127.0.0.1:{port}");
+    let _embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", &listen], &[], &["embedding-service"]);
+    let (again, _) = wait_for_ready_map(&api).await;
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["points"].as_array().unwrap().len(), 1797);
+}
+
+/// Every admin operation, by transport. The gRPC list is checked against the protocol's own
+/// descriptor, so a new admin method cannot be added without appearing here.
+const HTTP_ADMIN_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/api/admin/embedding-map"),
+    ("GET", "/api/admin/items"),
+    ("POST", "/api/admin/items"),
+    ("POST", "/api/admin/items/import"),
+    ("GET", "/api/admin/items/1"),
+    ("PUT", "/api/admin/items/1"),
+    ("GET", "/api/admin/stats"),
+];
+const GRPC_ADMIN_METHODS: &[&str] = &[
+    "ItemService/CreateItem",
+    "ItemService/UpdateItem",
+    "ItemService/GetItem",
+    "ItemService/ListItems",
+    "ItemService/ImportItems",
+    "StatsService/GetItemStats",
+    "AdminMapService/GetEmbeddingMap",
+    "AdminMapService/WatchEmbeddingMap",
+];
+const PUBLIC_GRPC_SERVICES: &[&str] = &["EventService"];
+
+async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&str>) -> Result<(), tonic::Status> {
+    let channel = grpc_channel(api).await;
+    fn wrap<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        match token {
+            Some(token) => authorized(message, token),
+            None => tonic::Request::new(message),
+        }
+    }
+    let mut items = ItemServiceClient::new(channel.clone());
+    let item = || Some(pb::NewItem { id: 1, name: "one".into(), ..Default::default() });
+    match method {
+        "ItemService/CreateItem" => items.create_item(wrap(pb::CreateItemRequest { item: item() }, token)).await.map(drop),
+        "ItemService/UpdateItem" => items.update_item(wrap(pb::UpdateItemRequest { item: item() }, token)).await.map(drop),
+        "ItemService/GetItem" => items.get_item(wrap(pb::GetItemRequest { id: 1 }, token)).await.map(drop),
+        "ItemService/ListItems" => items.list_items(wrap(pb::ListItemsRequest::default(), token)).await.map(drop),
+        "ItemService/ImportItems" => items.import_items(wrap(pb::ImportItemsRequest::default(), token)).await.map(drop),
+        "StatsService/GetItemStats" => StatsServiceClient::new(channel)
+            .get_item_stats(wrap(pb::GetItemStatsRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminMapService/GetEmbeddingMap" => AdminMapServiceClient::new(channel)
+            .get_embedding_map(wrap(pb::GetAdminMapRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminMapService/WatchEmbeddingMap" => AdminMapServiceClient::new(channel)
+            .watch_embedding_map(wrap(pb::GetAdminMapRequest::default(), token))
+            .await
+            .map(drop),
+        other => panic!("no call for {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_route_on_every_transport_requires_the_exact_token() {
+    let descriptor = prost_types::FileDescriptorSet::decode(embeddingmap_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let declared: BTreeSet<String> = descriptor
+        .file
+        .iter()
+        .filter(|file| file.package() == "embeddingmap.api.v1")
+        .flat_map(|file| file.service.iter())
+        .filter(|service| !PUBLIC_GRPC_SERVICES.contains(&service.name()))
+        .flat_map(|service| service.method.iter().map(move |m| format!("{}/{}", service.name(), m.name())))
+        .collect();
+    let tested: BTreeSet<String> = GRPC_ADMIN_METHODS.iter().map(|m| m.to_string()).collect();
+    assert_eq!(declared, tested, "every admin gRPC method is in the auth table");
+
+    let dir = tempfile::tempdir().unwrap();
+    // No embedding service: auth must be decided before any downstream call.
+    let api = start_api(&dir.path().join("auth.sqlite3"), "http://127.0.0.1:9", &[]);
+    let wrong_tokens: Vec<Option<String>> = vec![
+        None,
+        Some("wrong-token-0123456789abcdef".into()),
+        Some(ADMIN_TOKEN.to_uppercase()),
+        Some(format!("{ADMIN_TOKEN}x")),
+        Some(String::new()),
+    ];
+    let client = http_client();
+    for (method, path) in HTTP_ADMIN_ROUTES {
+        for token in &wrong_tokens {
+            let mut request = client.request(method.parse().unwrap(), http_url(&api, path)).json(&json!({}));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
+        }
+        let with_token = client.request(method.parse().unwrap(), http_url(&api, path)).bearer_auth(ADMIN_TOKEN).json(&json!({})).send().await.unwrap();
+        assert_ne!(with_token.status(), StatusCode::UNAUTHORIZED, "{method} {path} with the token");
+    }
+    for method in GRPC_ADMIN_METHODS {
+        for token in &wrong_tokens {
+            let error = call_admin_method(&api, method, token.as_deref()).await.expect_err(method);
+            assert_eq!(error.code(), Code::Unauthenticated, "{method} with {token:?}: {error:?}");
+        }
+        if let Err(error) = call_admin_method(&api, method, Some(ADMIN_TOKEN)).await {
+            assert_ne!(error.code(), Code::Unauthenticated, "{method} with the token");
+        }
+    }
+    // Public routes need no token.
+    let event = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    assert_ne!(event.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(client.get(http_url(&api, "/livez")).send().await.unwrap().status(), StatusCode::OK);
+    assert!(!api.log().contains(ADMIN_TOKEN), "the token never reaches the log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_errors_and_nothing_half_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("bad.sqlite3"), "http://127.0.0.1:9", &["--max-body-bytes", "4096"]);
+    let client = http_client();
+    let items_url = http_url(&api, "/api/admin/items");
+    let post_raw = |body: &'static str, content_type: &'static str| {
+        client.post(&items_url).bearer_auth(ADMIN_TOKEN).header("content-type", content_type).body(body).send()
+    };
+    assert_eq!(post_raw("{\"id\": 1, \"name\": ", "application/json").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(post_raw("{\"id\": 1, \"name\": \"a\"}", "text/plain").await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let huge = json!({ "id": 1, "name": "x".repeat(10_000) });
+    let too_big = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&huge).send().await.unwrap();
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let blank = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "" })).send().await.unwrap();
+    assert_eq!(blank.status(), StatusCode::BAD_REQUEST);
+    let body: Value = blank.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "name", "{body}");
+    let missing = client.get(http_url(&api, "/api/admin/items/424242")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let delete = client.delete(http_url(&api, "/api/admin/items/1")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let no_item = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 77, "kind": "view" })).send().await.unwrap();
+    assert_eq!(no_item.status(), StatusCode::NOT_FOUND);
+    let bad_kind = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 77, "kind": "like" })).send().await.unwrap();
+    assert_eq!(bad_kind.status(), StatusCode::BAD_REQUEST);
+
+    // Names are data, never SQL.
+    let hostile = "'); DROP TABLE items;--";
+    let created = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 7, "name": hostile })).send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let fetched: Value = client.get(http_url(&api, "/api/admin/items/7")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(fetched["name"], hostile);
+
+    // One bad item in an import: nothing of it is stored.
+    let import = json!({ "items": [{ "id": 100, "name": "fine" }, { "id": 101, "name": "" }] });
+    let rejected = client.post(http_url(&api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&import).send().await.unwrap();
+    assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
+    let body: Value = rejected.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "items[1].name");
+    let absent = client.get(http_url(&api, "/api/admin/items/100")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(absent.status(), StatusCode::NOT_FOUND, "the valid half was not written");
+
+    // gRPC names the field too.
+    let mut items = ItemServiceClient::new(grpc_channel(&api).await);
+    let error = items
+        .create_item(admin(pb::CreateItemRequest { item: Some(pb::NewItem { id: 9, name: " ".into(), ..Default::default() }) }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    assert!(error.message().contains("name"), "{error:?}");
+    assert_eq!(health_status(&api_grpc(&api), "").await, tonic_health::pb::health_check_response::ServingStatus::Serving);
+}
+
+/// The api-service's gRPC address as a process handle for the health helper.
+fn api_grpc(api: &ServiceProcess) -> GrpcAddress {
+    GrpcAddress(api.address_of(GRPC))
+}
+
+struct GrpcAddress(std::net::SocketAddr);
+
+impl end_to_end_tests::Endpoint for GrpcAddress {
+    fn url(&self) -> String {
+        format!("http://{}", self.0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
+    const WRITERS: usize = 64;
+    const EVENTS_PER_WRITER: usize = 200;
+    const READERS: usize = 64;
+    const ITEMS: i64 = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("load.sqlite3");
+    let api = Arc::new(start_api(&database, "http://127.0.0.1:9", &[]));
+    let client = http_client();
+    let items: Vec<Value> = (0..ITEMS).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
+    let imported = client.post(http_url(&api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&json!({ "items": items })).send().await.unwrap();
+    assert_eq!(imported.status(), StatusCode::OK);
+    let channel = grpc_channel(&api).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for reader in 0..READERS {
+        let (api, client, channel, done) = (api.clone(), client.clone(), channel.clone(), done.clone());
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0usize;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if reader % 2 == 0 {
+                    let response = client.get(http_url(&api, "/api/admin/stats")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+                    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
+                } else {
+                    StatsServiceClient::new(channel.clone()).get_item_stats(admin(pb::GetItemStatsRequest::default())).await.unwrap();
+                }
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let (api, client, channel) = (api.clone(), client.clone(), channel.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 0..EVENTS_PER_WRITER {
+                let item_id = ((writer * 7 + n) as i64) % ITEMS;
+                let key = format!("w{writer}-e{n}");
+                if writer % 2 == 0 {
+                    let response = client
+                        .post(http_url(&api, "/api/events"))
+                        .json(&json!({ "item_id": item_id, "kind": "view", "client_key": key }))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+                } else {
+                    let recorded = EventServiceClient::new(channel.clone())
+                        .record_event(pb::RecordEventRequest { item_id, kind: pb::EventKind::View.into(), client_key: key })
+                        .await
+                        .unwrap()
+                        .into_inner();
+                    assert!(recorded.created);
+                }
+                if n % 20 == 0 {
+                    let update = pb::NewItem { id: item_id, name: format!("item {item_id} by {writer}"), ..Default::default() };
+                    ItemServiceClient::new(channel.clone()).update_item(admin(pb::UpdateItemRequest { item: Some(update) })).await.unwrap();
+                }
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("a writer failed");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads: usize = futures_util::future::join_all(readers).await.into_iter().map(|r| r.expect("a reader failed")).sum();
+    assert!(reads > 0);
+
+    let stats: Value = client
+        .get(http_url(&api, &format!("/api/admin/stats?limit={ITEMS}")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let total: u64 = stats["stats"].as_array().unwrap().iter().map(|s| s["views"].as_u64().unwrap()).sum();
+    assert_eq!(total, (WRITERS * EVENTS_PER_WRITER) as u64, "every acknowledged event counted once");
+    let rows = sqlite3(&database, "SELECT count(*) FROM events;");
+    assert_eq!(rows.trim(), (WRITERS * EVENTS_PER_WRITER).to_string(), "every acknowledged event stored once");
+    assert_eq!(sqlite3(&database, "PRAGMA integrity_check;").trim(), "ok");
+    assert!(!api.log().contains("database is locked"));
+}
+
+fn sqlite3(database: &std::path::Path, sql: &str) -> String {
+    let output = Command::new("sqlite3").arg(database).arg(sql).output().expect("sqlite3 is installed");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("locked.sqlite3");
+    let api = start_api(&database, "http://127.0.0.1:9", &[]);
+    let client = http_client();
+    let item = client.post(http_url(&api, "/api/admin/items")).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "one" })).send().await.unwrap();
+    assert_eq!(item.status(), StatusCode::CREATED);
+
+    let mut holder = Command::new("sqlite3")
+        .arg(&database)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sqlite3 is installed");
+    {
+        use std::io::Write;
+        let stdin = holder.stdin.as_mut().unwrap();
+        writeln!(stdin, "PRAGMA busy_timeout=1000; BEGIN IMMEDIATE; UPDATE items SET name = 'held' WHERE id = 1;").unwrap();
+        writeln!(stdin, ".shell sleep 7").unwrap();
+        writeln!(stdin, "COMMIT;").unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let blocked = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(blocked.status(), StatusCode::SERVICE_UNAVAILABLE, "{:?}", blocked.text().await);
+    assert!(blocked.headers().contains_key("retry-after"));
+    assert!(waited < Duration::from_millis(6500), "answered before the 7 s lock was released ({waited:?})");
+    assert!(waited >= Duration::from_millis(4000), "waited for busy_timeout first ({waited:?})");
+
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let after = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    assert_eq!(after.status(), StatusCode::CREATED, "recovers once the lock is gone");
+}

@@ -1,0 +1,56 @@
+//! Starting the api-service for tests, and calling it over HTTP and gRPC with or without the
+//! admin token.
+
+use std::path::Path;
+
+use tonic::{Request, metadata::MetadataValue, transport::Channel};
+
+use crate::{ServiceProcess, binary};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+pub const GRPC: &str = "api-service grpc";
+pub const HTTP: &str = "api-service http";
+pub const ALLOWED_ORIGIN: &str = "http://admin.example.test";
+
+/// Starts the api-service on ephemeral ports with its database at `database`.
+pub fn start_api(database: &Path, embedding_url: &str, extra: &[&str]) -> ServiceProcess {
+    let mut args = vec![
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--database",
+        database.to_str().expect("utf-8 path"),
+        "--embedding-url",
+        embedding_url,
+        "--cors-origins",
+        ALLOWED_ORIGIN,
+    ];
+    args.extend_from_slice(extra);
+    ServiceProcess::start_listening(&binary("api-service"), &args, &[("API_ADMIN_TOKEN", ADMIN_TOKEN)], &[GRPC, HTTP])
+}
+
+pub fn http_url(api: &ServiceProcess, path: &str) -> String {
+    format!("http://{}{path}", api.address_of(HTTP))
+}
+
+pub async fn grpc_channel(api: &ServiceProcess) -> Channel {
+    Channel::from_shared(format!("http://{}", api.address_of(GRPC))).unwrap().connect().await.expect("connect to api gRPC")
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", MetadataValue::try_from(format!("Bearer {token}")).expect("ascii token"));
+    request
+}
+
+pub fn admin<T>(message: T) -> Request<T> {
+    authorized(message, ADMIN_TOKEN)
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
+}
