@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs on Debian: cmake and BLAS/LAPACK for the FAISS
-# build. Only what is missing is installed.
+# build, sqlite3 for the tests, curl and python3 for the demo. Only what is missing is installed.
 set -euo pipefail
 
-packages=(cmake g++ make libopenblas-dev liblapack-dev)
+packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -440,3 +440,65 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     let after = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
     assert_eq!(after.status(), StatusCode::CREATED, "recovers once the lock is gone");
 }
+
+/// A gRPC-web call over HTTP/1.1, framed by hand as a browser client frames it.
+async fn grpc_web_call(api: &ServiceProcess, path: &str, message: &impl Message, token: Option<&str>) -> reqwest::Response {
+    let payload = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    let mut request = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("http://{}{path}", api.address_of(GRPC)))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("origin", ALLOWED_ORIGIN)
+        .body(frame);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_web_over_http1_with_cors_for_allowed_origins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("web.sqlite3"), "http://127.0.0.1:9", &[]);
+    let path = "/embeddingmap.api.v1.StatsService/GetItemStats";
+
+    // Trailers-only UNAUTHENTICATED: the status is in the headers, exposed to the page.
+    let refused = grpc_web_call(&api, path, &pb::GetItemStatsRequest::default(), None).await;
+    assert_eq!(refused.version(), reqwest::Version::HTTP_11);
+    assert_eq!(refused.headers()["grpc-status"], "16", "{:?}", refused.headers());
+    let exposed = refused.headers()["access-control-expose-headers"].to_str().unwrap().to_lowercase();
+    for header in ["grpc-status", "grpc-message", "grpc-status-details-bin"] {
+        assert!(exposed.contains(header), "{header} exposed: {exposed}");
+    }
+
+    // With the token: a data frame, then a trailer frame saying OK.
+    let answered = grpc_web_call(&api, path, &pb::GetItemStatsRequest::default(), Some(ADMIN_TOKEN)).await;
+    assert_eq!(answered.status(), StatusCode::OK);
+    let body = answered.bytes().await.unwrap();
+    assert_eq!(body[0], 0, "a data frame first");
+    let length = u32::from_be_bytes(body[1..5].try_into().unwrap()) as usize;
+    pb::GetItemStatsResponse::decode(&body[5..5 + length]).expect("a GetItemStatsResponse");
+    let trailer = &body[5 + length..];
+    assert_eq!(trailer[0], 0x80, "then the trailer frame");
+    assert!(String::from_utf8_lossy(&trailer[5..]).contains("grpc-status:0"));
+
+    // CORS preflight: allowed origin gets the allow header, any other origin does not.
+    let preflight = |origin: &'static str| {
+        http_client()
+            .request(reqwest::Method::OPTIONS, format!("http://{}{path}", api.address_of(GRPC)))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type,x-grpc-web")
+            .send()
+    };
+    let allowed = preflight(ALLOWED_ORIGIN).await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], ALLOWED_ORIGIN);
+    let other = preflight("http://evil.example.test").await.unwrap();
+    assert!(!other.headers().contains_key("access-control-allow-origin"));
+}
