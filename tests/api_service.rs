@@ -502,3 +502,40 @@ async fn grpc_web_over_http1_with_cors_for_allowed_origins_only() {
     let other = preflight("http://evil.example.test").await.unwrap();
     assert!(!other.headers().contains_key("access-control-allow-origin"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drops_readiness_first_and_finishes_in_flight_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("shutdown.sqlite3");
+    let mut api = start_api(&database, "http://127.0.0.1:9", &["--readiness-drain", "1s"]);
+    let client = http_client();
+    let item = client.post(http_url(&api, "/api/admin/items")).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "one" })).send().await.unwrap();
+    assert_eq!(item.status(), StatusCode::CREATED);
+
+    // An outside writer holds the lock for 2 s, so an event is in flight when SIGTERM arrives.
+    let mut holder = Command::new("sqlite3").arg(&database).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
+    {
+        use std::io::Write;
+        let stdin = holder.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN IMMEDIATE; UPDATE items SET name = 'held' WHERE id = 1;\n.shell sleep 2\nCOMMIT;").unwrap();
+    }
+    drop(holder.stdin.take());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let in_flight = tokio::spawn({
+        let url = http_url(&api, "/api/events");
+        let client = client.clone();
+        async move { client.post(url).json(&json!({ "item_id": 1, "kind": "view", "client_key": "last" })).send().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let readiness = client.get(http_url(&api, "/readyz")).send().await.unwrap();
+    assert_eq!(readiness.status(), StatusCode::SERVICE_UNAVAILABLE, "not ready once SIGTERM arrived");
+
+    let finished = in_flight.await.unwrap().expect("the in-flight request got an answer");
+    assert_eq!(finished.status(), StatusCode::CREATED, "the in-flight event was recorded");
+    let (status, _) = api.wait_exit(Duration::from_secs(10)).expect("exits within the grace period");
+    assert!(status.success(), "{status:?}");
+    holder.wait().unwrap();
+    assert_eq!(sqlite3(&database, "SELECT count(*) FROM events WHERE client_key = 'last';").trim(), "1");
+}

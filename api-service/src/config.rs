@@ -60,6 +60,11 @@ pub struct Config {
     #[arg(long, env = "API_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub concurrency_limit: usize,
 
+    /// After SIGTERM, how long to keep accepting requests with /readyz at 503 before closing the
+    /// listeners. Use when nothing else (a Kubernetes preStop hook) delays SIGTERM.
+    #[arg(long, env = "API_READINESS_DRAIN", default_value = "0s", value_parser = parse_duration)]
+    pub readiness_drain: Duration,
+
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

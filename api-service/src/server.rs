@@ -74,6 +74,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Readiness drops first so load balancers stop sending; then connections drain.
     state.ready.store(false, Ordering::Release);
     reporter.set_service_status("", ServingStatus::NotServing).await;
+    if !config.readiness_drain.is_zero() {
+        tracing::info!(drain = ?config.readiness_drain, "not ready; still serving while load balancers notice");
+        let _ = tokio::time::timeout(config.readiness_drain, &mut servers).await;
+    }
     shutdown.cancel();
     match tokio::time::timeout(config.shutdown_grace, servers).await {
         Ok(result) => {
