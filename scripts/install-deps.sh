@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs on Debian: cmake and BLAS/LAPACK for the FAISS
-# build, sqlite3 for the tests, curl and python3 for the demo. Only what is missing is installed.
+# build; sqlite3, python3-venv and Node.js for the tests; curl for the demo. Only what is missing
+# is installed.
 set -euo pipefail
 
-packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3)
+packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3 python3-venv)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
 done
+sudo=""
+[[ $(id -u) -eq 0 ]] || sudo="sudo"
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
-  sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }

@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests and the end-to-end tests of the real binaries.
+# Runs every test: unit tests and the end-to-end tests of the real binaries, including the
+# outside clients (Python grpcio in a venv, Connect's gRPC-web transport from npm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-deps.sh
+
+# Outside clients for tests/peers.rs.
+venv="$HOME/.cache/embedding-map/venv-tests"
+[[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
+export PEERS_PYTHON="$venv/bin/python"
+(cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+
 cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -1,0 +1,62 @@
+//! Clients no one here wrote, against the real services: Python's grpcio (with
+//! grpcio-health-checking) over gRPC, and Connect's gRPC-web transport for Node over HTTP/1.1.
+//! `scripts/test.sh` installs both (a venv and `npm ci` in tests/peers).
+
+use std::{path::PathBuf, process::Command};
+
+use end_to_end_tests::{ServiceProcess, api::*, binary, digits_labels};
+use serde_json::json;
+
+fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
+}
+
+fn python() -> PathBuf {
+    let path = std::env::var_os("PEERS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/embedding-map/venv-tests/bin/python")
+    });
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which creates the peers' venv", path.display());
+    path
+}
+
+fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) -> String {
+    let output = Command::new(program).arg(peers_dir().join(script)).args(args).output().expect("start the peer");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
+    assert!(peers_dir().join("node_modules").exists(), "run scripts/test.sh, which runs npm ci in tests/peers");
+    let embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", "127.0.0.1:0"], &[], &["embedding-service"]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("peers.sqlite3"), &embedding.url(), &[]);
+    let items: Vec<_> = digits_labels()
+        .iter()
+        .enumerate()
+        .map(|(id, label)| json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
+        .collect();
+    let imported = http_client()
+        .post(http_url(&api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
+    assert!(imported.status().is_success());
+
+    let descriptors = dir.path().join("descriptors.bin");
+    std::fs::write(&descriptors, embeddingmap_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let descriptors = descriptors.to_str().unwrap();
+    let grpc_address = api.address_of(GRPC).to_string();
+
+    let python_says = run_peer(&python(), "grpcio_peer.py", &[descriptors, &grpc_address, ADMIN_TOKEN]);
+    assert!(python_says.contains("python grpcio peer: ok (1797 points)"), "{python_says}");
+    let node_says = run_peer(std::path::Path::new("node"), "grpcweb_peer.mjs", &[descriptors, &format!("http://{grpc_address}"), ADMIN_TOKEN]);
+    assert!(node_says.contains("grpc-web peer: ok (1797 points)"), "{node_says}");
+}
