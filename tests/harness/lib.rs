@@ -32,8 +32,11 @@ pub fn binary(name: &str) -> PathBuf {
         return PathBuf::from(path);
     }
     let test_exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = test_exe.parent().and_then(Path::parent).expect("target profile directory");
+    // Tests live in target/<profile>/deps/, benchmark binaries in target/<profile>/ itself.
+    let mut profile_dir = test_exe.parent().expect("target directory");
+    if profile_dir.ends_with("deps") {
+        profile_dir = profile_dir.parent().expect("target profile directory");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
