@@ -26,22 +26,6 @@ fn embedding_service(extra: &[&str]) -> ServiceProcess {
     ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &["embedding-service"])
 }
 
-async fn import_digits(api: &ServiceProcess) {
-    let items: Vec<Value> = digits_labels()
-        .iter()
-        .enumerate()
-        .map(|(id, label)| json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
-        .collect();
-    let response = http_client()
-        .post(http_url(api, "/api/admin/items/import"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "items": items }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
-}
-
 async fn get_map(api: &ServiceProcess, etag: Option<&str>) -> reqwest::Response {
     let mut request = http_client().get(http_url(api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN);
     if let Some(etag) = etag {

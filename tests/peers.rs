@@ -4,8 +4,7 @@
 
 use std::{path::PathBuf, process::Command};
 
-use end_to_end_tests::{ServiceProcess, api::*, binary, digits_labels};
-use serde_json::json;
+use end_to_end_tests::{ServiceProcess, api::*, binary};
 
 fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
@@ -36,19 +35,7 @@ async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
     let embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", "127.0.0.1:0"], &[], &["embedding-service"]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("peers.sqlite3"), &embedding.url(), &[]);
-    let items: Vec<_> = digits_labels()
-        .iter()
-        .enumerate()
-        .map(|(id, label)| json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
-        .collect();
-    let imported = http_client()
-        .post(http_url(&api, "/api/admin/items/import"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "items": items }))
-        .send()
-        .await
-        .unwrap();
-    assert!(imported.status().is_success());
+    import_digits(&api).await;
 
     let descriptors = dir.path().join("descriptors.bin");
     std::fs::write(&descriptors, embeddingmap_proto::FILE_DESCRIPTOR_SET).unwrap();

@@ -17,6 +17,13 @@ use crate::{
 
 pub struct Api(pub AppState);
 
+impl Api {
+    /// Every admin handler starts here; the end-to-end auth table holds each one to it.
+    fn admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        Ok(self.0.token.check_grpc(request)?)
+    }
+}
+
 fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
     item.map(NewItem::from).ok_or_else(|| ApiError::invalid("item", "is required"))
 }
@@ -24,28 +31,33 @@ fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
 #[tonic::async_trait]
 impl pb::item_service_server::ItemService for Api {
     async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Result<Response<pb::Item>, Status> {
+        self.admin(&request)?;
         let item = items::create(&self.0.pool, &new_item(request.into_inner().item)?).await?;
         self.0.map.items_changed();
         Ok(Response::new(item.into()))
     }
 
     async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Result<Response<pb::Item>, Status> {
+        self.admin(&request)?;
         let item = items::update(&self.0.pool, &new_item(request.into_inner().item)?).await?;
         self.0.map.items_changed();
         Ok(Response::new(item.into()))
     }
 
     async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
+        self.admin(&request)?;
         Ok(Response::new(items::get(&self.0.pool, request.get_ref().id).await?.into()))
     }
 
     async fn list_items(&self, request: Request<pb::ListItemsRequest>) -> Result<Response<pb::ListItemsResponse>, Status> {
+        self.admin(&request)?;
         let request = request.into_inner();
         let (page, next_page_token) = items::list(&self.0.pool, request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListItemsResponse { items: page.into_iter().map(Into::into).collect(), next_page_token }))
     }
 
     async fn import_items(&self, request: Request<pb::ImportItemsRequest>) -> Result<Response<pb::ImportItemsResponse>, Status> {
+        self.admin(&request)?;
         let batch: Vec<NewItem> = request.into_inner().items.into_iter().map(NewItem::from).collect();
         let (created, updated) = items::import(&self.0.pool, &batch).await?;
         self.0.map.items_changed();
@@ -70,6 +82,7 @@ impl pb::event_service_server::EventService for Api {
 #[tonic::async_trait]
 impl pb::stats_service_server::StatsService for Api {
     async fn get_item_stats(&self, request: Request<pb::GetItemStatsRequest>) -> Result<Response<pb::GetItemStatsResponse>, Status> {
+        self.admin(&request)?;
         let request = request.into_inner();
         let stats = events::stats(&self.0.pool, &request.item_ids, request.limit).await?;
         Ok(Response::new(pb::GetItemStatsResponse { stats: stats.into_iter().map(Into::into).collect() }))
@@ -94,6 +107,7 @@ type AdminStream = Pin<Box<dyn Stream<Item = Result<pb::AdminMapStatus, Status>>
 #[tonic::async_trait]
 impl pb::admin_map_service_server::AdminMapService for Api {
     async fn get_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Result<Response<pb::AdminMapStatus>, Status> {
+        self.admin(&request)?;
         let view = self.0.map.view().await?;
         Ok(Response::new(admin_status(view, request.get_ref().omit_points)))
     }
@@ -101,6 +115,7 @@ impl pb::admin_map_service_server::AdminMapService for Api {
     type WatchEmbeddingMapStream = AdminStream;
 
     async fn watch_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Result<Response<AdminStream>, Status> {
+        self.admin(&request)?;
         let omit_points = request.get_ref().omit_points;
         let upstream = self.0.map.watch().await?;
         let gateway = self.0.map.clone();

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
 
 use crate::{db, error::ApiError};
 
@@ -110,14 +110,26 @@ fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
 
 pub async fn create(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
     item.validate()?;
-    let now = db::now_millis();
     let mut tx = db::write_transaction(pool).await?;
-    let exists = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(item.id).fetch_optional(&mut *tx).await?;
-    if exists.is_some() {
+    if exists(&mut tx, item.id).await? {
         return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
     }
+    let created = upsert(&mut tx, item, db::now_millis()).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+async fn exists(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(id).fetch_optional(&mut **tx).await?.is_some())
+}
+
+/// Inserts `item`, or replaces its fields (keeping `created_at`) when the id exists.
+async fn upsert(tx: &mut Transaction<'_, Sqlite>, item: &NewItem, now: i64) -> Result<Item, sqlx::Error> {
     let row = sqlx::query(&format!(
-        "INSERT INTO items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) RETURNING {COLUMNS}"
+        "INSERT INTO items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
+            attributes = excluded.attributes, updated_at = excluded.updated_at
+         RETURNING {COLUMNS}"
     ))
     .bind(item.id)
     .bind(&item.name)
@@ -125,11 +137,9 @@ pub async fn create(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError>
     .bind(item.attributes_json())
     .bind(now)
     .bind(now)
-    .fetch_one(&mut *tx)
+    .fetch_one(&mut **tx)
     .await?;
-    let created = from_row(&row)?;
-    tx.commit().await?;
-    Ok(created)
+    from_row(&row)
 }
 
 pub async fn update(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
@@ -204,21 +214,8 @@ pub async fn import(pool: &SqlitePool, items: &[NewItem]) -> Result<(u32, u32), 
     let (mut created, mut updated) = (0, 0);
     let mut tx = db::write_transaction(pool).await?;
     for item in items {
-        let existed = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(item.id).fetch_optional(&mut *tx).await?.is_some();
-        sqlx::query(
-            "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-             ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
-                attributes = excluded.attributes, updated_at = excluded.updated_at",
-        )
-        .bind(item.id)
-        .bind(&item.name)
-        .bind(&item.category)
-        .bind(item.attributes_json())
-        .bind(now)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if existed { updated += 1 } else { created += 1 }
+        if exists(&mut tx, item.id).await? { updated += 1 } else { created += 1 }
+        upsert(&mut tx, item, now).await?;
     }
     tx.commit().await?;
     Ok((created, updated))

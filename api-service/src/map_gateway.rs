@@ -74,13 +74,7 @@ impl MapGateway {
     }
 
     pub async fn view(&self) -> Result<MapView, ApiError> {
-        let summary = self
-            .client
-            .clone()
-            .get_embedding_map(pb::GetEmbeddingMapRequest { omit_points: true })
-            .await
-            .map_err(unavailable)?
-            .into_inner();
+        let summary = self.fetch(true).await?;
         self.view_of(summary).await
     }
 
@@ -94,6 +88,11 @@ impl MapGateway {
             MapState::Failed => Ok(MapView::Failed(status.failure.unwrap_or_default())),
             _ => Ok(MapView::Computing(status.progress.unwrap_or_default())),
         }
+    }
+
+    async fn fetch(&self, omit_points: bool) -> Result<pb::EmbeddingMapStatus, ApiError> {
+        let request = pb::GetEmbeddingMapRequest { omit_points };
+        Ok(self.client.clone().get_embedding_map(request).await.map_err(unavailable)?.into_inner())
     }
 
     /// Upstream status changes, for the admin watch stream.
@@ -113,13 +112,7 @@ impl MapGateway {
         if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == etag) {
             return Ok(cached.clone());
         }
-        let full = self
-            .client
-            .clone()
-            .get_embedding_map(pb::GetEmbeddingMapRequest { omit_points: false })
-            .await
-            .map_err(unavailable)?
-            .into_inner();
+        let full = self.fetch(false).await?;
         let map = full.map.filter(|_| full.state == MapState::Ready as i32).ok_or_else(|| {
             ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into())
         })?;

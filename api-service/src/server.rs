@@ -18,7 +18,6 @@ use embeddingmap_proto::api::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -40,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         pool.clone(),
         Arc::new(AtomicU64::new(0)),
     )?;
-    let state = AppState { pool: pool.clone(), map, token: token.clone(), ready: Arc::new(AtomicBool::new(false)) };
+    let state = AppState { pool: pool.clone(), map, token, ready: Arc::new(AtomicBool::new(false)) };
 
     let grpc_listener = TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
     let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
@@ -48,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let grpc = grpc_server(&config, &state, &token, health_service, grpc_listener, shutdown.clone())?;
+    let grpc = grpc_server(&config, &state, health_service, grpc_listener, shutdown.clone())?;
     let http_app = http::router(state.clone(), config.max_body_bytes).layer(
         ServiceBuilder::new()
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -93,7 +92,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 fn grpc_server(
     config: &Config,
     state: &AppState,
-    token: &AdminToken,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -118,9 +116,9 @@ fn grpc_server(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sized!(EventServiceServer::new(api())))
-        .add_service(InterceptedService::new(sized!(ItemServiceServer::new(api())), token.interceptor()))
-        .add_service(InterceptedService::new(sized!(StatsServiceServer::new(api())), token.interceptor()))
-        .add_service(InterceptedService::new(sized!(AdminMapServiceServer::new(api())), token.interceptor()));
+        .add_service(sized!(ItemServiceServer::new(api())))
+        .add_service(sized!(StatsServiceServer::new(api())))
+        .add_service(sized!(AdminMapServiceServer::new(api())));
     Ok(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()))
 }
 

@@ -19,8 +19,8 @@ fn serving_names() -> [&'static str; 2] {
     ["", <EmbeddingMapServiceServer<crate::service::MapService> as NamedService>::NAME]
 }
 
-/// Everything NOT_SERVING: the state before the server is bound.
-pub async fn set_starting(reporter: &HealthReporter) {
+/// Everything NOT_SERVING: the state before the server is bound, and again once shutdown begins.
+pub async fn set_not_serving(reporter: &HealthReporter) {
     for name in serving_names().into_iter().chain([MAP_READY_SERVICE]) {
         reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
@@ -30,13 +30,6 @@ pub async fn set_starting(reporter: &HealthReporter) {
 pub async fn set_serving(reporter: &HealthReporter) {
     for name in serving_names() {
         reporter.set_service_status(name, ServingStatus::Serving).await;
-    }
-}
-
-/// Shutdown began: probes should stop sending traffic here.
-pub async fn set_stopping(reporter: &HealthReporter) {
-    for name in serving_names().into_iter().chain([MAP_READY_SERVICE]) {
-        reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
 }
 

@@ -22,7 +22,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     job::spawn_map_job(source, settings, publisher, board.started()).context("cannot start the map thread")?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    health::set_starting(&reporter).await;
+    health::set_not_serving(&reporter).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(embeddingmap_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -57,7 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = shutdown::wait_for_signal() => {}
     }
     // Readiness drops first, then connections drain within the grace period.
-    health::set_stopping(&reporter).await;
+    health::set_not_serving(&reporter).await;
     shutdown.cancel();
     tasks.close();
     match tokio::time::timeout(config.shutdown_grace, server).await {

@@ -54,3 +54,20 @@ pub fn admin<T>(message: T) -> Request<T> {
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
+
+/// Imports the demo corpus's items: name "digit D #ID", category D.
+pub async fn import_digits(api: &ServiceProcess) {
+    let items: Vec<serde_json::Value> = crate::digits_labels()
+        .iter()
+        .enumerate()
+        .map(|(id, label)| serde_json::json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
+        .collect();
+    let response = http_client()
+        .post(http_url(api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "{:?}", response.text().await);
+}

@@ -7,10 +7,19 @@ use npyz::WriterBuilder;
 /// Writes a float32 `.npy` of `rows x columns` from `values` (row-major).
 pub fn write_matrix(path: &Path, rows: usize, columns: usize, values: &[f32]) -> PathBuf {
     assert_eq!(values.len(), rows * columns);
+    write_npy(path, &[rows as u64, columns as u64], values)
+}
+
+/// Writes an int64 `.npy` id vector.
+pub fn write_ids(path: &Path, ids: &[i64]) -> PathBuf {
+    write_npy(path, &[ids.len() as u64], ids)
+}
+
+fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) -> PathBuf {
     let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create npy"));
-    let mut writer = npyz::WriteOptions::<f32>::new()
+    let mut writer = npyz::WriteOptions::<T>::new()
         .default_dtype()
-        .shape(&[rows as u64, columns as u64])
+        .shape(shape)
         .writer(file)
         .begin_nd()
         .expect("npy header");
@@ -39,18 +48,4 @@ pub fn clustered(clusters: usize, per_cluster: usize, dims: usize) -> Vec<f32> {
         }
     }
     values
-}
-
-/// Writes an int64 `.npy` id vector.
-pub fn write_ids(path: &Path, ids: &[i64]) -> PathBuf {
-    let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create npy"));
-    let mut writer = npyz::WriteOptions::<i64>::new()
-        .default_dtype()
-        .shape(&[ids.len() as u64])
-        .writer(file)
-        .begin_nd()
-        .expect("npy header");
-    writer.extend(ids.iter().copied()).expect("npy data");
-    writer.finish().expect("npy finish");
-    path.to_owned()
 }

@@ -67,7 +67,7 @@ pub fn nearest_neighbors(
         if found.len() < k {
             return Err(MapError::faiss(
                 step,
-                format!("point {row} got {} of {k} neighbours; lower --exact-knn-max to search exactly", found.len()),
+                format!("point {row} got {} of {k} neighbours; raise --exact-knn-max to search exactly", found.len()),
             ));
         }
         neighbors.push(found);
