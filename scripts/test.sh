@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-deps.sh
 
-# Outside clients for tests/peers.rs.
+# Outside clients for tests/peers.rs and the manifest validator for tests/deploy.rs.
 venv="$HOME/.cache/embedding-map/venv-tests"
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
