@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     error::ApiError,
     events::{self, EventKind, NewEvent},
-    items::{self, NewItem},
+    items::NewItem,
     map_gateway::MapView,
     state::AppState,
 };
@@ -32,35 +32,32 @@ fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
 impl pb::item_service_server::ItemService for Api {
     async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Result<Response<pb::Item>, Status> {
         self.admin(&request)?;
-        let item = items::create(&self.0.pool, &new_item(request.into_inner().item)?).await?;
-        self.0.map.items_changed();
+        let item = self.0.items.create(&new_item(request.into_inner().item)?).await?;
         Ok(Response::new(item.into()))
     }
 
     async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Result<Response<pb::Item>, Status> {
         self.admin(&request)?;
-        let item = items::update(&self.0.pool, &new_item(request.into_inner().item)?).await?;
-        self.0.map.items_changed();
+        let item = self.0.items.update(&new_item(request.into_inner().item)?).await?;
         Ok(Response::new(item.into()))
     }
 
     async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
         self.admin(&request)?;
-        Ok(Response::new(items::get(&self.0.pool, request.get_ref().id).await?.into()))
+        Ok(Response::new(self.0.items.get(request.get_ref().id).await?.into()))
     }
 
     async fn list_items(&self, request: Request<pb::ListItemsRequest>) -> Result<Response<pb::ListItemsResponse>, Status> {
         self.admin(&request)?;
         let request = request.into_inner();
-        let (page, next_page_token) = items::list(&self.0.pool, request.page_size, &request.page_token).await?;
+        let (page, next_page_token) = self.0.items.list(request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListItemsResponse { items: page.into_iter().map(Into::into).collect(), next_page_token }))
     }
 
     async fn import_items(&self, request: Request<pb::ImportItemsRequest>) -> Result<Response<pb::ImportItemsResponse>, Status> {
         self.admin(&request)?;
         let batch: Vec<NewItem> = request.into_inner().items.into_iter().map(NewItem::from).collect();
-        let (created, updated) = items::import(&self.0.pool, &batch).await?;
-        self.0.map.items_changed();
+        let (created, updated) = self.0.items.import(&batch).await?;
         Ok(Response::new(pb::ImportItemsResponse { created, updated }))
     }
 }

@@ -120,8 +120,7 @@ fn parse_id(text: &str) -> Result<i64, ApiError> {
 }
 
 async fn create_item(State(state): State<AppState>, JsonBody(item): JsonBody<NewItem>) -> Result<Response, ApiError> {
-    let item = items::create(&state.pool, &item).await?;
-    state.map.items_changed();
+    let item = state.items.create(&item).await?;
     Ok((StatusCode::CREATED, Json(item)).into_response())
 }
 
@@ -141,13 +140,12 @@ async fn update_item(
     JsonBody(fields): JsonBody<ItemFields>,
 ) -> Result<Json<items::Item>, ApiError> {
     let item = NewItem { id: parse_id(&id)?, name: fields.name, category: fields.category, attributes: fields.attributes };
-    let item = items::update(&state.pool, &item).await?;
-    state.map.items_changed();
+    let item = state.items.update(&item).await?;
     Ok(Json(item))
 }
 
 async fn get_item(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<items::Item>, ApiError> {
-    Ok(Json(items::get(&state.pool, parse_id(&id)?).await?))
+    Ok(Json(state.items.get(parse_id(&id)?).await?))
 }
 
 async fn list_items(
@@ -159,7 +157,7 @@ async fn list_items(
         None => 0,
     };
     let token = query.get("page_token").map(String::as_str).unwrap_or_default();
-    let (page, next) = items::list(&state.pool, page_size, token).await?;
+    let (page, next) = state.items.list(page_size, token).await?;
     Ok(Json(json!({ "items": page, "next_page_token": next })))
 }
 
@@ -170,8 +168,7 @@ struct ImportBody {
 }
 
 async fn import_items(State(state): State<AppState>, JsonBody(body): JsonBody<ImportBody>) -> Result<Json<serde_json::Value>, ApiError> {
-    let (created, updated) = items::import(&state.pool, &body.items).await?;
-    state.map.items_changed();
+    let (created, updated) = state.items.import(&body.items).await?;
     Ok(Json(json!({ "created": created, "updated": updated })))
 }
 

@@ -1,9 +1,14 @@
 //! Items: validation and storage. Shared by the gRPC and HTTP handlers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
 use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
 
 use crate::{db, error::ApiError};
@@ -94,6 +99,14 @@ impl NewItem {
     }
 }
 
+/// Items in the database, plus a version that every committed item write bumps, so views built
+/// from items (the joined map and its ETag) know when they are stale.
+#[derive(Clone)]
+pub struct ItemStore {
+    pool: SqlitePool,
+    version: Arc<AtomicU64>,
+}
+
 const COLUMNS: &str = "id, name, category, attributes, created_at, updated_at";
 
 fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
@@ -108,15 +121,121 @@ fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
     })
 }
 
-pub async fn create(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
-    item.validate()?;
-    let mut tx = db::write_transaction(pool).await?;
-    if exists(&mut tx, item.id).await? {
-        return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
+impl ItemStore {
+    pub fn new(pool: SqlitePool) -> Self {
+        ItemStore { pool, version: Arc::new(AtomicU64::new(0)) }
     }
-    let created = upsert(&mut tx, item, db::now_millis()).await?;
-    tx.commit().await?;
-    Ok(created)
+
+    /// Bumped after every committed item write.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Commits `tx` and marks the items as changed.
+    async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        self.version.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    pub async fn create(&self, item: &NewItem) -> Result<Item, ApiError> {
+        item.validate()?;
+        let mut tx = db::write_transaction(&self.pool).await?;
+        if exists(&mut tx, item.id).await? {
+            return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
+        }
+        let created = upsert(&mut tx, item, db::now_millis()).await?;
+        self.commit(tx).await?;
+        Ok(created)
+    }
+
+    pub async fn update(&self, item: &NewItem) -> Result<Item, ApiError> {
+        item.validate()?;
+        let mut tx = db::write_transaction(&self.pool).await?;
+        let row = sqlx::query(&format!(
+            "UPDATE items SET name = ?, category = ?, attributes = ?, updated_at = ? WHERE id = ? RETURNING {COLUMNS}"
+        ))
+        .bind(&item.name)
+        .bind(&item.category)
+        .bind(item.attributes_json())
+        .bind(db::now_millis())
+        .bind(item.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))?;
+        let updated = from_row(&row)?;
+        self.commit(tx).await?;
+        Ok(updated)
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Item, ApiError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("item {id}")))?;
+        Ok(from_row(&row)?)
+    }
+
+    /// A page of items by ascending id; the token is the last id of the previous page.
+    pub async fn list(&self, page_size: u32, page_token: &str) -> Result<(Vec<Item>, String), ApiError> {
+        let page_size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(ApiError::invalid("page_size", format!("at most {MAX_PAGE_SIZE}")));
+            }
+            n => n,
+        };
+        let after = if page_token.is_empty() {
+            i64::MIN
+        } else {
+            page_token.parse::<i64>().map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?
+        };
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"))
+            .bind(after)
+            .bind(i64::from(page_size) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > page_size as usize {
+            items.truncate(page_size as usize);
+            items.last().map(|item| item.id.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((items, next))
+    }
+
+    /// Creates or replaces all `items` in one transaction; returns (created, updated).
+    pub async fn import(&self, items: &[NewItem]) -> Result<(u32, u32), ApiError> {
+        if items.len() > MAX_IMPORT_ITEMS {
+            return Err(ApiError::invalid("items", format!("at most {MAX_IMPORT_ITEMS} per import")));
+        }
+        for (index, item) in items.iter().enumerate() {
+            item.validate().map_err(|error| match error {
+                ApiError::InvalidArgument { field, reason } => ApiError::invalid(format!("items[{index}].{field}"), reason),
+                other => other,
+            })?;
+        }
+        let now = db::now_millis();
+        let (mut created, mut updated) = (0, 0);
+        let mut tx = db::write_transaction(&self.pool).await?;
+        for item in items {
+            if exists(&mut tx, item.id).await? { updated += 1 } else { created += 1 }
+            upsert(&mut tx, item, now).await?;
+        }
+        self.commit(tx).await?;
+        Ok((created, updated))
+    }
+
+    /// Every item's name and category by id, for joining with the map.
+    pub async fn labels(&self) -> Result<HashMap<i64, (String, String)>, ApiError> {
+        let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(ApiError::from)
+    }
 }
 
 async fn exists(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<bool, sqlx::Error> {
@@ -140,92 +259,4 @@ async fn upsert(tx: &mut Transaction<'_, Sqlite>, item: &NewItem, now: i64) -> R
     .fetch_one(&mut **tx)
     .await?;
     from_row(&row)
-}
-
-pub async fn update(pool: &SqlitePool, item: &NewItem) -> Result<Item, ApiError> {
-    item.validate()?;
-    let mut tx = db::write_transaction(pool).await?;
-    let row = sqlx::query(&format!(
-        "UPDATE items SET name = ?, category = ?, attributes = ?, updated_at = ? WHERE id = ? RETURNING {COLUMNS}"
-    ))
-    .bind(&item.name)
-    .bind(&item.category)
-    .bind(item.attributes_json())
-    .bind(db::now_millis())
-    .bind(item.id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))?;
-    let updated = from_row(&row)?;
-    tx.commit().await?;
-    Ok(updated)
-}
-
-pub async fn get(pool: &SqlitePool, id: i64) -> Result<Item, ApiError> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("item {id}")))?;
-    Ok(from_row(&row)?)
-}
-
-/// A page of items by ascending id; the token is the last id of the previous page.
-pub async fn list(pool: &SqlitePool, page_size: u32, page_token: &str) -> Result<(Vec<Item>, String), ApiError> {
-    let page_size = match page_size {
-        0 => DEFAULT_PAGE_SIZE,
-        n if n > MAX_PAGE_SIZE => {
-            return Err(ApiError::invalid("page_size", format!("at most {MAX_PAGE_SIZE}")));
-        }
-        n => n,
-    };
-    let after = if page_token.is_empty() {
-        i64::MIN
-    } else {
-        page_token.parse::<i64>().map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?
-    };
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"))
-        .bind(after)
-        .bind(i64::from(page_size) + 1)
-        .fetch_all(pool)
-        .await?;
-    let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-    let next = if items.len() > page_size as usize {
-        items.truncate(page_size as usize);
-        items.last().map(|item| item.id.to_string()).unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((items, next))
-}
-
-/// Creates or replaces all `items` in one transaction; returns (created, updated).
-pub async fn import(pool: &SqlitePool, items: &[NewItem]) -> Result<(u32, u32), ApiError> {
-    if items.len() > MAX_IMPORT_ITEMS {
-        return Err(ApiError::invalid("items", format!("at most {MAX_IMPORT_ITEMS} per import")));
-    }
-    for (index, item) in items.iter().enumerate() {
-        item.validate().map_err(|error| match error {
-            ApiError::InvalidArgument { field, reason } => ApiError::invalid(format!("items[{index}].{field}"), reason),
-            other => other,
-        })?;
-    }
-    let now = db::now_millis();
-    let (mut created, mut updated) = (0, 0);
-    let mut tx = db::write_transaction(pool).await?;
-    for item in items {
-        if exists(&mut tx, item.id).await? { updated += 1 } else { created += 1 }
-        upsert(&mut tx, item, now).await?;
-    }
-    tx.commit().await?;
-    Ok((created, updated))
-}
-
-/// Every item's name and category by id, for joining with the map.
-pub async fn labels(pool: &SqlitePool) -> Result<std::collections::HashMap<i64, (String, String)>, ApiError> {
-    let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(ApiError::from)
 }

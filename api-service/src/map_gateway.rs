@@ -2,13 +2,7 @@
 //! to the items' names and categories. A joined map (its JSON and its protobuf) is built once per
 //! (corpus fingerprint, computation, items version) and shared by every request after.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use embeddingmap_proto::{
@@ -17,11 +11,10 @@ use embeddingmap_proto::{
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use sqlx::SqlitePool;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{error::ApiError, items};
+use crate::{error::ApiError, items::ItemStore};
 
 /// What the admin routes show.
 pub enum MapView {
@@ -40,9 +33,8 @@ pub struct JoinedMap {
 #[derive(Clone)]
 pub struct MapGateway {
     client: EmbeddingMapServiceClient<Channel>,
-    pool: SqlitePool,
-    /// Bumped by every item write, so a joined map never shows stale names.
-    items_version: Arc<AtomicU64>,
+    /// Names and categories; its version is part of the ETag, so a joined map is never stale.
+    items: ItemStore,
     cache: Arc<Mutex<Option<Arc<JoinedMap>>>>,
 }
 
@@ -54,8 +46,7 @@ impl MapGateway {
         connect_timeout: Duration,
         call_timeout: Duration,
         max_message_bytes: usize,
-        pool: SqlitePool,
-        items_version: Arc<AtomicU64>,
+        items: ItemStore,
     ) -> anyhow::Result<Self> {
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
@@ -63,14 +54,9 @@ impl MapGateway {
             .connect_lazy();
         Ok(MapGateway {
             client: EmbeddingMapServiceClient::new(channel).max_decoding_message_size(max_message_bytes),
-            pool,
-            items_version,
+            items,
             cache: Arc::new(Mutex::new(None)),
         })
-    }
-
-    pub fn items_changed(&self) {
-        self.items_version.fetch_add(1, Ordering::Release);
     }
 
     pub async fn view(&self) -> Result<MapView, ApiError> {
@@ -106,7 +92,7 @@ impl MapGateway {
     }
 
     async fn joined(&self, summary: &pb::EmbeddingMap) -> Result<Arc<JoinedMap>, ApiError> {
-        let version = self.items_version.load(Ordering::Acquire);
+        let version = self.items.version();
         let etag = etag(summary, version);
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == etag) {
@@ -116,7 +102,7 @@ impl MapGateway {
         let map = full.map.filter(|_| full.state == MapState::Ready as i32).ok_or_else(|| {
             ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into())
         })?;
-        let labels = items::labels(&self.pool).await?;
+        let labels = self.items.labels().await?;
         let joined = Arc::new(build(map, &labels, etag));
         *cache = Some(joined.clone());
         Ok(joined)

@@ -4,7 +4,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::Duration,
 };
@@ -22,7 +22,9 @@ use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::{auth::AdminToken, config::Config, db, grpc::Api, http, map_gateway::MapGateway, state::AppState};
+use crate::{
+    auth::AdminToken, config::Config, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
+};
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
 /// `api-service http listening on ADDR` once bound.
@@ -31,15 +33,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::open(&config.database, config.database_connections)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.display()))?;
+    let items = ItemStore::new(pool.clone());
     let map = MapGateway::new(
         &config.embedding_url,
         config.embedding_connect_timeout,
         config.embedding_timeout,
         config.max_response_bytes,
-        pool.clone(),
-        Arc::new(AtomicU64::new(0)),
+        items.clone(),
     )?;
-    let state = AppState { pool: pool.clone(), map, token, ready: Arc::new(AtomicBool::new(false)) };
+    let state = AppState { pool: pool.clone(), items, map, token, ready: Arc::new(AtomicBool::new(false)) };
 
     let grpc_listener = TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
     let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;

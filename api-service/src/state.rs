@@ -7,11 +7,13 @@ use std::sync::{
 
 use sqlx::SqlitePool;
 
-use crate::{auth::AdminToken, map_gateway::MapGateway};
+use crate::{auth::AdminToken, items::ItemStore, map_gateway::MapGateway};
 
 #[derive(Clone)]
 pub struct AppState {
+    /// For events and stats; items go through `items`.
     pub pool: SqlitePool,
+    pub items: ItemStore,
     pub map: MapGateway,
     pub token: AdminToken,
     /// Set once the database is open and migrated; cleared when shutdown begins.
