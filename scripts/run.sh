@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-deps.sh
+scripts/build-admin-ui.sh
 cargo build --release --locked --bin embedding-service --bin embedding-map-client --bin api-service
 bin="$CARGO_TARGET_DIR/release"
 
@@ -28,6 +29,7 @@ cat <<TXT
 embedding-service  gRPC  http://$embedding_listen   (embeddingmap.v1.EmbeddingMapService, health, reflection)
 api-service        gRPC  http://$grpc_listen   (gRPC and gRPC-web: embeddingmap.api.v1.*)
 api-service        HTTP  http://$http_listen   (JSON API, /livez, /readyz)
+admin page               http://$http_listen/admin/   (sign in with the admin token)
 database           $database
 admin token        $API_ADMIN_TOKEN
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests and the end-to-end tests of the real binaries, including the
-# outside clients (Python grpcio in a venv, Connect's gRPC-web transport from npm).
+# outside clients (Python grpcio in a venv, Connect's gRPC-web transport from npm) and the admin
+# page in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -13,6 +14,7 @@ venv="$HOME/.cache/embedding-map/venv-tests"
 export PEERS_PYTHON="$venv/bin/python"
 (cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
 
+scripts/build-admin-ui.sh
 cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -427,6 +427,16 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
 
 /// A gRPC-web call over HTTP/1.1, framed by hand as a browser client frames it.
 async fn grpc_web_call(api: &ServiceProcess, path: &str, message: &impl Message, token: Option<&str>) -> reqwest::Response {
+    grpc_web_call_on(api, GRPC, path, message, token).await
+}
+
+async fn grpc_web_call_on(
+    api: &ServiceProcess,
+    listener: &str,
+    path: &str,
+    message: &impl Message,
+    token: Option<&str>,
+) -> reqwest::Response {
     let payload = message.encode_to_vec();
     let mut frame = vec![0u8];
     frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -435,7 +445,7 @@ async fn grpc_web_call(api: &ServiceProcess, path: &str, message: &impl Message,
         .http1_only()
         .build()
         .unwrap()
-        .post(format!("http://{}{path}", api.address_of(GRPC)))
+        .post(format!("http://{}{path}", api.address_of(listener)))
         .header("content-type", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
         .header("origin", ALLOWED_ORIGIN)
@@ -471,6 +481,13 @@ async fn grpc_web_over_http1_with_cors_for_allowed_origins_only() {
     let trailer = &body[5 + length..];
     assert_eq!(trailer[0], 0x80, "then the trailer frame");
     assert!(String::from_utf8_lossy(&trailer[5..]).contains("grpc-status:0"));
+
+    // The admin page's same-origin route on the HTTP port holds the same line.
+    let map_path = "/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap";
+    let page_refused = grpc_web_call_on(&api, HTTP, map_path, &pb::GetAdminMapRequest::default(), None).await;
+    assert_eq!(page_refused.headers()["grpc-status"], "16", "{:?}", page_refused.headers());
+    let wrong = grpc_web_call_on(&api, HTTP, map_path, &pb::GetAdminMapRequest::default(), Some("wrong-token-0123456789")).await;
+    assert_eq!(wrong.headers()["grpc-status"], "16");
 
     // CORS preflight: allowed origin gets the allow header, any other origin does not.
     let preflight = |origin: &'static str| {

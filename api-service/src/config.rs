@@ -28,6 +28,11 @@ pub struct Config {
     #[arg(long, env = "API_EMBEDDING_URL", default_value = "http://127.0.0.1:50051")]
     pub embedding_url: String,
 
+    /// gRPC-web base URL the admin page calls; empty means the page's own origin (this HTTP
+    /// port also serves the admin map service as gRPC-web).
+    #[arg(long, env = "API_ADMIN_GRPC_WEB_URL", default_value = "")]
+    pub admin_grpc_web_url: String,
+
     /// Bearer token for the admin routes.
     #[arg(long, env = "API_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: String,

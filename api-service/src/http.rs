@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// Every route. Admin routes sit behind the bearer-token check.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/admin/embedding-map", get(embedding_map))
         .route("/api/admin/items", get(list_items).post(create_item))
@@ -36,6 +36,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/events", post(record_event))
         .merge(admin)
+        .merge(admin_page)
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))

@@ -1,6 +1,7 @@
 //! The api-service: owns the SQLite database that public traffic writes to, and is the one door
 //! for internal services (gRPC), the browser admin page (gRPC-web) and probes (HTTP).
 
+pub mod admin_page;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -23,7 +23,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    auth::AdminToken, config::Config, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
+    admin_page, auth::AdminToken, config::Config, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
 };
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
@@ -50,7 +50,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let grpc = grpc_server(&config, &state, health_service, grpc_listener, shutdown.clone())?;
-    let http_app = http::router(state.clone(), config.max_body_bytes).layer(
+    let admin_page = admin_page::routes(config.admin_grpc_web_url.clone(), Api(state.clone()), config.max_response_bytes);
+    let http_app = http::router(state.clone(), config.max_body_bytes, admin_page).layer(
         ServiceBuilder::new()
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 axum::http::StatusCode::SERVICE_UNAVAILABLE,

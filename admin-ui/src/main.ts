@@ -1,0 +1,260 @@
+// The admin page: signs in with the admin token (kept for this browser session only), follows
+// the map over gRPC-web (WatchEmbeddingMap, no polling loop), and draws it when ready.
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { AdminMapService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
+import { MapState, Phase } from "./gen/embeddingmap/v1/embedding_map_pb";
+import { MapView, categoryColor, type Point } from "./map_view";
+
+const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
+const TOKEN_KEY = "embedding-map-admin-token";
+const RECHECK_MS = 5000;
+
+const view = new MapView($<HTMLCanvasElement>("map"));
+let shownKey = "";
+let session = 0;
+
+// For tests and benchmarks: the page's own account of what it drew.
+(window as any).__adminMap = {
+  get state() { return document.body.dataset.state; },
+  get totalPoints() { return view.points.length; },
+  get drawnPoints() { return view.drawnPoints; },
+  get highlighted() { return view.highlighted; },
+  get lastDrawMs() { return view.lastDrawMs; },
+  screenPosition: (id: number) => view.screenPosition(BigInt(id)),
+  view,
+};
+
+async function grpcWebUrl(): Promise<string> {
+  const response = await fetch("config.json");
+  const config = await response.json();
+  // The api-service serves the admin map service as gRPC-web on the page's own origin.
+  return config.grpc_web_url || location.origin;
+}
+
+function setState(state: string) {
+  document.body.dataset.state = state;
+}
+
+function showStatus(title: string, detail = "", progress?: number) {
+  $("status").hidden = false;
+  $("status-title").textContent = title;
+  $("status-detail").textContent = detail;
+  const bar = $<HTMLProgressElement>("status-progress");
+  bar.hidden = progress === undefined;
+  if (progress !== undefined) bar.value = progress;
+}
+
+function showSignIn(message = "") {
+  session++;
+  setState(message ? "unauthenticated" : "signed-out");
+  $("sign-in").hidden = false;
+  $("sign-out").hidden = true;
+  $("status").hidden = true;
+  $("map-panel").hidden = true;
+  $("sign-in-error").textContent = message;
+  $<HTMLInputElement>("token").focus();
+}
+
+const phaseNames: Record<number, string> = {
+  [Phase.LOADING]: "loading the corpus",
+  [Phase.NORMALIZING]: "normalising vectors",
+  [Phase.PCA]: "reducing dimensions (PCA)",
+  [Phase.NEAREST_NEIGHBORS]: "finding nearest neighbours",
+  [Phase.AFFINITIES]: "computing affinities",
+  [Phase.OPTIMIZING]: "optimising the layout",
+};
+
+// Estimate of time left from the optimisation's observed pace.
+let paceStart: { iteration: number; seconds: number } | null = null;
+
+function showComputing(status: AdminMapStatus) {
+  setState("computing");
+  const p = status.progress;
+  if (!p) return showStatus("Computing the map…");
+  const seconds = Number(p.elapsed?.seconds ?? 0n) + (p.elapsed?.nanos ?? 0) / 1e9;
+  let detail = `${phaseNames[p.phase] ?? "starting"} · ${p.pointCount} points · ${seconds.toFixed(1)} s elapsed`;
+  let fraction: number | undefined;
+  if (p.phase === Phase.OPTIMIZING && p.totalIterations > 0) {
+    fraction = p.iteration / p.totalIterations;
+    detail = `Iteration ${p.iteration} of ${p.totalIterations} · ${detail}`;
+    if (!paceStart) paceStart = { iteration: p.iteration, seconds };
+    const done = p.iteration - paceStart.iteration;
+    if (done > 0 && seconds > paceStart.seconds) {
+      const left = ((p.totalIterations - p.iteration) * (seconds - paceStart.seconds)) / done;
+      detail += ` · about ${Math.ceil(left)} s left`;
+    }
+  }
+  showStatus("Computing the map…", detail, fraction);
+}
+
+function showReady(status: AdminMapStatus) {
+  paceStart = null;
+  const key = `${status.corpusFingerprint}:${status.computedAt?.seconds}:${status.computedAt?.nanos}`;
+  setState("ready");
+  $("status").hidden = true;
+  $("map-panel").hidden = false;
+  $("map-summary").textContent = `${status.count} points`;
+  if (key === shownKey && status.points.length === 0) return;
+  shownKey = key;
+  const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
+  view.setPoints(points);
+  renderLegend();
+  updateSearchCount();
+}
+
+function renderLegend() {
+  const legend = $("legend");
+  legend.replaceChildren();
+  view.categories.forEach((category, index) => {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.category = category;
+    button.setAttribute("aria-pressed", String(!view.hidden.has(category)));
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.background = categoryColor(index);
+    button.append(swatch, category);
+    button.addEventListener("click", () => {
+      if (view.hidden.has(category)) view.hidden.delete(category); else view.hidden.add(category);
+      button.setAttribute("aria-pressed", String(!view.hidden.has(category)));
+      view.draw();
+      updateSearchCount();
+    });
+    legend.append(button);
+  });
+}
+
+function updateSearchCount() {
+  $("search-count").textContent = view.search ? `${view.highlighted} match${view.highlighted === 1 ? "" : "es"}` : "";
+}
+
+/** Follows the map until sign-out: watch, and after each stream ends look again for a new map. */
+async function follow(token: string, baseUrl: string) {
+  const mine = ++session;
+  const client = createClient(AdminMapService, createGrpcWebTransport({ baseUrl }));
+  const headers = { authorization: `Bearer ${token}` };
+  let retry = 1000;
+  while (mine === session) {
+    try {
+      // After a map is shown, watch its summary only, and fetch points when it changes.
+      for await (const status of client.watchEmbeddingMap({ omitPoints: shownKey !== "" }, { headers })) {
+        if (mine !== session) return;
+        retry = 1000;
+        if (status.state === MapState.COMPUTING) showComputing(status);
+        else if (status.state === MapState.READY) {
+          const key = `${status.corpusFingerprint}:${status.computedAt?.seconds}:${status.computedAt?.nanos}`;
+          showReady(key === shownKey ? status : await client.getEmbeddingMap({}, { headers }));
+        } else if (status.state === MapState.FAILED) {
+          setState("failed");
+          $("map-panel").hidden = true;
+          showStatus("The map could not be computed", `${status.failure?.message ?? "unknown reason"} — fix the corpus or configuration and restart the embedding service.`);
+        }
+      }
+      await new Promise((resolve) => setTimeout(resolve, RECHECK_MS));
+    } catch (error) {
+      if (mine !== session) return;
+      const e = ConnectError.from(error);
+      if (e.code === Code.Unauthenticated) {
+        sessionStorage.removeItem(TOKEN_KEY);
+        return showSignIn("The admin token was not accepted (401). Check it and sign in again.");
+      }
+      setState("unreachable");
+      if (!shownKey) $("map-panel").hidden = true;
+      showStatus(
+        "The map service cannot be reached",
+        `${e.rawMessage || e.message}. Retrying in ${Math.round(retry / 1000)} s; if this persists, check that the api-service and embedding-service are running.`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, retry));
+      retry = Math.min(retry * 2, 30000);
+    }
+  }
+}
+
+function start(token: string, baseUrl: string) {
+  $("sign-in").hidden = true;
+  $("sign-out").hidden = false;
+  $("sign-in-error").textContent = "";
+  setState("connecting");
+  showStatus("Connecting…");
+  void follow(token, baseUrl);
+}
+
+async function main() {
+  const baseUrl = await grpcWebUrl();
+  $("sign-in").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $<HTMLInputElement>("token").value.trim();
+    sessionStorage.setItem(TOKEN_KEY, token);
+    start(token, baseUrl);
+  });
+  $("sign-out").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    shownKey = "";
+    showSignIn();
+  });
+  $<HTMLInputElement>("search").addEventListener("input", (event) => {
+    view.search = (event.target as HTMLInputElement).value.trim().toLowerCase();
+    view.draw();
+    updateSearchCount();
+  });
+  $("density").addEventListener("click", (event) => {
+    view.density = !view.density;
+    (event.currentTarget as HTMLElement).setAttribute("aria-pressed", String(view.density));
+    view.draw();
+  });
+
+  const canvas = $<HTMLCanvasElement>("map");
+  const tooltip = $("tooltip");
+  let dragging: { x: number; y: number } | null = null;
+  canvas.addEventListener("pointerdown", (e) => {
+    dragging = { x: e.clientX, y: e.clientY };
+    canvas.setPointerCapture(e.pointerId);
+  });
+  canvas.addEventListener("pointerup", () => (dragging = null));
+  canvas.addEventListener("pointermove", (e) => {
+    if (dragging) {
+      view.pan(e.clientX - dragging.x, e.clientY - dragging.y);
+      dragging = { x: e.clientX, y: e.clientY };
+      tooltip.hidden = true;
+      return;
+    }
+    const rect = canvas.getBoundingClientRect();
+    const point = view.pick(e.clientX - rect.left, e.clientY - rect.top);
+    tooltip.hidden = !point;
+    if (point) {
+      tooltip.textContent = `${point.name || `#${point.id}`} · ${point.category}`;
+      tooltip.style.left = `${e.clientX - rect.left + 12}px`;
+      tooltip.style.top = `${e.clientY - rect.top + 12}px`;
+    }
+  });
+  canvas.addEventListener("pointerleave", () => (tooltip.hidden = true));
+  canvas.addEventListener("wheel", (e) => {
+    e.preventDefault();
+    const rect = canvas.getBoundingClientRect();
+    view.zoom(e.deltaY < 0 ? 1.2 : 1 / 1.2, e.clientX - rect.left, e.clientY - rect.top);
+  }, { passive: false });
+  canvas.addEventListener("keydown", (e) => {
+    const step = 40;
+    const actions: Record<string, () => void> = {
+      "+": () => view.zoom(1.2, canvas.clientWidth / 2, canvas.clientHeight / 2),
+      "=": () => view.zoom(1.2, canvas.clientWidth / 2, canvas.clientHeight / 2),
+      "-": () => view.zoom(1 / 1.2, canvas.clientWidth / 2, canvas.clientHeight / 2),
+      "0": () => view.resetView(),
+      ArrowLeft: () => view.pan(step, 0),
+      ArrowRight: () => view.pan(-step, 0),
+      ArrowUp: () => view.pan(0, step),
+      ArrowDown: () => view.pan(0, -step),
+    };
+    const action = actions[e.key];
+    if (action) {
+      e.preventDefault();
+      action();
+    }
+  });
+
+  const saved = sessionStorage.getItem(TOKEN_KEY);
+  if (saved) start(saved, baseUrl); else showSignIn();
+}
+
+void main();

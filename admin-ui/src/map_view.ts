@@ -1,0 +1,222 @@
+// The map on a canvas: points written straight into an ImageData buffer (no DOM node, no path
+// per point), so 100k points draw in a few milliseconds. Hover uses a screen-space grid index
+// rebuilt with each draw.
+
+export interface Point {
+  id: bigint;
+  x: number;
+  y: number;
+  name: string;
+  category: string;
+}
+
+const PALETTE = [
+  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+  "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
+];
+const CELL = 8; // px, hover grid cell
+const HOVER_RADIUS = 6; // px
+
+export function categoryColor(index: number): string {
+  return PALETTE[index % PALETTE.length];
+}
+
+function rgba(hex: string): number {
+  const value = parseInt(hex.slice(1), 16);
+  // ImageData is RGBA in memory; as a little-endian u32 that is 0xAABBGGRR.
+  return (0xff << 24) | ((value & 0xff) << 16) | (value & 0xff00) | ((value >> 16) & 0xff);
+}
+
+export class MapView {
+  points: Point[] = [];
+  categories: string[] = [];
+  hidden = new Set<string>();
+  search = "";
+  density = false;
+  drawnPoints = 0;
+  highlighted = 0;
+  lastDrawMs = 0;
+  private categoryIndex = new Map<string, number>();
+  private colors: number[] = [];
+  private scale = 1;
+  private offsetX = 0;
+  private offsetY = 0;
+  private bounds = { minX: 0, minY: 0, maxX: 1, maxY: 1 };
+  private grid = new Map<number, number[]>();
+  private screen = new Float32Array(0);
+  private frame = 0;
+
+  constructor(private canvas: HTMLCanvasElement) {
+    new ResizeObserver(() => this.requestDraw()).observe(canvas);
+  }
+
+  setPoints(points: Point[]) {
+    this.points = points;
+    this.categories = [...new Set(points.map((p) => p.category))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
+    this.colors = this.categories.map((_, i) => rgba(categoryColor(i)));
+    this.hidden = new Set([...this.hidden].filter((c) => this.categoryIndex.has(c)));
+    let [minX, minY, maxX, maxY] = [Infinity, Infinity, -Infinity, -Infinity];
+    for (const p of points) {
+      minX = Math.min(minX, p.x); maxX = Math.max(maxX, p.x);
+      minY = Math.min(minY, p.y); maxY = Math.max(maxY, p.y);
+    }
+    this.bounds = points.length ? { minX, minY, maxX, maxY } : { minX: 0, minY: 0, maxX: 1, maxY: 1 };
+    this.resetView();
+  }
+
+  resetView() {
+    this.scale = 1;
+    this.offsetX = 0;
+    this.offsetY = 0;
+    this.draw();
+  }
+
+  zoom(factor: number, cx: number, cy: number) {
+    const next = Math.min(200, Math.max(0.2, this.scale * factor));
+    const applied = next / this.scale;
+    this.offsetX = cx - (cx - this.offsetX) * applied;
+    this.offsetY = cy - (cy - this.offsetY) * applied;
+    this.scale = next;
+    this.requestDraw();
+  }
+
+  pan(dx: number, dy: number) {
+    this.offsetX += dx;
+    this.offsetY += dy;
+    this.requestDraw();
+  }
+
+  requestDraw() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      this.draw();
+    });
+  }
+
+  /** Screen (CSS pixel) position of a point, or null when it is not drawn. */
+  screenPosition(id: bigint): { x: number; y: number } | null {
+    const index = this.points.findIndex((p) => p.id === id);
+    if (index < 0 || !this.isVisible(this.points[index])) return null;
+    return { x: this.screen[2 * index], y: this.screen[2 * index + 1] };
+  }
+
+  /** The drawn point nearest to a screen position, within a few pixels. */
+  pick(x: number, y: number): Point | null {
+    let best: Point | null = null;
+    let bestDistance = HOVER_RADIUS * HOVER_RADIUS;
+    const [gx, gy] = [Math.floor(x / CELL), Math.floor(y / CELL)];
+    for (let dx = -1; dx <= 1; dx++) {
+      for (let dy = -1; dy <= 1; dy++) {
+        for (const index of this.grid.get((gx + dx) * 65536 + (gy + dy)) ?? []) {
+          const d = (this.screen[2 * index] - x) ** 2 + (this.screen[2 * index + 1] - y) ** 2;
+          if (d <= bestDistance) {
+            bestDistance = d;
+            best = this.points[index];
+          }
+        }
+      }
+    }
+    return best;
+  }
+
+  private isVisible(p: Point): boolean {
+    return !this.hidden.has(p.category);
+  }
+
+  private matches(p: Point): boolean {
+    return this.search.length > 0 && p.name.toLowerCase().includes(this.search);
+  }
+
+  draw() {
+    const started = performance.now();
+    const ratio = window.devicePixelRatio || 1;
+    const width = Math.max(1, Math.round(this.canvas.clientWidth * ratio));
+    const height = Math.max(1, Math.round(this.canvas.clientHeight * ratio));
+    if (this.canvas.width !== width || this.canvas.height !== height) {
+      this.canvas.width = width;
+      this.canvas.height = height;
+    }
+    const context = this.canvas.getContext("2d")!;
+    const image = context.createImageData(width, height);
+    const pixels = new Uint32Array(image.data.buffer);
+    pixels.fill(0xffffffff);
+
+    // Fit the map's bounds into the canvas with a margin, then apply zoom and pan.
+    const cssWidth = width / ratio;
+    const cssHeight = height / ratio;
+    const spanX = this.bounds.maxX - this.bounds.minX || 1;
+    const spanY = this.bounds.maxY - this.bounds.minY || 1;
+    const fit = Math.min((cssWidth - 20) / spanX, (cssHeight - 20) / spanY) * this.scale;
+    const originX = (cssWidth - spanX * fit) / 2 + this.offsetX * 1;
+    const originY = (cssHeight - spanY * fit) / 2 + this.offsetY * 1;
+
+    this.screen = new Float32Array(this.points.length * 2);
+    this.grid = new Map();
+    const densityCells = this.density ? new Float32Array(Math.ceil(width / 4) * Math.ceil(height / 4)) : null;
+    const matches: number[] = [];
+    let drawn = 0;
+    for (let i = 0; i < this.points.length; i++) {
+      const p = this.points[i];
+      const sx = originX + (p.x - this.bounds.minX) * fit;
+      const sy = originY + (this.bounds.maxY - p.y) * fit;
+      this.screen[2 * i] = sx;
+      this.screen[2 * i + 1] = sy;
+      if (!this.isVisible(p)) continue;
+      drawn++;
+      const key = Math.floor(sx / CELL) * 65536 + Math.floor(sy / CELL);
+      const bucket = this.grid.get(key);
+      if (bucket) bucket.push(i); else this.grid.set(key, [i]);
+      if (this.matches(p)) matches.push(i);
+      const px = Math.round(sx * ratio);
+      const py = Math.round(sy * ratio);
+      if (px < 0 || py < 0 || px >= width - 1 || py >= height - 1) continue;
+      if (densityCells) {
+        densityCells[(py >> 2) * Math.ceil(width / 4) + (px >> 2)] += 1;
+        continue;
+      }
+      const color = this.colors[this.categoryIndex.get(p.category)!];
+      const at = py * width + px;
+      pixels[at] = color; pixels[at + 1] = color;
+      pixels[at + width] = color; pixels[at + width + 1] = color;
+    }
+    if (densityCells) this.paintDensity(pixels, densityCells, width, height);
+    context.putImageData(image, 0, 0);
+
+    // Search hits on top, as rings large enough to find.
+    context.save();
+    context.scale(ratio, ratio);
+    context.strokeStyle = "#000";
+    context.lineWidth = 2;
+    for (const i of matches) {
+      context.beginPath();
+      context.arc(this.screen[2 * i], this.screen[2 * i + 1], 6, 0, 2 * Math.PI);
+      context.stroke();
+    }
+    context.restore();
+
+    this.drawnPoints = drawn;
+    this.highlighted = matches.length;
+    this.lastDrawMs = performance.now() - started;
+  }
+
+  private paintDensity(pixels: Uint32Array, cells: Float32Array, width: number, height: number) {
+    const columns = Math.ceil(width / 4);
+    let max = 0;
+    for (const c of cells) max = Math.max(max, c);
+    if (max === 0) return;
+    const logMax = Math.log1p(max);
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const c = cells[(y >> 2) * columns + (x >> 2)];
+        if (c === 0) continue;
+        const t = Math.log1p(c) / logMax; // 0..1, white -> orange -> dark red
+        const r = 255 - Math.round(t * 100);
+        const g = Math.round(235 * (1 - t));
+        const b = Math.round(200 * (1 - t) ** 2);
+        pixels[y * width + x] = (0xff << 24) | (b << 16) | (g << 8) | r;
+      }
+    }
+  }
+}

@@ -1,0 +1,65 @@
+//! The admin page at /admin/: static assets built from admin-ui/ and embedded in the binary.
+//! The page itself is public; everything it shows comes over gRPC-web with the admin token,
+//! served on this same port under the service's own path.
+
+use axum::{
+    Json, Router,
+    extract::Path,
+    http::{HeaderValue, StatusCode, header},
+    response::{Html, IntoResponse, Redirect, Response},
+    routing::get,
+};
+
+use embeddingmap_proto::api::admin_map_service_server::AdminMapServiceServer;
+use tonic::server::NamedService;
+use tonic_web::GrpcWebLayer;
+use tower::Layer;
+
+use crate::{grpc::Api, state::AppState};
+
+#[derive(rust_embed::Embed)]
+#[folder = "../admin-ui/dist/"]
+// A build without the page (npm not run) still compiles and says so at /admin/.
+#[allow_missing = true]
+struct Assets;
+
+const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>The admin page was not \
+    built into this binary. Run <code>npm ci &amp;&amp; npm run build</code> in <code>admin-ui/</code> \
+    (scripts/run.sh does), then rebuild the api-service.</p>";
+
+/// The page, its config, and the one gRPC service it calls, as gRPC-web on this same origin (so
+/// the page needs no CORS). `grpc_web_url` overrides where the page sends its calls.
+pub fn routes(grpc_web_url: String, api: Api, max_message_bytes: usize) -> Router<AppState> {
+    let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
+    let map_service = AdminMapServiceServer::new(api)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    Router::new()
+        .route_service(
+            &format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME),
+            GrpcWebLayer::new().layer(map_service),
+        )
+        .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
+        .route("/admin/", get(|| async { asset("index.html") }))
+        .route("/admin/config.json", get(move || async move { Json(config) }))
+        .route("/admin/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }))
+}
+
+fn asset(path: &str) -> Response {
+    match Assets::get(path) {
+        Some(file) => {
+            let mut response = file.data.into_owned().into_response();
+            let headers = response.headers_mut();
+            if let Ok(mime) = HeaderValue::from_str(file.metadata.mimetype()) {
+                headers.insert(header::CONTENT_TYPE, mime);
+            }
+            headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            // Vite names assets by content hash; index.html must be revalidated.
+            let cache = if path.starts_with("assets/") { "public, max-age=31536000, immutable" } else { "no-cache" };
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+            response
+        }
+        None if path == "index.html" => (StatusCode::NOT_FOUND, Html(NOT_BUILT)).into_response(),
+        None => crate::error::ApiError::not_found(format!("admin asset {path}")).into_response(),
+    }
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds the admin page (admin-ui/dist), which the api-service embeds at compile time: its client
+# code is generated from proto/ by protoc-gen-es, then bundled by Vite.
+set -euo pipefail
+cd "$(dirname "$0")/../admin-ui"
+npm ci --no-audit --no-fund --loglevel=error
+npm run --silent build

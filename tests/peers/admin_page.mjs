@@ -1,0 +1,81 @@
+// Drives the admin page in Debian's Chromium (headless) against the real services:
+//     node admin_page.mjs PAGE_URL ADMIN_TOKEN ARTIFACTS_DIR
+// Prints one JSON line of what it saw; exits non-zero with the reason on the first failed check.
+import { chromium } from "playwright-core";
+import { launchOptions } from "./chromium.mjs";
+
+const [pageUrl, token, artifacts] = process.argv.slice(2);
+
+const check = (ok, message) => {
+  if (!ok) {
+    console.error(`admin page: ${message}`);
+    process.exit(1);
+  }
+};
+
+const browser = await chromium.launch(launchOptions);
+try {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
+  const state = () => page.evaluate(() => window.__adminMap.state);
+  await page.goto(pageUrl);
+
+  // A wrong token: the 401 message, and back to the sign-in form.
+  await page.fill("#token", "not-the-admin-token-0000");
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#sign-in-error").textContent.includes("401"), null, { timeout: 15000 });
+  const unauthorized = await page.textContent("#sign-in-error");
+
+  // The right token: computing with progress first.
+  await page.fill("#token", token);
+  await page.click("#sign-in button[type=submit]");
+  await page.waitForFunction(() => document.querySelector("#status-detail").textContent.includes("Iteration"), null, { timeout: 60000 });
+  check((await state()) === "computing", "the computing state was not shown");
+  const progressText = await page.textContent("#status-detail");
+  await page.screenshot({ path: `${artifacts}/admin-computing.png` });
+  await page.waitForFunction(() => document.querySelector("#status-detail").textContent.includes("s left"), null, { timeout: 60000 });
+  const etaText = await page.textContent("#status-detail");
+
+  // Ready: every point of the map drawn.
+  await page.waitForFunction(() => window.__adminMap.state === "ready" && window.__adminMap.totalPoints > 0, null, { timeout: 120000 });
+  const total = await page.evaluate(() => window.__adminMap.totalPoints);
+  const drawn = await page.evaluate(() => window.__adminMap.drawnPoints);
+  check(drawn === total, `drew ${drawn} of ${total} points`);
+  await page.screenshot({ path: `${artifacts}/admin-ready.png` });
+
+  // Hover a point and read its name.
+  await page.locator("#map").scrollIntoViewIfNeeded();
+  const box = await page.locator("#map").boundingBox();
+  const target = await page.evaluate(() => {
+    const position = window.__adminMap.screenPosition(0);
+    const picked = window.__adminMap.view.pick(position.x, position.y);
+    return { position, label: `${picked.name} · ${picked.category}` };
+  });
+  await page.mouse.move(box.x + target.position.x, box.y + target.position.y);
+  await page.waitForSelector("#tooltip:not([hidden])", { timeout: 5000 });
+  const tooltip = await page.textContent("#tooltip");
+  check(tooltip === target.label && tooltip.startsWith("digit "), `tooltip said ${JSON.stringify(tooltip)}, expected ${target.label}`);
+
+  // Toggle a category off: the drawn count drops by that category's size.
+  const threes = await page.evaluate(() => window.__adminMap.view.points.filter((p) => p.category === "3").length);
+  await page.click('#legend button[data-category="3"]');
+  const afterToggle = await page.evaluate(() => window.__adminMap.drawnPoints);
+  check(threes > 0 && afterToggle === total - threes, `after hiding "3" drew ${afterToggle}, expected ${total - threes}`);
+  check((await page.getAttribute('#legend button[data-category="3"]', "aria-pressed")) === "false", "legend button state");
+  await page.click('#legend button[data-category="3"]');
+
+  // Search a name: it is highlighted.
+  await page.fill("#search", "#1796");
+  await page.waitForFunction(() => window.__adminMap.highlighted === 1, null, { timeout: 5000 });
+  const searchCount = await page.textContent("#search-count");
+
+  // Density view and keyboard zoom still draw every point.
+  await page.click("#density");
+  await page.focus("#map");
+  await page.keyboard.press("+");
+  await page.waitForTimeout(100);
+  await page.screenshot({ path: `${artifacts}/admin-density.png` });
+
+  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount }));
+} finally {
+  await browser.close();
+}
