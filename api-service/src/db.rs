@@ -13,6 +13,9 @@ use sqlx::{
 /// How long a statement waits for a lock before SQLite gives up with SQLITE_BUSY.
 pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 
+/// Bytes the WAL file is truncated to after a checkpoint.
+pub const WAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
+
 pub async fn open(path: &Path, connections: u32) -> Result<SqlitePool, sqlx::Error> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
@@ -23,7 +26,10 @@ pub async fn open(path: &Path, connections: u32) -> Result<SqlitePool, sqlx::Err
         .journal_mode(SqliteJournalMode::Wal)
         .busy_timeout(BUSY_TIMEOUT)
         .synchronous(SqliteSynchronous::Normal)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        // After a checkpoint, cut the WAL file back to this size: without it the file keeps the
+        // size of its largest burst (say, while a long read held checkpoints back) forever.
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
     let pool = SqlitePoolOptions::new()
         .max_connections(connections.max(1))
         // A request waits for a free connection at most as long as it would wait for a lock.

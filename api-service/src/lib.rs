@@ -5,6 +5,7 @@ pub mod admin_page;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod events;
 pub mod grpc;

@@ -17,7 +17,9 @@ async fn every_pooled_connection_reports_wal_and_busy_timeout() {
         let timeout: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **connection).await.unwrap().get(0);
         let synchronous: i64 = sqlx::query("PRAGMA synchronous").fetch_one(&mut **connection).await.unwrap().get(0);
         let foreign_keys: i64 = sqlx::query("PRAGMA foreign_keys").fetch_one(&mut **connection).await.unwrap().get(0);
+        let wal_limit: i64 = sqlx::query("PRAGMA journal_size_limit").fetch_one(&mut **connection).await.unwrap().get(0);
         assert_eq!((mode.as_str(), timeout, synchronous, foreign_keys), ("wal", 5000, 1, 1));
+        assert_eq!(wal_limit as u64, db::WAL_SIZE_LIMIT);
     }
     assert_eq!(held.len(), 6, "all six connections were open at once");
 }
