@@ -164,8 +164,8 @@ async fn list_items(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ImportBody {
-    items: Vec<NewItem>,
+pub(crate) struct ImportBody {
+    pub(crate) items: Vec<NewItem>,
 }
 
 async fn import_items(State(state): State<AppState>, JsonBody(body): JsonBody<ImportBody>) -> Result<Json<serde_json::Value>, ApiError> {

@@ -14,3 +14,21 @@ pub mod items;
 pub mod map_gateway;
 pub mod server;
 pub mod state;
+
+/// Entry points for the fuzz targets in `fuzz/` and for replaying their corpus in tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `data` as each JSON body the HTTP API accepts and validates what parses, as the
+    /// handlers do. Panics only on a bug.
+    pub fn json_bodies(data: &[u8]) {
+        if let Ok(item) = serde_json::from_slice::<crate::items::NewItem>(data) {
+            let _ = item.validate();
+        }
+        if let Ok(import) = serde_json::from_slice::<crate::http::ImportBody>(data) {
+            for item in &import.items {
+                let _ = item.validate();
+            }
+        }
+        let _ = serde_json::from_slice::<crate::events::NewEvent>(data);
+    }
+}

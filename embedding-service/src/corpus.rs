@@ -148,8 +148,9 @@ fn type_str(npy: &NpyFile<impl Read>) -> String {
     }
 }
 
-/// A 2-D float matrix, C or Fortran order, float32 (float64 is narrowed).
-fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, MapError> {
+/// A 2-D float matrix, C or Fortran order, float32 (float64 is narrowed). `path` names the
+/// source in errors.
+pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, MapError> {
     const FORMAT: &str = ".npy matrix";
     let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
     let &[rows, columns] = npy.shape() else {
@@ -180,7 +181,7 @@ fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, MapErr
 }
 
 /// A 1-D integer vector with one id per corpus row.
-fn read_npy_ids(reader: impl Read, path: &Path, rows: usize) -> Result<Vec<i64>, MapError> {
+pub fn read_npy_ids(reader: impl Read, path: &Path, rows: usize) -> Result<Vec<i64>, MapError> {
     const FORMAT: &str = ".npy id vector";
     let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
     if npy.shape().len() != 1 {

@@ -11,3 +11,28 @@ pub mod pipeline;
 pub mod server;
 pub mod service;
 pub mod status;
+
+/// Entry points for the fuzz targets in `fuzz/` and for replaying their corpus in tests.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use crate::corpus::{Corpus, CorpusSource, read_npy_ids, read_npy_matrix};
+
+    /// `data` as a `.npy` corpus matrix, then as an id vector; whatever parses is validated.
+    pub fn npy_corpus(data: &[u8]) {
+        if let Ok(matrix) = read_npy_matrix(data, Path::new("<fuzz>")) {
+            let rows = matrix.nrows();
+            let _ = Corpus::new(matrix, None);
+            let _ = read_npy_ids(data, Path::new("<fuzz>"), rows);
+        }
+    }
+
+    /// `data` as a FAISS index file, loaded the way the service loads its corpus.
+    pub fn faiss_index(data: &[u8]) {
+        let Ok(file) = tempfile::NamedTempFile::new() else { return };
+        if std::fs::write(file.path(), data).is_ok() {
+            let _ = CorpusSource::FaissIndex(file.path().to_owned()).load();
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Replays the committed fuzz corpora for corpus loading (fuzz/corpus/npy_corpus and
+//! fuzz/corpus/faiss_index) through the fuzz targets' entry points, on every test run.
+
+use std::path::Path;
+
+fn replay(target: &str, run: fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut replayed = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz corpus") {
+        run(&std::fs::read(entry.unwrap().path()).unwrap());
+        replayed += 1;
+    }
+    replayed
+}
+
+#[test]
+fn every_npy_input_in_the_fuzz_corpus_is_handled_without_panicking() {
+    assert!(replay("npy_corpus", embedding_service::fuzzing::npy_corpus) >= 3);
+}
+
+#[test]
+fn every_faiss_input_in_the_fuzz_corpus_is_handled_without_crashing() {
+    assert!(replay("faiss_index", embedding_service::fuzzing::faiss_index) >= 2);
+}
