@@ -23,7 +23,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    admin_page, auth::AdminToken, config::Config, deadline::DeadlineLayer, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
+    admin_page, auth::AdminToken, config::Config, grpc_conventions::GrpcConventionsLayer, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
 };
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
@@ -116,7 +116,7 @@ fn grpc_server(
         .concurrency_limit_per_connection(config.concurrency_limit)
         .layer(cors(&config.cors_origins)?)
         .layer(tonic_web::GrpcWebLayer::new())
-        .layer(DeadlineLayer)
+        .layer(GrpcConventionsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(sized!(EventServiceServer::new(api())))

@@ -1,10 +1,13 @@
-//! Client deadlines answered as DEADLINE_EXCEEDED.
+//! Two places where tonic's status codes differ from the gRPC spec, corrected in one layer that
+//! sits inside gRPC-web translation:
 //!
-//! tonic enforces `grpc-timeout` in its outermost layer and answers CANCELLED ("Timeout
-//! expired"), as plain gRPC even to gRPC-web callers. The gRPC spec says DEADLINE_EXCEEDED, the
-//! status clients retry on, so this layer enforces the same deadline a little earlier (95 %),
-//! inside gRPC-web translation, and answers with the spec's status. Dropping the handler's future
-//! rolls back its transaction and returns its pooled connection.
+//! - Deadlines. tonic enforces `grpc-timeout` in its outermost layer and answers CANCELLED
+//!   ("Timeout expired"), as plain gRPC even to gRPC-web callers. The spec says
+//!   DEADLINE_EXCEEDED, the status clients retry on, so the deadline is enforced here a little
+//!   earlier (95 %). Dropping the handler's future rolls back its transaction and returns its
+//!   pooled connection.
+//! - Oversized messages. tonic rejects a request over the decoding limit with OUT_OF_RANGE; the
+//!   spec says RESOURCE_EXHAUSTED.
 
 use std::{
     future::Future,
@@ -18,22 +21,22 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 #[derive(Clone, Copy, Default)]
-pub struct DeadlineLayer;
+pub struct GrpcConventionsLayer;
 
-impl<S> Layer<S> for DeadlineLayer {
-    type Service = Deadline<S>;
+impl<S> Layer<S> for GrpcConventionsLayer {
+    type Service = GrpcConventions<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Deadline { inner }
+        GrpcConventions { inner }
     }
 }
 
 #[derive(Clone)]
-pub struct Deadline<S> {
+pub struct GrpcConventions<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Body>> for Deadline<S>
+impl<S> Service<Request<Body>> for GrpcConventions<S>
 where
     S: Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
@@ -50,15 +53,28 @@ where
         let deadline = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let response = self.inner.call(request);
         Box::pin(async move {
-            match deadline {
+            let result = match deadline {
                 None => response.await,
                 Some(deadline) => match tokio::time::timeout(deadline.mul_f64(0.95), response).await {
                     Ok(result) => result,
-                    Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+                    Err(_) => return Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
                 },
-            }
+            };
+            result.map(oversized_is_resource_exhausted)
         })
     }
+}
+
+/// tonic's "decoded message length too large" is answered trailers-only, so the status is in the
+/// headers.
+fn oversized_is_resource_exhausted(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
+        && headers.get("grpc-message").is_some_and(|v| v.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
+    if oversized {
+        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
