@@ -297,7 +297,9 @@ async fn hostile_input(card: &mut Scorecard) {
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("hostile.sqlite3"), "http://127.0.0.1:9", &["--max-body-bytes", "65536"]);
     create_items(&api, 3).await;
-    let client = http_client();
+    // A fresh connection per request: a refused upload closes its connection, which must not
+    // be mistaken for the next request's answer.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap();
     let row = card.row("hostile input");
     let mut tried = |status: u16, expected: &[u16], what: &str| {
         row.bad_inputs += 1;
