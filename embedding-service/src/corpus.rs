@@ -13,7 +13,11 @@ use ndarray::Array2;
 use npyz::{DType, NpyFile, Order};
 use sha2::{Digest, Sha256};
 
-use crate::{error::MapError, faiss_ext};
+use crate::{
+    error::MapError,
+    faiss_ext,
+    faiss_layout::{self, Layout},
+};
 
 /// The bundled demo corpus: scikit-learn's digits, 1797 x 64 float32 (labels 0-9 beside it).
 const DEMO_VECTORS: &[u8] = include_bytes!("../data/digits_X.npy");
@@ -212,17 +216,20 @@ fn widen<T: Into<i64>>(values: std::io::Result<Vec<T>>, path: &Path) -> Result<V
 /// A FAISS index file: flat (IP or L2), optionally inside an ID map.
 fn load_faiss_index(path: &Path) -> Result<(Array2<f32>, Option<Vec<i64>>), MapError> {
     const FORMAT: &str = "FAISS index";
-    // Read the four-character type code first: it names the index type in errors, and lets
-    // FAISS's own parser see only files that at least look like indexes.
-    let mut fourcc = [0u8; 4];
-    open(path)?.read_exact(&mut fourcc).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => corrupt(path, FORMAT, "the file is shorter than a FAISS header"),
-        _ => MapError::CorpusUnreadable { path: path.to_owned(), reason: e.to_string() },
-    })?;
+    let mut file = open(path)?;
+    let unreadable = |e: std::io::Error| MapError::CorpusUnreadable { path: path.to_owned(), reason: e.to_string() };
+    let len = file.get_ref().metadata().map_err(unreadable)?.len();
+    match faiss_layout::check(&mut file, len).map_err(|reason| corrupt(path, FORMAT, reason))? {
+        Layout::Loadable => {}
+        Layout::Unsupported(fourcc) => {
+            return Err(MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) });
+        }
+    }
+    drop(file);
     let index = faiss::read_index(path.to_string_lossy().as_ref()).map_err(|e| corrupt(path, FORMAT, e))?;
     let contents = faiss_ext::read_flat_contents(&index)
         .map_err(|e| corrupt(path, FORMAT, e))?
-        .ok_or_else(|| MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) })?;
+        .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
     let rows = if contents.dimensions == 0 { 0 } else { contents.vectors.len() / contents.dimensions };
     let vectors = Array2::from_shape_vec((rows, contents.dimensions), contents.vectors)
         .map_err(|e| corrupt(path, FORMAT, e))?;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod corpus;
 pub mod error;
 mod faiss_ext;
+mod faiss_layout;
 pub mod health;
 pub mod job;
 pub mod pipeline;

@@ -22,3 +22,11 @@ fn every_npy_input_in_the_fuzz_corpus_is_handled_without_panicking() {
 fn every_faiss_input_in_the_fuzz_corpus_is_handled_without_crashing() {
     assert!(replay("faiss_index", embedding_service::fuzzing::faiss_index) >= 2);
 }
+
+#[test]
+fn a_forged_vector_length_is_refused_by_name_before_faiss_allocates_it() {
+    // Found by fuzzing: this file's length field asks FAISS for 1.1 TB.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/faiss_index/forged-size-1tb");
+    let error = embedding_service::corpus::CorpusSource::FaissIndex(path).load().unwrap_err().to_string();
+    assert!(error.contains("is not a valid FAISS index") && error.contains("vector data holds"), "{error}");
+}

@@ -1,0 +1,165 @@
+//! Checks a FAISS index file's layout against its length before FAISS parses it.
+//!
+//! FAISS trusts the size fields it reads: a forged vector length makes it allocate up to 4 TB
+//! before it notices the file is short, and a truncated flat index leaks what it had read.
+//! Both were found by fuzzing. So only the layouts the service loads (flat, or flat inside an ID
+//! map) reach FAISS, and only once every size in them fits the file; any other type code is
+//! named and refused without FAISS reading it.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// What the walk found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Every size fits: FAISS may read the file.
+    Loadable,
+    /// A type the service does not load, with the type code that says which.
+    Unsupported([u8; 4]),
+}
+
+const FLAT: [&[u8; 4]; 3] = [b"IxF2", b"IxFI", b"IxFl"];
+const ID_MAP: [&[u8; 4]; 2] = [b"IxMp", b"IxM2"];
+
+/// Walks the file from its start; `Err` carries why it is not a valid index.
+pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> {
+    let mut walk = Walk { file, len, at: 0 };
+    let fourcc = walk.fourcc()?;
+    if FLAT.contains(&&fourcc) {
+        walk.flat()?;
+    } else if ID_MAP.contains(&&fourcc) {
+        walk.header()?;
+        let inner = walk.fourcc()?;
+        if !FLAT.contains(&&inner) {
+            return Ok(Layout::Unsupported(fourcc));
+        }
+        let rows = walk.flat()?;
+        let ids = walk.u64("ID map length")?;
+        if ids != rows {
+            return Err(format!("ID map has {ids} ids for {rows} vectors"));
+        }
+        walk.skip(ids, 8, "ID map")?;
+    } else {
+        return Ok(Layout::Unsupported(fourcc));
+    }
+    Ok(Layout::Loadable)
+}
+
+struct Walk<'a, F> {
+    file: &'a mut F,
+    len: u64,
+    at: u64,
+}
+
+impl<F: Read + Seek> Walk<'_, F> {
+    fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        let mut buf = [0u8; N];
+        self.file.read_exact(&mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => format!("the file ends inside the {what}"),
+            _ => format!("reading the {what}: {e}"),
+        })?;
+        self.at += N as u64;
+        Ok(buf)
+    }
+
+    fn fourcc(&mut self) -> Result<[u8; 4], String> {
+        self.bytes("type code")
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        self.bytes(what).map(u64::from_le_bytes)
+    }
+
+    /// FAISS's `read_index_header`; returns (dimensions, stored vector count).
+    fn header(&mut self) -> Result<(u64, u64), String> {
+        let d = i32::from_le_bytes(self.bytes("index header")?);
+        let ntotal = i64::from_le_bytes(self.bytes("index header")?);
+        let _unused: [u8; 17] = self.bytes("index header")?; // two legacy int64s, is_trained
+        let metric = i32::from_le_bytes(self.bytes("index header")?);
+        if metric > 1 {
+            let _metric_arg: [u8; 4] = self.bytes("index header")?;
+        }
+        let d = u64::try_from(d).ok().filter(|&d| d > 0).ok_or(format!("dimension {d} is not positive"))?;
+        let ntotal = u64::try_from(ntotal).map_err(|_| format!("vector count {ntotal} is negative"))?;
+        Ok((d, ntotal))
+    }
+
+    /// A flat index after its type code; returns its vector count.
+    fn flat(&mut self) -> Result<u64, String> {
+        let (d, ntotal) = self.header()?;
+        let values = self.u64("vector data length")?;
+        if Some(values) != ntotal.checked_mul(d) {
+            return Err(format!("vector data holds {values} values, not {ntotal} x {d}"));
+        }
+        self.skip(values, 4, "vector data")?;
+        Ok(ntotal)
+    }
+
+    /// Moves past `count` items of `width` bytes, refusing counts the file cannot hold.
+    fn skip(&mut self, count: u64, width: u64, what: &str) -> Result<(), String> {
+        let left = self.len.saturating_sub(self.at);
+        let bytes = count.checked_mul(width).filter(|&b| b <= left).ok_or_else(|| {
+            format!("the {what} claims {count} entries of {width} bytes but {left} bytes remain")
+        })?;
+        self.at += bytes;
+        self.file.seek(SeekFrom::Start(self.at)).map_err(|e| format!("seeking past the {what}: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+
+    fn header(fourcc: &[u8; 4], d: i32, ntotal: i64) -> Vec<u8> {
+        let mut out = fourcc.to_vec();
+        out.extend(d.to_le_bytes());
+        out.extend(ntotal.to_le_bytes());
+        out.extend([0u8; 17]);
+        out.extend(1i32.to_le_bytes());
+        out
+    }
+
+    fn flat(d: i32, ntotal: i64, values: u64) -> Vec<u8> {
+        let mut out = header(b"IxF2", d, ntotal);
+        out.extend(values.to_le_bytes());
+        out.extend(vec![0u8; (values.min(1 << 20) * 4) as usize]);
+        out
+    }
+
+    fn run(bytes: &[u8]) -> Result<Layout, String> {
+        check(&mut Cursor::new(bytes), bytes.len() as u64)
+    }
+
+    #[test]
+    fn consistent_flat_and_id_map_files_are_loadable() {
+        assert_eq!(run(&flat(3, 2, 6)), Ok(Layout::Loadable));
+        let mut map = header(b"IxMp", 3, 2);
+        map.extend(flat(3, 2, 6));
+        map.extend(2u64.to_le_bytes());
+        map.extend([0u8; 16]);
+        assert_eq!(run(&map), Ok(Layout::Loadable));
+    }
+
+    #[test]
+    fn forged_and_truncated_sizes_are_refused_before_faiss_allocates() {
+        let mut forged = header(b"IxF2", 1 << 20, 1 << 20);
+        forged.extend((1u64 << 40).to_le_bytes());
+        assert!(run(&forged).unwrap_err().contains("bytes remain"));
+        let whole = flat(3, 2, 6);
+        assert!(run(&whole[..whole.len() - 1]).unwrap_err().contains("bytes remain"));
+        assert!(run(&whole[..10]).unwrap_err().contains("ends inside the index header"));
+        assert!(run(&flat(3, 2, 5)).unwrap_err().contains("not 2 x 3"));
+        assert!(run(&flat(0, 0, 0)).unwrap_err().contains("not positive"));
+        assert!(run(&flat(3, -1, 0)).unwrap_err().contains("negative"));
+    }
+
+    #[test]
+    fn other_types_are_named_without_being_parsed() {
+        assert_eq!(run(b"IHNf and whatever follows"), Ok(Layout::Unsupported(*b"IHNf")));
+        let mut map = header(b"IxM2", 3, 2);
+        map.extend(b"IHNf");
+        assert_eq!(run(&map), Ok(Layout::Unsupported(*b"IxM2")));
+    }
+}
