@@ -27,12 +27,17 @@ pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> 
     if FLAT.contains(&&fourcc) {
         walk.flat()?;
     } else if ID_MAP.contains(&&fourcc) {
-        walk.header()?;
+        let (map_d, map_rows) = walk.header()?;
         let inner = walk.fourcc()?;
         if !FLAT.contains(&&inner) {
             return Ok(Layout::Unsupported(fourcc));
         }
-        let rows = walk.flat()?;
+        let (d, rows) = walk.flat()?;
+        // FAISS indexes the ID map by the outer count (IndexIDMap2 rebuilds its reverse map that
+        // way), so a count that disagrees with the vectors reads out of bounds.
+        if (map_d, map_rows) != (d, rows) {
+            return Err(format!("ID map header says {map_rows} x {map_d}, its index holds {rows} x {d}"));
+        }
         let ids = walk.u64("ID map length")?;
         if ids != rows {
             return Err(format!("ID map has {ids} ids for {rows} vectors"));
@@ -83,15 +88,15 @@ impl<F: Read + Seek> Walk<'_, F> {
         Ok((d, ntotal))
     }
 
-    /// A flat index after its type code; returns its vector count.
-    fn flat(&mut self) -> Result<u64, String> {
+    /// A flat index after its type code; returns its (dimensions, vector count).
+    fn flat(&mut self) -> Result<(u64, u64), String> {
         let (d, ntotal) = self.header()?;
         let values = self.u64("vector data length")?;
         if Some(values) != ntotal.checked_mul(d) {
             return Err(format!("vector data holds {values} values, not {ntotal} x {d}"));
         }
         self.skip(values, 4, "vector data")?;
-        Ok(ntotal)
+        Ok((d, ntotal))
     }
 
     /// Moves past `count` items of `width` bytes, refusing counts the file cannot hold.
@@ -153,6 +158,11 @@ mod tests {
         assert!(run(&flat(3, 2, 5)).unwrap_err().contains("not 2 x 3"));
         assert!(run(&flat(0, 0, 0)).unwrap_err().contains("not positive"));
         assert!(run(&flat(3, -1, 0)).unwrap_err().contains("negative"));
+        // Found by fuzzing: an IndexIDMap2 whose own count exceeds its vectors crashed FAISS.
+        let mut map = header(b"IxM2", 3, 1 << 40);
+        map.extend(flat(3, 0, 0));
+        map.extend(0u64.to_le_bytes());
+        assert!(run(&map).unwrap_err().contains("ID map header says"));
     }
 
     #[test]
