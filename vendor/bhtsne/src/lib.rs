@@ -159,6 +159,9 @@ where
 {
     data: &'data [U],
     learning_rate: Option<T>,
+    // Patched: see `final_learning_rate` and `max_step_norm`.
+    final_learning_rate: Option<T>,
+    max_step_norm: Option<T>,
     epochs: usize,
     momentum: T,
     final_momentum: T,
@@ -249,6 +252,8 @@ where
         Self {
             data,
             learning_rate: None,
+            final_learning_rate: None,
+            max_step_norm: None,
             epochs: 1000,
             momentum: T::from(0.5).unwrap(),
             final_momentum: T::from(0.8).unwrap(),
@@ -284,6 +289,32 @@ where
     /// `learning_rate` - new value for the learning rate.
     pub fn learning_rate(&mut self, learning_rate: T) -> &mut Self {
         self.learning_rate = Some(learning_rate);
+
+        self
+    }
+
+    /// Patched: sets the learning rate for the epochs after early exaggeration ends, as openTSNE
+    /// does (`n_samples / early_exaggeration` during it, `n_samples` after). Unset, one rate is
+    /// used throughout. Applies to the Barnes-Hut and FIt-SNE fits.
+    ///
+    /// # Arguments
+    ///
+    /// `learning_rate` - the rate from epoch `stop_lying_epoch + 1` on.
+    pub fn final_learning_rate(&mut self, learning_rate: T) -> &mut Self {
+        self.final_learning_rate = Some(learning_rate);
+
+        self
+    }
+
+    /// Patched: caps the length of each sample's update per epoch, as openTSNE does (its default
+    /// is 5). Without it, the higher `final_learning_rate` throws samples far out, which both
+    /// spoils the map and widens the FIt-SNE grid. Applies to the Barnes-Hut and FIt-SNE fits.
+    ///
+    /// # Arguments
+    ///
+    /// `max_step_norm` - the longest step, in embedding units.
+    pub fn max_step_norm(&mut self, max_step_norm: T) -> &mut Self {
+        self.max_step_norm = Some(max_step_norm);
 
         self
     }
@@ -1038,10 +1069,13 @@ where
         // to borrow the other fields mutably; it is put back once the loop ends.
         let (mut epoch_callback, mut snapshot) = self.take_callback_and_snapshot(grad_entries);
 
-        // Loop-invariant.
-        let learning_rate = self.resolve_learning_rate(n_samples);
+        let exaggerated_rate = self.resolve_learning_rate(n_samples);
+        // Patched: the rate may rise once the exaggeration is undone.
+        let final_rate = self.final_learning_rate.unwrap_or(exaggerated_rate);
 
         for epoch in 0..self.epochs {
+            let exaggerated = self.stop_lying_epoch > 0 && epoch <= self.stop_lying_epoch;
+            let learning_rate = if exaggerated { exaggerated_rate } else { final_rate };
             // Forces and the reciprocal of the Q normalizer Z from the repulsion strategy.
             let inverse_norm = strategy.step(
                 &self.y,
@@ -1063,6 +1097,7 @@ where
                     learning_rate,
                     momentum: self.momentum,
                     inverse_norm,
+                    max_step_norm: self.max_step_norm,
                 },
             );
 

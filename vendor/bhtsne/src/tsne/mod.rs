@@ -38,6 +38,8 @@ pub(super) struct GradientStep<T> {
     pub momentum: T,
     /// Reciprocal of the `Q` normalization term `Z`.
     pub inverse_norm: T,
+    /// Patched: longest update a sample may take in one epoch (openTSNE's `max_step_norm`).
+    pub max_step_norm: Option<T>,
 }
 
 /// Checks whether the perplexity is too large for the number of samples.
@@ -501,6 +503,7 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
         learning_rate,
         momentum,
         inverse_norm,
+        max_step_norm,
     } = step;
     let (gain_increment, gain_decay, min_gain, max_gain) = gain_constants::<T>();
 
@@ -512,13 +515,12 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
         .zip(gains.par_chunks_mut(D))
         .for_each(
             |((((y_sample, positive), negative), uy_sample), gains_sample)| {
-                y_sample
-                    .iter_mut()
-                    .zip(positive.iter())
+                positive
+                    .iter()
                     .zip(negative.iter())
                     .zip(uy_sample.iter_mut())
                     .zip(gains_sample.iter_mut())
-                    .for_each(|((((y_el, pf), nf), uy_el), gain)| {
+                    .for_each(|(((pf, nf), uy_el), gain)| {
                         let gradient = *pf - *nf * inverse_norm;
                         *gain = if gradient.signum() != uy_el.signum() {
                             *gain + gain_increment
@@ -532,8 +534,17 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
                             *gain = max_gain;
                         }
                         *uy_el = momentum * *uy_el - learning_rate * *gain * gradient;
-                        *y_el += *uy_el;
                     });
+                // Patched: clip the step's length, so a high learning rate cannot fling a
+                // sample far off the map (the clipped step is also the momentum carried on).
+                if let Some(max) = max_step_norm {
+                    let norm = uy_sample.iter().map(|&u| u * u).fold(T::zero(), |a, b| a + b).sqrt();
+                    if norm > max {
+                        let scale = max / norm;
+                        uy_sample.iter_mut().for_each(|u| *u = *u * scale);
+                    }
+                }
+                y_sample.iter_mut().zip(uy_sample.iter()).for_each(|(y_el, &u)| *y_el += u);
             },
         );
 }
