@@ -18,6 +18,22 @@ pub fn set_faiss_threads(threads: usize) {
     unsafe { omp_set_num_threads(threads) }
 }
 
+/// Keeps BLAS single-threaded. OpenBLAS's own thread pool spins while FAISS's OpenMP threads
+/// work and the other way round; on two cores that spinning took most of the kNN time. The
+/// parallelism comes from OpenMP and our own threads instead.
+pub fn single_threaded_blas() {
+    // Looked up at run time: the BLAS behind libblas.so.3 need not be OpenBLAS.
+    // SAFETY: dlsym with a NUL-terminated name; a non-null result is OpenBLAS's setter, whose
+    // C signature is `void openblas_set_num_threads(int)`.
+    unsafe {
+        let symbol = libc::dlsym(libc::RTLD_DEFAULT, c"openblas_set_num_threads".as_ptr());
+        if !symbol.is_null() {
+            let set: extern "C" fn(c_int) = std::mem::transmute(symbol);
+            set(1);
+        }
+    }
+}
+
 fn last_error() -> String {
     // SAFETY: FAISS returns a thread-local C string or null.
     let message = unsafe { faiss_sys::faiss_get_last_error() };
