@@ -63,6 +63,7 @@ fn compute(
             exaggeration_iterations: parameters.exaggeration_iterations,
             early_exaggeration: parameters.early_exaggeration,
             learning_rate: parameters.learning_rate,
+            final_learning_rate: parameters.final_learning_rate,
             seed: parameters.seed,
             pca_dimensions: parameters.pca_dimensions,
             neighbors: parameters.neighbors,

@@ -30,6 +30,9 @@ struct Args {
     /// Runs to make; figures are reported per run and as the median.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// Also measures the neighbour search's recall against an exact search (untimed).
+    #[arg(long)]
+    recall: bool,
     /// Writes the last run's map as a float32 N x 2 `.npy`, rows in corpus order.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -49,6 +52,10 @@ fn main() -> anyhow::Result<()> {
     let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
     let labels = args.labels.as_ref().map(|path| read_labels(path)).transpose()?;
     let settings = args.map.settings();
+    if args.recall {
+        let recall = pipeline::knn_recall(&source.load()?, &settings)?;
+        eprintln!("neighbour recall against exact search: {recall:.4}");
+    }
     let mut totals = Vec::new();
     for run in 1..=args.repeat.max(1) {
         let started = Instant::now();

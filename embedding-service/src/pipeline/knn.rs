@@ -1,7 +1,7 @@
-//! k-nearest neighbours with FAISS: exact (flat L2) up to a size, HNSW above it.
+//! k-nearest neighbours with FAISS: exact (flat L2), HNSW, or k-means cells searched exactly.
 
 use bhtsne::Neighbor;
-use faiss::{Index, MetricType, index_factory};
+use faiss::{Index, MetricType, cluster::Clustering, index::flat::FlatIndexImpl, index_factory};
 use ndarray::Array2;
 
 use crate::error::MapError;
@@ -10,13 +10,33 @@ use crate::error::MapError;
 pub enum KnnMethod {
     Exact,
     Hnsw,
+    /// k-means cells; each cell's points are searched exactly among its `probes` nearest cells.
+    Cells { probes: usize },
+    /// Exact while the corpus has no more cells than `probes` (every cell would be searched
+    /// anyway), `Cells` above.
+    Auto { probes: usize },
 }
 
 impl KnnMethod {
+    pub fn auto(probes: usize) -> Self {
+        KnnMethod::Auto { probes }
+    }
+
+    /// The method a corpus of `points` uses.
+    pub fn resolve(self, points: usize) -> Self {
+        match self {
+            KnnMethod::Auto { probes } if cell_count(points) <= probes => KnnMethod::Exact,
+            KnnMethod::Auto { probes } => KnnMethod::Cells { probes },
+            other => other,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             KnnMethod::Exact => "exact",
             KnnMethod::Hnsw => "hnsw",
+            KnnMethod::Cells { .. } => "cells",
+            KnnMethod::Auto { .. } => "auto",
         }
     }
 }
@@ -24,62 +44,231 @@ impl KnnMethod {
 /// HNSW graph degree and search breadth: recall above 0.99 at k = 90 on 50-d PCA'd embeddings.
 const HNSW_DESCRIPTION: &str = "HNSW32,Flat";
 
+const STEP: &str = "the nearest-neighbour search";
+
+fn faiss_error(error: impl std::fmt::Display) -> MapError {
+    MapError::faiss(STEP, error)
+}
+
 /// Each row's `k` nearest other rows by Euclidean distance, nearest first.
 pub fn nearest_neighbors(
     vectors: &Array2<f32>,
     k: usize,
     method: KnnMethod,
+    threads: usize,
 ) -> Result<Vec<Vec<Neighbor<f32>>>, MapError> {
     let (n, d) = vectors.dim();
     let flat = vectors.as_standard_layout();
     let flat = flat.as_slice().expect("standard layout");
-    let description = match method {
-        KnnMethod::Exact => "Flat",
-        KnnMethod::Hnsw => HNSW_DESCRIPTION,
-    };
-    let step = "the nearest-neighbour search";
-    let mut index = index_factory(d as u32, description, MetricType::L2).map_err(|e| MapError::faiss(step, e))?;
-    index.add(flat).map_err(|e| MapError::faiss(step, e))?;
-    if method == KnnMethod::Hnsw {
+    let hits = match method.resolve(n) {
+        KnnMethod::Exact => search_exact(flat, flat, d, k + 1, threads)?,
         // efSearch must exceed k for HNSW to return k results; twice k keeps recall high.
-        let breadth = (2 * (k + 1)).max(64) as f64;
-        faiss::index::autotune::ParameterSpace::new()
-            .and_then(|space| space.set_index_parameter(&index, "efSearch", breadth))
-            .map_err(|e| MapError::faiss(step, e))?;
-    }
-    let result = index.search(flat, k + 1).map_err(|e| MapError::faiss(step, e))?;
-    let labels = result.labels;
-    let distances = result.distances;
-
+        KnnMethod::Hnsw => {
+            search_index(HNSW_DESCRIPTION, Some(("efSearch", (2 * (k + 1)).max(64) as f64)), flat, flat, d, k + 1)?
+        }
+        KnnMethod::Cells { probes } | KnnMethod::Auto { probes } => search_cells(flat, n, d, k + 1, probes, threads)?,
+    };
     let mut neighbors = Vec::with_capacity(n);
-    for row in 0..n {
-        let span = row * (k + 1)..(row + 1) * (k + 1);
-        let found: Vec<Neighbor<f32>> = labels[span.clone()]
+    for (row, found) in hits.chunks_exact(k + 1).enumerate() {
+        let found: Vec<Neighbor<f32>> = found
             .iter()
-            .zip(&distances[span])
-            .filter_map(|(label, &squared)| {
-                let index = label.get()? as usize;
-                // FAISS L2 distances are squared; bhtsne wants plain distances.
-                (index != row).then(|| Neighbor { index, distance: squared.max(0.0).sqrt() })
-            })
+            .filter(|&&(index, _)| index >= 0 && index as usize != row)
+            // FAISS L2 distances are squared; bhtsne wants plain distances.
+            .map(|&(index, squared)| Neighbor { index: index as usize, distance: squared.max(0.0).sqrt() })
             .take(k)
             .collect();
         if found.len() < k {
-            return Err(MapError::faiss(
-                step,
-                format!("point {row} got {} of {k} neighbours; raise --exact-knn-max to search exactly", found.len()),
-            ));
+            return Err(faiss_error(format!(
+                "point {row} got {} of {k} neighbours; use --knn exact",
+                found.len()
+            )));
         }
         neighbors.push(found);
     }
     Ok(neighbors)
 }
 
+/// `(row, squared distance)` of each query's `k` nearest base rows, flat `queries x k`; -1 pads.
+fn search_index(
+    description: &str,
+    parameter: Option<(&str, f64)>,
+    base: &[f32],
+    queries: &[f32],
+    d: usize,
+    k: usize,
+) -> Result<Vec<(i64, f32)>, MapError> {
+    let mut index = index_factory(d as u32, description, MetricType::L2).map_err(faiss_error)?;
+    index.add(base).map_err(faiss_error)?;
+    if let Some((name, value)) = parameter {
+        faiss::index::autotune::ParameterSpace::new()
+            .and_then(|space| space.set_index_parameter(&index, name, value))
+            .map_err(faiss_error)?;
+    }
+    let result = index.search(queries, k).map_err(faiss_error)?;
+    Ok(result.labels.iter().map(|label| label.get().map_or(-1, |v| v as i64)).zip(result.distances).collect())
+}
+
+/// Exact search with the queries split over `threads` workers, each running FAISS on one thread.
+/// FAISS's own parallel search alternates a BLAS product with a parallel heap update, and on few
+/// cores the idle side's spinning cost as much as the work; separate workers overlap instead.
+fn search_exact(base: &[f32], queries: &[f32], d: usize, k: usize, threads: usize) -> Result<Vec<(i64, f32)>, MapError> {
+    let rows = queries.len() / d;
+    let per_worker = rows.div_ceil(threads.max(1)).max(1);
+    let parts = std::thread::scope(|scope| {
+        let workers: Vec<_> = queries
+            .chunks(per_worker * d)
+            .map(|part| {
+                std::thread::Builder::new()
+                    .name("knn".into())
+                    .spawn_scoped(scope, move || {
+                        crate::faiss_ext::set_faiss_threads(1);
+                        search_index("Flat", None, base, part, d, k)
+                    })
+                    .map_err(faiss_error)
+            })
+            .collect::<Result<_, _>>()?;
+        join_all(workers)
+    })?;
+    Ok(parts.concat())
+}
+
+/// Joins scoped workers in order; a panicking worker becomes an error.
+fn join_all<T>(workers: Vec<std::thread::ScopedJoinHandle<'_, Result<T, MapError>>>) -> Result<Vec<T>, MapError> {
+    workers
+        .into_iter()
+        .map(|worker| worker.join().map_err(|_| faiss_error("a search worker panicked"))?)
+        .collect()
+}
+
+/// Points per k-means cell: cells hold about sqrt(N) points, so the cells and the points in them
+/// cost alike.
+fn cell_count(n: usize) -> usize {
+    ((n as f64).sqrt().round() as usize).clamp(1, n)
+}
+
+/// Approximate all-points kNN that keeps FAISS's exact, BLAS-blocked search: k-means splits the
+/// points into cells, and each cell's points are searched exactly among the points of the
+/// `probes` cells whose centroids are nearest its own. A per-query IVF search visits as many
+/// points but one at a time, several times slower.
+fn search_cells(
+    flat: &[f32],
+    n: usize,
+    d: usize,
+    k: usize,
+    probes: usize,
+    threads: usize,
+) -> Result<Vec<(i64, f32)>, MapError> {
+    let cells = cell_count(n);
+    let mut clustering = Clustering::new(d as u32, cells as u32).map_err(faiss_error)?;
+    let mut quantizer = FlatIndexImpl::new_l2(d as u32).map_err(faiss_error)?;
+    clustering.train(flat, &mut quantizer).map_err(faiss_error)?;
+    let centroids: Vec<f32> = clustering.centroids().map_err(faiss_error)?.concat();
+    let cells = centroids.len() / d;
+    let probes = probes.clamp(1, cells);
+
+    let assignment = quantizer.assign(flat, 1).map_err(faiss_error)?.labels;
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); cells];
+    for (row, cell) in assignment.iter().enumerate() {
+        let cell = cell.get().ok_or_else(|| faiss_error(format!("point {row} has no k-means cell")))?;
+        members[cell as usize].push(row);
+    }
+    let nearby = quantizer.assign(&centroids, probes).map_err(faiss_error)?.labels;
+
+    // Cells go to workers round-robin; each worker searches its cells with single-threaded FAISS.
+    let members = &members;
+    let nearby = &nearby;
+    let per_worker = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads.max(1))
+            .map(|worker| {
+                std::thread::Builder::new()
+                    .name("knn".into())
+                    .spawn_scoped(scope, move || {
+                        crate::faiss_ext::set_faiss_threads(1);
+                        (worker..cells)
+                            .step_by(threads.max(1))
+                            .filter(|&cell| !members[cell].is_empty())
+                            .map(|cell| {
+                                let near = &nearby[cell * probes..(cell + 1) * probes];
+                                search_cell(flat, d, k, &members[cell], near.iter().filter_map(|c| c.get()).map(|c| &members[c as usize][..]))
+                                    .map(|found| (cell, found))
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(faiss_error)
+            })
+            .collect::<Result<_, _>>()?;
+        join_all(workers)
+    })?;
+    let mut hits = vec![(-1i64, f32::INFINITY); n * k];
+    for (cell, found) in per_worker.into_iter().flatten() {
+        for (&row, found) in members[cell].iter().zip(found.chunks_exact(k)) {
+            hits[row * k..(row + 1) * k].copy_from_slice(found);
+        }
+    }
+    Ok(hits)
+}
+
+/// One cell's points (`rows`) searched exactly among the points of `nearby` cells; global rows.
+fn search_cell<'a>(
+    flat: &[f32],
+    d: usize,
+    k: usize,
+    rows: &[usize],
+    nearby: impl Iterator<Item = &'a [usize]>,
+) -> Result<Vec<(i64, f32)>, MapError> {
+    let vector = |row: usize| &flat[row * d..(row + 1) * d];
+    let queries: Vec<f32> = rows.iter().flat_map(|&row| vector(row)).copied().collect();
+    let base_rows: Vec<usize> = nearby.flatten().copied().collect();
+    let base: Vec<f32> = base_rows.iter().flat_map(|&row| vector(row)).copied().collect();
+    let mut found = search_index("Flat", None, &base, &queries, d, k)?;
+    for (local, _) in &mut found {
+        if *local >= 0 {
+            *local = base_rows[*local as usize] as i64;
+        }
+    }
+    Ok(found)
+}
+
 /// Labels of each row's `k` nearest rows (the row itself included), flat `n x k`.
-pub fn search_exact_l2(flat: &[f32], d: usize, k: usize) -> Result<Vec<i64>, MapError> {
-    let step = "the nearest-neighbour search";
-    let mut index = index_factory(d as u32, "Flat", MetricType::L2).map_err(|e| MapError::faiss(step, e))?;
-    index.add(flat).map_err(|e| MapError::faiss(step, e))?;
-    let result = index.search(flat, k).map_err(|e| MapError::faiss(step, e))?;
-    Ok(result.labels.iter().map(|label| label.get().map_or(-1, |v| v as i64)).collect())
+pub fn search_exact_l2(flat: &[f32], d: usize, k: usize, threads: usize) -> Result<Vec<i64>, MapError> {
+    Ok(search_exact(flat, flat, d, k, threads)?.into_iter().map(|(label, _)| label).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(rows: usize, columns: usize) -> Array2<f32> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        Array2::from_shape_simple_fn((rows, columns), || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        })
+    }
+
+    fn indices(neighbors: &[Vec<Neighbor<f32>>]) -> Vec<Vec<usize>> {
+        neighbors.iter().map(|row| row.iter().map(|n| n.index).collect()).collect()
+    }
+
+    #[test]
+    fn auto_searches_exactly_while_every_cell_would_be_probed() {
+        assert_eq!(KnnMethod::auto(48).resolve(48 * 48), KnnMethod::Exact);
+        assert_eq!(KnnMethod::auto(48).resolve(50 * 50), KnnMethod::Cells { probes: 48 });
+    }
+
+    #[test]
+    fn cells_probing_every_cell_find_the_exact_neighbours_and_fewer_probes_most_of_them() {
+        let vectors = noise(900, 8);
+        let exact = indices(&nearest_neighbors(&vectors, 10, KnnMethod::Exact, 2).unwrap());
+        let all_cells = indices(&nearest_neighbors(&vectors, 10, KnnMethod::Cells { probes: 30 }, 2).unwrap());
+        assert_eq!(all_cells, exact);
+        let some_cells = indices(&nearest_neighbors(&vectors, 10, KnnMethod::Cells { probes: 8 }, 2).unwrap());
+        let shared: usize = some_cells
+            .iter()
+            .zip(&exact)
+            .map(|(found, exact)| found.iter().filter(|i| exact.contains(i)).count())
+            .sum();
+        let recall = shared as f64 / (900 * 10) as f64;
+        assert!((0.5..1.0).contains(&recall), "recall {recall}");
+    }
 }

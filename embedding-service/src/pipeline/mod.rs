@@ -64,9 +64,11 @@ pub struct MapSettings {
     pub pca_dims: u32,
     /// 0 means every core.
     pub threads: usize,
-    /// None means N / 12.
+    /// None means N / early exaggeration.
     pub learning_rate: Option<f64>,
-    pub exact_knn_max: usize,
+    /// After early exaggeration; None means N / 4.
+    pub final_learning_rate: Option<f64>,
+    pub knn: KnnMethod,
     /// None picks by N.
     pub gradient: Option<GradientMethod>,
     pub init: Initialization,
@@ -80,6 +82,7 @@ pub struct MapParameters {
     pub exaggeration_iterations: u32,
     pub early_exaggeration: f64,
     pub learning_rate: f64,
+    pub final_learning_rate: f64,
     pub seed: u64,
     pub pca_dimensions: u32,
     pub neighbors: u32,
@@ -102,10 +105,10 @@ impl MapSettings {
         if self.pca_dims < 2 {
             return invalid(format!("PCA dimensions must be at least 2, got {}", self.pca_dims));
         }
-        if let Some(rate) = self.learning_rate
-            && !(rate.is_finite() && rate > 0.0)
-        {
-            return invalid(format!("learning rate must be positive, got {rate}"));
+        for rate in [self.learning_rate, self.final_learning_rate].into_iter().flatten() {
+            if !(rate.is_finite() && rate > 0.0) {
+                return invalid(format!("learning rate must be positive, got {rate}"));
+            }
         }
         let needed = (3.0 * MIN_PERPLEXITY) as usize + 1;
         if points < needed {
@@ -114,21 +117,20 @@ impl MapSettings {
         // bhtsne needs 3 x perplexity neighbours besides the point itself.
         let perplexity = self.perplexity.min((points - 1) as f64 / 3.0);
         let neighbors = ((3.0 * perplexity) as usize).min(points - 1);
-        let threads = if self.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.threads
-        };
+        let threads = if self.threads == 0 { all_cores() } else { self.threads };
         Ok(MapParameters {
             perplexity,
             iterations: self.iterations,
             exaggeration_iterations: self.exaggeration_iterations.min(self.iterations),
             early_exaggeration: self.early_exaggeration,
-            learning_rate: self.learning_rate.unwrap_or((points as f64 / 12.0).max(50.0)),
+            learning_rate: self
+                .learning_rate
+                .unwrap_or((points as f64 / self.early_exaggeration).max(50.0)),
+            final_learning_rate: self.final_learning_rate.unwrap_or((points as f64 / 4.0).max(50.0)),
             seed: self.seed,
             pca_dimensions: (self.pca_dims as usize).min(dimensions) as u32,
             neighbors: neighbors as u32,
-            knn: if points <= self.exact_knn_max { KnnMethod::Exact } else { KnnMethod::Hnsw },
+            knn: self.knn.resolve(points),
             gradient: self.gradient.unwrap_or(if points >= FFT_MIN_POINTS {
                 GradientMethod::Fft
             } else {
@@ -138,6 +140,10 @@ impl MapSettings {
             threads,
         })
     }
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Receives the pipeline's progress; called from the computing thread.
@@ -172,6 +178,7 @@ pub fn compute_map(
 ) -> Result<MapOutput, MapError> {
     let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
     crate::faiss_ext::set_faiss_threads(parameters.threads);
+    crate::faiss_ext::single_threaded_blas();
     let mut timings = PhaseTimings::default();
 
     progress.phase(Phase::Normalizing);
@@ -190,12 +197,32 @@ pub fn compute_map(
 
     progress.phase(Phase::NearestNeighbors);
     let started = Instant::now();
-    let neighbors = knn::nearest_neighbors(&reduced, parameters.neighbors as usize, parameters.knn)?;
+    let neighbors = knn::nearest_neighbors(&reduced, parameters.neighbors as usize, parameters.knn, parameters.threads)?;
     drop(reduced);
     timings.knn = started.elapsed();
 
     let points = optimize::optimize(&neighbors, initial, &parameters, progress, &mut timings)?;
     Ok(MapOutput { points, parameters, timings })
+}
+
+/// Share of the exact k nearest neighbours that the run's neighbour search finds (recall@k), on
+/// the same normalised, PCA-reduced vectors the map uses. For benchmarks: it runs an exact search.
+pub fn knn_recall(corpus: &Corpus, settings: &MapSettings) -> Result<f64, MapError> {
+    let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
+    crate::faiss_ext::set_faiss_threads(parameters.threads);
+    let reduced = prepare::pca_reduce(prepare::l2_normalized(&corpus.vectors), parameters.pca_dimensions as usize)?;
+    let k = parameters.neighbors as usize;
+    let found = knn::nearest_neighbors(&reduced, k, parameters.knn, parameters.threads)?;
+    let exact = knn::nearest_neighbors(&reduced, k, KnnMethod::Exact, parameters.threads)?;
+    let hits: usize = found
+        .iter()
+        .zip(&exact)
+        .map(|(found, exact)| {
+            let exact: std::collections::HashSet<usize> = exact.iter().map(|n| n.index).collect();
+            found.iter().filter(|n| exact.contains(&n.index)).count()
+        })
+        .sum();
+    Ok(hits as f64 / (k * corpus.len()) as f64)
 }
 
 /// 10-nearest-neighbour label accuracy of a 2-D map: the share of points whose 10 nearest map
@@ -207,7 +234,7 @@ pub fn knn_label_accuracy(points: &[[f32; 2]], labels: &[i64]) -> f64 {
         return 0.0;
     }
     let flat: Vec<f32> = points[..n].iter().flatten().copied().collect();
-    let Ok(hits) = knn::search_exact_l2(&flat, 2, K + 1) else {
+    let Ok(hits) = knn::search_exact_l2(&flat, 2, K + 1, all_cores()) else {
         return 0.0;
     };
     let correct = (0..n)

@@ -11,6 +11,10 @@ use crate::error::MapError;
 /// Barnes-Hut accuracy/speed trade-off, the value the reference implementations use.
 const THETA: f32 = 0.5;
 
+/// Longest step a point may take in one iteration, openTSNE's default: lets the learning rate
+/// rise to N after early exaggeration without flinging points off the map.
+const MAX_STEP_NORM: f32 = 5.0;
+
 /// Runs the optimisation on a dedicated rayon pool of `parameters.threads` threads and returns
 /// one `[x, y]` per point.
 pub fn optimize(
@@ -39,6 +43,8 @@ pub fn optimize(
             .momentum_switch_epoch(parameters.exaggeration_iterations as usize)
             .early_exaggeration(parameters.early_exaggeration as f32)
             .learning_rate(parameters.learning_rate as f32)
+            .final_learning_rate(parameters.final_learning_rate as f32)
+            .max_step_norm(MAX_STEP_NORM)
             .initial_embedding(initial)
             .epoch_callback(|epoch, _| {
                 // The first epoch ends after bhtsne has built the affinities.
