@@ -3,6 +3,7 @@
 //! callers keep it off the async runtime.
 
 mod knn;
+mod locality;
 mod optimize;
 mod prepare;
 
@@ -197,11 +198,21 @@ pub fn compute_map(
 
     progress.phase(Phase::NearestNeighbors);
     let started = Instant::now();
-    let neighbors = knn::nearest_neighbors(&reduced, parameters.neighbors as usize, parameters.knn, parameters.threads)?;
+    let (neighbors, cells) =
+        knn::nearest_neighbors_and_cells(&reduced, parameters.neighbors as usize, parameters.knn, parameters.threads)?;
     drop(reduced);
+    let order = cells.map(|cells| locality::order_by_cell(&cells));
+    let (neighbors, initial) = match &order {
+        Some(order) => (locality::renumber_neighbors(neighbors, order), locality::reorder_rows(&initial, 2, order)),
+        None => (neighbors, initial),
+    };
     timings.knn = started.elapsed();
 
     let points = optimize::optimize(&neighbors, initial, &parameters, progress, &mut timings)?;
+    let points = match &order {
+        Some(order) => locality::restore_order(points, order),
+        None => points,
+    };
     Ok(MapOutput { points, parameters, timings })
 }
 
