@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs on Debian: cmake and BLAS/LAPACK for the FAISS
-# build; Node.js for the admin page; sqlite3, python3-venv and Chromium for the tests; curl for the
-# demo. Only what is missing is installed.
+# build; Node.js for the admin page; sqlite3, python3-venv, Chromium and strace for the tests;
+# curl for the demo. Only what is missing is installed.
 set -euo pipefail
 
-packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3 python3-venv chromium)
+packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3 python3-venv chromium strace)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -30,6 +30,7 @@ struct Row {
     clear_errors: usize,
     acknowledged_lost: usize,
     crashes: usize,
+    writes_outside_data: usize,
 }
 
 #[derive(Default)]
@@ -42,11 +43,14 @@ impl Scorecard {
 
     fn print(&self) {
         println!("\nfault and abuse scorecard");
-        println!("{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8}", "area", "operations", "faults", "survived", "bad inputs", "clear errors", "acked lost", "crashes");
+        println!(
+            "{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}",
+            "area", "operations", "faults", "survived", "bad inputs", "clear errors", "acked lost", "crashes", "outside writes"
+        );
         for (area, r) in &self.0 {
             println!(
-                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8}",
-                r.operations, r.faults, r.survived, r.bad_inputs, r.clear_errors, r.acknowledged_lost, r.crashes
+                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}",
+                r.operations, r.faults, r.survived, r.bad_inputs, r.clear_errors, r.acknowledged_lost, r.crashes, r.writes_outside_data
             );
         }
     }
@@ -417,6 +421,92 @@ async fn shutdown_under_load(card: &mut Scorecard) {
     row.survived += 1;
 }
 
+/// System calls that create, change or remove a file, traced with `strace`.
+const FILE_WRITES: &str = "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,truncate,link,linkat,symlink,symlinkat";
+
+/// Starts `binary` under `strace -f`, recording its file-changing calls in `trace`.
+fn start_traced(binary_name: &str, trace: &std::path::Path, args: &[&str], env: &[(&str, &str)], labels: &[&str]) -> ServiceProcess {
+    let program = binary(binary_name);
+    let mut traced = vec!["-f", "-qq", "-e", FILE_WRITES, "-o", trace.to_str().unwrap(), "--", program.to_str().unwrap()];
+    traced.extend_from_slice(args);
+    ServiceProcess::start_listening(std::path::Path::new("strace"), &traced, env, labels)
+}
+
+/// SIGTERM to the process `strace` runs (its only child), then waits for both to end.
+fn stop_traced(mut tracer: ServiceProcess) {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", tracer.pid())).unwrap();
+    let traced = children.split_whitespace().next().expect("a traced child");
+    assert!(Command::new("kill").args(["-TERM", traced]).status().unwrap().success());
+    tracer.wait_exit(Duration::from_secs(15)).expect("exits after SIGTERM");
+}
+
+/// Paths a trace shows created, opened for writing, renamed, linked or removed. Calls another
+/// thread interrupted (`<unfinished ...>`) count whatever their result: an attempt is enough.
+fn written_paths(trace: &str) -> Vec<String> {
+    let write_flags = ["O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC"];
+    trace
+        .lines()
+        .filter(|line| !line.contains(" = -1 "))
+        .filter(|line| {
+            let opens = line.split_whitespace().nth(1).is_some_and(|call| call.starts_with("open"));
+            !opens || write_flags.iter().any(|flag| line.contains(flag))
+        })
+        // Every quoted argument of these calls is a path (rename and link have two).
+        .flat_map(|line| line.split('"').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+/// Both services run a full cycle (boot, map, writes, shutdown) under `strace`; every file they
+/// change must sit in the api-service's data directory.
+async fn file_writes(card: &mut Scorecard) {
+    let sandbox = tempfile::tempdir().unwrap();
+    let (data, home, tmp) = (sandbox.path().join("data"), sandbox.path().join("home"), sandbox.path().join("tmp"));
+    for dir in [&data, &home, &tmp] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let env = [("HOME", home.to_str().unwrap()), ("TMPDIR", tmp.to_str().unwrap()), ("API_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let embedding_trace = sandbox.path().join("embedding.trace");
+    let embedding = start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &["embedding-service"]);
+    let database = data.join("api.sqlite3");
+    let api_trace = sandbox.path().join("api.trace");
+    let api = start_traced(
+        "api-service",
+        &api_trace,
+        &["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--database", database.to_str().unwrap(), "--embedding-url", &embedding.url()],
+        &env,
+        &[GRPC, HTTP],
+    );
+    create_items(&api, 20).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = spawn_writers(&api, 2, "sandbox".into(), stop.clone());
+    let started = Instant::now();
+    while http_client().get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status() != StatusCode::OK {
+        assert!(started.elapsed() < Duration::from_secs(60), "map ready under strace");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut operations = 0;
+    for writer in writers {
+        operations += writer.await.unwrap().1;
+    }
+    stop_traced(api);
+    stop_traced(embedding);
+
+    let mut written: Vec<String> = [&embedding_trace, &api_trace]
+        .into_iter()
+        .flat_map(|trace| written_paths(&std::fs::read_to_string(trace).unwrap()))
+        .collect();
+    written.sort();
+    written.dedup();
+    let outside: Vec<&String> = written.iter().filter(|path| !path.starts_with(data.to_str().unwrap()) && *path != "/dev/null").collect();
+    let row = card.row("file writes (strace)");
+    row.operations += operations;
+    row.writes_outside_data += outside.len();
+    assert!(written.iter().any(|path| path.starts_with(data.to_str().unwrap())), "the trace sees the database writes: {written:?}");
+    assert!(outside.is_empty(), "files changed outside the data directory: {outside:?}");
+    println!("files changed by both services: {written:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     let mut local = Scorecard::default();
@@ -425,9 +515,11 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     deadlines_and_locks(&mut local).await;
     hostile_input(&mut local).await;
     shutdown_under_load(&mut local).await;
+    file_writes(&mut local).await;
     local.print();
     let total_lost: usize = local.0.values().map(|r| r.acknowledged_lost).sum();
     let total_crashes: usize = local.0.values().map(|r| r.crashes).sum();
-    println!("acknowledged writes lost: {total_lost}; crashes: {total_crashes}");
-    assert_eq!((total_lost, total_crashes), (0, 0));
+    let total_outside: usize = local.0.values().map(|r| r.writes_outside_data).sum();
+    println!("acknowledged writes lost: {total_lost}; crashes: {total_crashes}; files written outside the data directory: {total_outside}");
+    assert_eq!((total_lost, total_crashes, total_outside), (0, 0, 0));
 }
