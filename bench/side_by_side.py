@@ -4,7 +4,8 @@
     python bench/side_by_side.py X.npy --labels y.npy [--repeat 3] [--peers opentsne,sklearn]
 
 For the corpus it runs, each --repeat times:
-  - `embedding-map-bench` (the service's pipeline in process): phase times, total, peak RSS, 10-NN;
+  - `embedding-map-bench` (the service's pipeline in process): phase times, total, peak RSS, 10-NN,
+    and (untimed) the share of the exact nearest neighbours its neighbour search found;
   - the real `embedding-service` binary, timing boot until a GetEmbeddingMap is answered;
   - `bench/peers.py run PEER` for each peer (same prepared input, perplexity 30, PCA init, 2 jobs,
     1000 iterations with 250 exaggerated): fit seconds, the child's peak RSS, 10-NN accuracy.
@@ -48,7 +49,7 @@ def run_child(argv):
 
 
 def ours(args):
-    argv = [str(args.bin_dir / "embedding-map-bench"), "--corpus", args.corpus, "--repeat", str(args.repeat)]
+    argv = [str(args.bin_dir / "embedding-map-bench"), "--corpus", args.corpus, "--repeat", str(args.repeat), "--recall"]
     if args.labels:
         argv += ["--labels", args.labels]
     argv += args.map_flag
@@ -59,7 +60,9 @@ def ours(args):
         row[phase] = median_spread([r["seconds"][phase] for r in runs])
     row["rss"] = median_spread([r["peak_rss_mb"] for r in runs])
     row["knn10"] = median_spread([r["knn10"] for r in runs])
-    row["schedule"] = f'{runs[0]["knn"]} kNN, {runs[0]["gradient"]}, {runs[0]["iterations"]} it'
+    row["schedule"] = (
+        f'{runs[0]["knn"]} kNN (recall {runs[0]["knn_recall"]:.2f}), {runs[0]["gradient"]}, {runs[0]["iterations"]} it'
+    )
     return row
 
 

@@ -52,8 +52,8 @@ fn main() -> anyhow::Result<()> {
     let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
     let labels = args.labels.as_ref().map(|path| read_labels(path)).transpose()?;
     let settings = args.map.settings();
-    if args.recall {
-        let recall = pipeline::knn_recall(&source.load()?, &settings)?;
+    let recall = if args.recall { Some(pipeline::knn_recall(&source.load()?, &settings)?) } else { None };
+    if let Some(recall) = recall {
         eprintln!("neighbour recall against exact search: {recall:.4}");
     }
     let mut totals = Vec::new();
@@ -85,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             },
             "peak_rss_mb": peak_rss_mb(),
             "knn10": accuracy,
+            "knn_recall": recall,
         });
         eprintln!(
             "run {run}: n={} load {:.3}s normalize {:.3}s pca {:.3}s knn({}) {:.3}s affinities {:.3}s optimize({}) {:.3}s | total {:.3}s | peak RSS {:.0} MB{}",
