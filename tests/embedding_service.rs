@@ -31,7 +31,7 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
     let seen = poll_until_final(&mut client, LIMIT).await;
 
     assert_eq!(seen[0].state(), MapState::Computing, "the first answer comes before the map");
-    let progress: Vec<_> = seen.iter().filter_map(|s| s.progress.clone()).collect();
+    let progress: Vec<_> = seen.iter().filter_map(|s| s.progress).collect();
     let iterations: BTreeSet<u32> = progress.iter().map(|p| p.iteration).collect();
     assert!(iterations.len() >= 2, "progress advanced through iterations: {iterations:?}");
     assert!(progress.iter().all(|p| p.total_iterations == 1000));

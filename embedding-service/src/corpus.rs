@@ -230,7 +230,7 @@ fn load_faiss_index(path: &Path) -> Result<(Array2<f32>, Option<Vec<i64>>), MapE
     let contents = faiss_ext::read_flat_contents(&index)
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
-    let rows = if contents.dimensions == 0 { 0 } else { contents.vectors.len() / contents.dimensions };
+    let rows = contents.vectors.len().checked_div(contents.dimensions).unwrap_or(0);
     let vectors = Array2::from_shape_vec((rows, contents.dimensions), contents.vectors)
         .map_err(|e| corrupt(path, FORMAT, e))?;
     if let Some(ids) = &contents.ids

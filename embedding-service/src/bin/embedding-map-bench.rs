@@ -50,7 +50,7 @@ impl ProgressSink for Quiet {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
-    let labels = args.labels.as_ref().map(|path| read_labels(path)).transpose()?;
+    let labels = args.labels.as_ref().map(read_labels).transpose()?;
     let settings = args.map.settings();
     let recall = if args.recall { Some(pipeline::knn_recall(&source.load()?, &settings)?) } else { None };
     if let Some(recall) = recall {

@@ -51,6 +51,12 @@ const HNSW_DESCRIPTION: &str = "HNSW32,Flat";
 
 const STEP: &str = "the nearest-neighbour search";
 
+/// Each row's neighbours, nearest first.
+type NeighborLists = Vec<Vec<Neighbor<f32>>>;
+
+/// `(row, squared distance)` per query and rank, flat `queries x k`; row -1 pads a short list.
+type Hits = Vec<(i64, f32)>;
+
 /// k-means rounds for the cells. FAISS's default is 25; the cells only have to group nearby
 /// points, and 10 rounds found as many true neighbours in less time.
 const KMEANS_ITERATIONS: u32 = 10;
@@ -65,7 +71,7 @@ pub fn nearest_neighbors(
     k: usize,
     method: KnnMethod,
     threads: usize,
-) -> Result<Vec<Vec<Neighbor<f32>>>, MapError> {
+) -> Result<NeighborLists, MapError> {
     nearest_neighbors_and_cells(vectors, k, method, threads).map(|(neighbors, _)| neighbors)
 }
 
@@ -75,7 +81,7 @@ pub fn nearest_neighbors_and_cells(
     k: usize,
     method: KnnMethod,
     threads: usize,
-) -> Result<(Vec<Vec<Neighbor<f32>>>, Option<Vec<usize>>), MapError> {
+) -> Result<(NeighborLists, Option<Vec<usize>>), MapError> {
     let (n, d) = vectors.dim();
     let flat = vectors.as_standard_layout();
     let flat = flat.as_slice().expect("standard layout");
@@ -120,7 +126,7 @@ fn search_index(
     queries: &[f32],
     d: usize,
     k: usize,
-) -> Result<Vec<(i64, f32)>, MapError> {
+) -> Result<Hits, MapError> {
     let mut index = index_factory(d as u32, description, MetricType::L2).map_err(faiss_error)?;
     index.add(base).map_err(faiss_error)?;
     if let Some((name, value)) = parameter {
@@ -135,7 +141,7 @@ fn search_index(
 /// Exact search with the queries split over `threads` workers, each running FAISS on one thread.
 /// FAISS's own parallel search alternates a BLAS product with a parallel heap update, and on few
 /// cores the idle side's spinning cost as much as the work; separate workers overlap instead.
-fn search_exact(base: &[f32], queries: &[f32], d: usize, k: usize, threads: usize) -> Result<Vec<(i64, f32)>, MapError> {
+fn search_exact(base: &[f32], queries: &[f32], d: usize, k: usize, threads: usize) -> Result<Hits, MapError> {
     let rows = queries.len() / d;
     let per_worker = rows.div_ceil(threads.max(1)).max(1);
     let parts = std::thread::scope(|scope| {
@@ -181,7 +187,7 @@ fn search_cells(
     k: usize,
     probes: usize,
     threads: usize,
-) -> Result<(Vec<(i64, f32)>, Vec<usize>), MapError> {
+) -> Result<(Hits, Vec<usize>), MapError> {
     let cells = cell_count(n);
     let mut parameters = ClusteringParameters::new();
     parameters.set_niter(KMEANS_ITERATIONS);
@@ -255,7 +261,7 @@ fn search_cell<'a>(
     k: usize,
     rows: &[usize],
     nearby: impl Iterator<Item = &'a [usize]>,
-) -> Result<Vec<(i64, f32)>, MapError> {
+) -> Result<Hits, MapError> {
     let vector = |row: usize| &flat[row * d..(row + 1) * d];
     let queries: Vec<f32> = rows.iter().flat_map(|&row| vector(row)).copied().collect();
     let base_rows: Vec<usize> = nearby.flatten().copied().collect();

@@ -143,6 +143,13 @@ impl MapSettings {
     }
 }
 
+/// FAISS's OpenMP loops get `threads`; BLAS stays on the calling thread (see
+/// `faiss_ext::single_threaded_blas`).
+fn use_threads(threads: usize) {
+    crate::faiss_ext::set_faiss_threads(threads);
+    crate::faiss_ext::single_threaded_blas();
+}
+
 fn all_cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -178,8 +185,7 @@ pub fn compute_map(
     progress: &dyn ProgressSink,
 ) -> Result<MapOutput, MapError> {
     let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
-    crate::faiss_ext::set_faiss_threads(parameters.threads);
-    crate::faiss_ext::single_threaded_blas();
+    use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
     progress.phase(Phase::Normalizing);
@@ -220,7 +226,7 @@ pub fn compute_map(
 /// the same normalised, PCA-reduced vectors the map uses. For benchmarks: it runs an exact search.
 pub fn knn_recall(corpus: &Corpus, settings: &MapSettings) -> Result<f64, MapError> {
     let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
-    crate::faiss_ext::set_faiss_threads(parameters.threads);
+    use_threads(parameters.threads);
     let reduced = prepare::pca_reduce(prepare::l2_normalized(&corpus.vectors), parameters.pca_dimensions as usize)?;
     let k = parameters.neighbors as usize;
     let found = knn::nearest_neighbors(&reduced, k, parameters.knn, parameters.threads)?;
