@@ -152,11 +152,49 @@ fn type_str(npy: &NpyFile<impl Read>) -> String {
     }
 }
 
+/// Longest `.npy` header accepted; numpy writes a few hundred bytes for a plain array.
+const NPY_HEADER_MAX: usize = 16 * 1024;
+
+/// Reads and checks a `.npy` header before npyz parses it, returning a reader that replays it.
+/// npyz parses the header's Python literal with backtracking that takes time exponential in the
+/// nesting depth: a 200-byte file with 20 `[` took 8 s, 30 would take hours, and the map would sit
+/// in COMPUTING all that time (found by fuzzing). A plain array's header is one flat dict with
+/// one shape tuple, so anything nested deeper is refused here.
+fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) -> Result<impl Read, MapError> {
+    let mut prefix = vec![0u8; 10];
+    reader.read_exact(&mut prefix).map_err(|e| corrupt(path, format, format!("no .npy header: {e}")))?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err(corrupt(path, format, "the file does not start with the .npy magic bytes"));
+    }
+    let header_len = match prefix[6] {
+        1 => usize::from(u16::from_le_bytes([prefix[8], prefix[9]])),
+        2 | 3 => {
+            let mut rest = [0u8; 2];
+            reader.read_exact(&mut rest).map_err(|e| corrupt(path, format, format!("no .npy header: {e}")))?;
+            prefix.extend_from_slice(&rest);
+            u32::from_le_bytes([prefix[8], prefix[9], rest[0], rest[1]]) as usize
+        }
+        version => return Err(corrupt(path, format, format!(".npy format version {version} is not supported"))),
+    };
+    if header_len > NPY_HEADER_MAX {
+        return Err(corrupt(path, format, format!("the .npy header is {header_len} bytes, over {NPY_HEADER_MAX}")));
+    }
+    let start = prefix.len();
+    prefix.resize(start + header_len, 0);
+    reader.read_exact(&mut prefix[start..]).map_err(|e| corrupt(path, format, format!("the .npy header is cut short: {e}")))?;
+    let header = &prefix[start..];
+    let count = |byte: u8| header.iter().filter(|&&b| b == byte).count();
+    if count(b'[') > 0 || count(b'{') > 1 || count(b'(') > 1 {
+        return Err(corrupt(path, format, "the .npy header is not a plain array's (structured or nested dtypes are not supported)"));
+    }
+    Ok(std::io::Cursor::new(prefix).chain(reader))
+}
+
 /// A 2-D float matrix, C or Fortran order, float32 (float64 is narrowed). `path` names the
 /// source in errors.
 pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, MapError> {
     const FORMAT: &str = ".npy matrix";
-    let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
+    let npy = NpyFile::new(checked_npy_header(reader, path, FORMAT)?).map_err(|e| corrupt(path, FORMAT, e))?;
     let &[rows, columns] = npy.shape() else {
         return Err(corrupt(path, FORMAT, format!("expected 2 dimensions, found shape {:?}", npy.shape())));
     };
@@ -187,7 +225,7 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, Ma
 /// A 1-D integer vector with one id per corpus row.
 pub fn read_npy_ids(reader: impl Read, path: &Path, rows: usize) -> Result<Vec<i64>, MapError> {
     const FORMAT: &str = ".npy id vector";
-    let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
+    let npy = NpyFile::new(checked_npy_header(reader, path, FORMAT)?).map_err(|e| corrupt(path, FORMAT, e))?;
     if npy.shape().len() != 1 {
         return Err(corrupt(path, FORMAT, format!("expected 1 dimension, found shape {:?}", npy.shape())));
     }

@@ -30,3 +30,18 @@ fn a_forged_vector_length_is_refused_by_name_before_faiss_allocates_it() {
     let error = embedding_service::corpus::CorpusSource::FaissIndex(path).load().unwrap_err().to_string();
     assert!(error.contains("is not a valid FAISS index") && error.contains("vector data holds"), "{error}");
 }
+
+#[test]
+fn a_deeply_nested_npy_header_is_refused_before_npyz_parses_it() {
+    // Found by fuzzing: npyz's header parser takes time exponential in the nesting depth; this
+    // one would run for days.
+    let mut header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), ".to_vec();
+    header.extend([b'['; 40]);
+    header.extend(b"}\n");
+    let mut data = b"\x93NUMPY\x01\x00".to_vec();
+    data.extend((header.len() as u16).to_le_bytes());
+    data.extend(header);
+    data.extend([0u8; 8]);
+    let error = embedding_service::corpus::read_npy_matrix(&data[..], Path::new("nested.npy")).unwrap_err().to_string();
+    assert!(error.contains("not a plain array's"), "{error}");
+}
