@@ -48,8 +48,8 @@ pub struct MapArgs {
     pub perplexity: f64,
 
     /// Optimisation iterations in all, early exaggeration included. With the learning rate raised
-    /// after exaggeration, 500 reach the quality the usual 1000 do (see the README's figures).
-    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 500)]
+    /// after exaggeration, 450 reach the quality the usual 1000 do (see the README's figures).
+    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 450)]
     pub iterations: u32,
 
     /// Iterations with early exaggeration, at the start.
@@ -154,7 +154,7 @@ mod tests {
     fn every_flag_parses_from_its_defaults() {
         let config = Config::try_parse_from(["embedding-service"]).unwrap();
         assert_eq!(config.map.perplexity, 30.0);
-        assert_eq!(config.map.iterations, 500);
+        assert_eq!(config.map.iterations, 450);
         assert!(config.corpus.is_none());
         let settings = config.map.settings();
         assert_eq!(settings.learning_rate, None);
