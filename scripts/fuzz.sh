@@ -9,6 +9,6 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="${FUZZ_TARGET_DIR:-$HOME/.cache/embedding-map/fuzz-target}"
 for target in json_bodies npy_corpus faiss_index; do
   echo "== $target: ${seconds}s"
-  cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$seconds" -rss_limit_mb=4096 -max_len=65536
+  cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$seconds" -timeout=10 -rss_limit_mb=4096 -max_len=65536
   cargo fuzz cmin -O "$target" "corpus/$target"
 done
