@@ -41,18 +41,25 @@ impl Scorecard {
         self.0.entry(area).or_default()
     }
 
-    fn print(&self) {
-        println!("\nfault and abuse scorecard");
-        println!(
-            "{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}",
+    fn render(&self) -> String {
+        let mut text = format!(
+            "fault and abuse scorecard\n{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}\n",
             "area", "operations", "faults", "survived", "bad inputs", "clear errors", "acked lost", "crashes", "outside writes"
         );
         for (area, r) in &self.0 {
-            println!(
-                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}",
+            text += &format!(
+                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}\n",
                 r.operations, r.faults, r.survived, r.bad_inputs, r.clear_errors, r.acknowledged_lost, r.crashes, r.writes_outside_data
             );
         }
+        let total = |field: fn(&Row) -> usize| self.0.values().map(field).sum::<usize>();
+        text += &format!(
+            "acknowledged writes lost: {}; crashes: {}; files written outside the data directory: {}\n",
+            total(|r| r.acknowledged_lost),
+            total(|r| r.crashes),
+            total(|r| r.writes_outside_data)
+        );
+        text
     }
 }
 
@@ -516,10 +523,16 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     hostile_input(&mut local).await;
     shutdown_under_load(&mut local).await;
     file_writes(&mut local).await;
-    local.print();
-    let total_lost: usize = local.0.values().map(|r| r.acknowledged_lost).sum();
-    let total_crashes: usize = local.0.values().map(|r| r.crashes).sum();
-    let total_outside: usize = local.0.values().map(|r| r.writes_outside_data).sum();
-    println!("acknowledged writes lost: {total_lost}; crashes: {total_crashes}; files written outside the data directory: {total_outside}");
-    assert_eq!((total_lost, total_crashes, total_outside), (0, 0, 0));
+    // Printed, and kept in artifacts/ so the test command can show it after cargo's captured output.
+    let scorecard = local.render();
+    println!("\n{scorecard}");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("scorecard.txt"), &scorecard).unwrap();
+    let total = |field: fn(&Row) -> usize| local.0.values().map(field).sum::<usize>();
+    assert_eq!(
+        (total(|r| r.acknowledged_lost), total(|r| r.crashes), total(|r| r.writes_outside_data)),
+        (0, 0, 0),
+        "{scorecard}"
+    );
 }
