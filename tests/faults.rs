@@ -476,13 +476,8 @@ async fn file_writes(card: &mut Scorecard) {
     let embedding = start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &["embedding-service"]);
     let database = data.join("api.sqlite3");
     let api_trace = sandbox.path().join("api.trace");
-    let api = start_traced(
-        "api-service",
-        &api_trace,
-        &["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--database", database.to_str().unwrap(), "--embedding-url", &embedding.url()],
-        &env,
-        &[GRPC, HTTP],
-    );
+    let embedding_url = embedding.url();
+    let api = start_traced("api-service", &api_trace, &api_args(&database, &embedding_url), &env, &[GRPC, HTTP]);
     create_items(&api, 20).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(&api, 2, "sandbox".into(), stop.clone());

@@ -131,11 +131,12 @@ impl MapArgs {
             learning_rate: (self.learning_rate > 0.0).then_some(self.learning_rate),
             final_learning_rate: (self.final_learning_rate > 0.0).then_some(self.final_learning_rate),
             knn: match self.knn {
-                KnnChoice::Auto => KnnMethod::auto(self.knn_probes),
-                KnnChoice::Exact => KnnMethod::Exact,
-                KnnChoice::Hnsw => KnnMethod::Hnsw,
-                KnnChoice::Cells => KnnMethod::Cells { probes: self.knn_probes },
+                KnnChoice::Auto => None,
+                KnnChoice::Exact => Some(KnnMethod::Exact),
+                KnnChoice::Hnsw => Some(KnnMethod::Hnsw),
+                KnnChoice::Cells => Some(KnnMethod::Cells { probes: self.knn_probes }),
             },
+            knn_probes: self.knn_probes,
             gradient: match self.gradient {
                 GradientChoice::Auto => None,
                 GradientChoice::Fft => Some(GradientMethod::Fft),

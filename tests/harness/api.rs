@@ -14,7 +14,14 @@ pub const ALLOWED_ORIGIN: &str = "http://admin.example.test";
 
 /// Starts the api-service on ephemeral ports with its database at `database`.
 pub fn start_api(database: &Path, embedding_url: &str, extra: &[&str]) -> ServiceProcess {
-    let mut args = vec![
+    let mut args = api_args(database, embedding_url);
+    args.extend_from_slice(extra);
+    ServiceProcess::start_listening(&binary("api-service"), &args, &[("API_ADMIN_TOKEN", ADMIN_TOKEN)], &[GRPC, HTTP])
+}
+
+/// The api-service's flags for ephemeral ports, `database` and the embedding service's URL.
+pub fn api_args<'a>(database: &'a Path, embedding_url: &'a str) -> Vec<&'a str> {
+    vec![
         "--grpc-listen",
         "127.0.0.1:0",
         "--http-listen",
@@ -25,9 +32,7 @@ pub fn start_api(database: &Path, embedding_url: &str, extra: &[&str]) -> Servic
         embedding_url,
         "--cors-origins",
         ALLOWED_ORIGIN,
-    ];
-    args.extend_from_slice(extra);
-    ServiceProcess::start_listening(&binary("api-service"), &args, &[("API_ADMIN_TOKEN", ADMIN_TOKEN)], &[GRPC, HTTP])
+    ]
 }
 
 pub fn http_url(api: &ServiceProcess, path: &str) -> String {

@@ -17,23 +17,13 @@ pub enum KnnMethod {
     Hnsw,
     /// k-means cells; each cell's points are searched exactly among its `probes` nearest cells.
     Cells { probes: usize },
-    /// Exact while the corpus has no more cells than `probes` (every cell would be searched
-    /// anyway), `Cells` above.
-    Auto { probes: usize },
 }
 
 impl KnnMethod {
-    pub fn auto(probes: usize) -> Self {
-        KnnMethod::Auto { probes }
-    }
-
-    /// The method a corpus of `points` uses.
-    pub fn resolve(self, points: usize) -> Self {
-        match self {
-            KnnMethod::Auto { probes } if cell_count(points) <= probes => KnnMethod::Exact,
-            KnnMethod::Auto { probes } => KnnMethod::Cells { probes },
-            other => other,
-        }
+    /// The automatic choice for a corpus of `points`: exact while it has no more cells than
+    /// `probes` (every cell would be searched anyway), cells above.
+    pub fn automatic(points: usize, probes: usize) -> Self {
+        if cell_count(points) <= probes { KnnMethod::Exact } else { KnnMethod::Cells { probes } }
     }
 
     pub fn name(self) -> &'static str {
@@ -41,7 +31,6 @@ impl KnnMethod {
             KnnMethod::Exact => "exact",
             KnnMethod::Hnsw => "hnsw",
             KnnMethod::Cells { .. } => "cells",
-            KnnMethod::Auto { .. } => "auto",
         }
     }
 }
@@ -86,13 +75,13 @@ pub fn nearest_neighbors_and_cells(
     let flat = vectors.as_standard_layout();
     let flat = flat.as_slice().expect("standard layout");
     let mut cells = None;
-    let hits = match method.resolve(n) {
+    let hits = match method {
         KnnMethod::Exact => search_exact(flat, flat, d, k + 1, threads)?,
         // efSearch must exceed k for HNSW to return k results; twice k keeps recall high.
         KnnMethod::Hnsw => {
             search_index(HNSW_DESCRIPTION, Some(("efSearch", (2 * (k + 1)).max(64) as f64)), flat, flat, d, k + 1)?
         }
-        KnnMethod::Cells { probes } | KnnMethod::Auto { probes } => {
+        KnnMethod::Cells { probes } => {
             let (hits, assignment) = search_cells(flat, n, d, k + 1, probes, threads)?;
             cells = Some(assignment);
             hits
@@ -142,32 +131,46 @@ fn search_index(
 /// FAISS's own parallel search alternates a BLAS product with a parallel heap update, and on few
 /// cores the idle side's spinning cost as much as the work; separate workers overlap instead.
 fn search_exact(base: &[f32], queries: &[f32], d: usize, k: usize, threads: usize) -> Result<Hits, MapError> {
-    let rows = queries.len() / d;
-    let per_worker = rows.div_ceil(threads.max(1)).max(1);
-    let parts = std::thread::scope(|scope| {
-        let workers: Vec<_> = queries
-            .chunks(per_worker * d)
-            .map(|part| {
+    let parts: Vec<&[f32]> = queries.chunks((queries.len() / d).div_ceil(threads.max(1)).max(1) * d).collect();
+    Ok(on_workers(parts.len(), |worker| search_index("Flat", None, base, parts[worker], d, k))?.concat())
+}
+
+/// Runs `job(0..workers)` on as many named threads, each with single-threaded FAISS, and returns
+/// the results in worker order; a panicking worker becomes an error.
+fn on_workers<T: Send>(
+    workers: usize,
+    job: impl Fn(usize) -> Result<T, MapError> + Sync,
+) -> Result<Vec<T>, MapError> {
+    let job = &job;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|worker| {
                 std::thread::Builder::new()
                     .name("knn".into())
                     .spawn_scoped(scope, move || {
                         crate::faiss_ext::set_faiss_threads(1);
-                        search_index("Flat", None, base, part, d, k)
+                        job(worker)
                     })
                     .map_err(faiss_error)
             })
             .collect::<Result<_, _>>()?;
-        join_all(workers)
-    })?;
-    Ok(parts.concat())
+        handles
+            .into_iter()
+            .map(|handle| handle.join().map_err(|_| faiss_error("a search worker panicked"))?)
+            .collect()
+    })
 }
 
-/// Joins scoped workers in order; a panicking worker becomes an error.
-fn join_all<T>(workers: Vec<std::thread::ScopedJoinHandle<'_, Result<T, MapError>>>) -> Result<Vec<T>, MapError> {
-    workers
-        .into_iter()
-        .map(|worker| worker.join().map_err(|_| faiss_error("a search worker panicked"))?)
-        .collect()
+/// The vectors of `rows`, concatenated.
+fn gather(flat: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    rows.iter().flat_map(|&row| &flat[row * d..(row + 1) * d]).copied().collect()
+}
+
+/// Writes each of `rows`' `k` hits from `found` into its slot of `hits`.
+fn scatter(hits: &mut [(i64, f32)], rows: &[usize], found: &[(i64, f32)], k: usize) {
+    for (&row, found) in rows.iter().zip(found.chunks_exact(k)) {
+        hits[row * k..(row + 1) * k].copy_from_slice(found);
+    }
 }
 
 /// Points per k-means cell: cells hold about sqrt(N) points, so the cells and the points in them
@@ -210,63 +213,36 @@ fn search_cells(
     }
     let nearby = quantizer.assign(&centroids, probes).map_err(faiss_error)?.labels;
 
-    // Cells go to workers round-robin; each worker searches its cells with single-threaded FAISS.
-    let members = &members;
-    let nearby = &nearby;
-    let per_worker = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads.max(1))
-            .map(|worker| {
-                std::thread::Builder::new()
-                    .name("knn".into())
-                    .spawn_scoped(scope, move || {
-                        crate::faiss_ext::set_faiss_threads(1);
-                        (worker..cells)
-                            .step_by(threads.max(1))
-                            .filter(|&cell| !members[cell].is_empty())
-                            .map(|cell| {
-                                let near = &nearby[cell * probes..(cell + 1) * probes];
-                                search_cell(flat, d, k, &members[cell], near.iter().filter_map(|c| c.get()).map(|c| &members[c as usize][..]))
-                                    .map(|found| (cell, found))
-                            })
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .map_err(faiss_error)
+    // Cells go to workers round-robin.
+    let threads = threads.max(1);
+    let per_worker = on_workers(threads, |worker| {
+        (worker..cells)
+            .step_by(threads)
+            .filter(|&cell| !members[cell].is_empty())
+            .map(|cell| {
+                let near = nearby[cell * probes..(cell + 1) * probes].iter().filter_map(|c| c.get());
+                let base_rows: Vec<usize> = near.flat_map(|c| members[c as usize].iter().copied()).collect();
+                search_cell(flat, d, k, &members[cell], &base_rows).map(|found| (cell, found))
             })
-            .collect::<Result<_, _>>()?;
-        join_all(workers)
+            .collect::<Result<Vec<_>, _>>()
     })?;
     let mut hits = vec![(-1i64, f32::INFINITY); n * k];
     for (cell, found) in per_worker.into_iter().flatten() {
-        for (&row, found) in members[cell].iter().zip(found.chunks_exact(k)) {
-            hits[row * k..(row + 1) * k].copy_from_slice(found);
-        }
+        scatter(&mut hits, &members[cell], &found, k);
     }
     // Lopsided k-means can leave a cell's neighbourhood with fewer than k points; those points
     // are searched exactly instead.
     let short: Vec<usize> = (0..n).filter(|&row| hits[row * k + k - 1].0 < 0).collect();
     if !short.is_empty() {
-        let queries: Vec<f32> = short.iter().flat_map(|&row| &flat[row * d..(row + 1) * d]).copied().collect();
-        let found = search_exact(flat, &queries, d, k, threads)?;
-        for (&row, found) in short.iter().zip(found.chunks_exact(k)) {
-            hits[row * k..(row + 1) * k].copy_from_slice(found);
-        }
+        let found = search_exact(flat, &gather(flat, d, &short), d, k, threads)?;
+        scatter(&mut hits, &short, &found, k);
     }
     Ok((hits, assignment))
 }
 
-/// One cell's points (`rows`) searched exactly among the points of `nearby` cells; global rows.
-fn search_cell<'a>(
-    flat: &[f32],
-    d: usize,
-    k: usize,
-    rows: &[usize],
-    nearby: impl Iterator<Item = &'a [usize]>,
-) -> Result<Hits, MapError> {
-    let vector = |row: usize| &flat[row * d..(row + 1) * d];
-    let queries: Vec<f32> = rows.iter().flat_map(|&row| vector(row)).copied().collect();
-    let base_rows: Vec<usize> = nearby.flatten().copied().collect();
-    let base: Vec<f32> = base_rows.iter().flat_map(|&row| vector(row)).copied().collect();
-    let mut found = search_index("Flat", None, &base, &queries, d, k)?;
+/// One cell's points (`rows`) searched exactly among `base_rows`; hits name global rows.
+fn search_cell(flat: &[f32], d: usize, k: usize, rows: &[usize], base_rows: &[usize]) -> Result<Hits, MapError> {
+    let mut found = search_index("Flat", None, &gather(flat, d, base_rows), &gather(flat, d, rows), d, k)?;
     for (local, _) in &mut found {
         if *local >= 0 {
             *local = base_rows[*local as usize] as i64;
@@ -298,8 +274,8 @@ mod tests {
 
     #[test]
     fn auto_searches_exactly_while_every_cell_would_be_probed() {
-        assert_eq!(KnnMethod::auto(48).resolve(48 * 48), KnnMethod::Exact);
-        assert_eq!(KnnMethod::auto(48).resolve(50 * 50), KnnMethod::Cells { probes: 48 });
+        assert_eq!(KnnMethod::automatic(48 * 48, 48), KnnMethod::Exact);
+        assert_eq!(KnnMethod::automatic(50 * 50, 48), KnnMethod::Cells { probes: 48 });
     }
 
     #[test]

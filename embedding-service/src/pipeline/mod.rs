@@ -69,7 +69,10 @@ pub struct MapSettings {
     pub learning_rate: Option<f64>,
     /// After early exaggeration; None means N / 4.
     pub final_learning_rate: Option<f64>,
-    pub knn: KnnMethod,
+    /// None picks by N (see `KnnMethod::automatic`).
+    pub knn: Option<KnnMethod>,
+    /// Cells searched per cell by the automatic choice.
+    pub knn_probes: usize,
     /// None picks by N.
     pub gradient: Option<GradientMethod>,
     pub init: Initialization,
@@ -131,7 +134,7 @@ impl MapSettings {
             seed: self.seed,
             pca_dimensions: (self.pca_dims as usize).min(dimensions) as u32,
             neighbors: neighbors as u32,
-            knn: self.knn.resolve(points),
+            knn: self.knn.unwrap_or(KnnMethod::automatic(points, self.knn_probes)),
             gradient: self.gradient.unwrap_or(if points >= FFT_MIN_POINTS {
                 GradientMethod::Fft
             } else {
