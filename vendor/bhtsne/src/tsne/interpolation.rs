@@ -53,9 +53,12 @@ pub(crate) struct Interpolant<T: FftNum, const D: usize> {
     fft_len: usize,
     /// FFT plan for the current [`Self::fft_len`], rebuilt only when it changes.
     plan: FftGrid<T>,
-    /// Real `fft_len^D` grid: charge spread target before the forward transform and
-    /// the recovered potentials after the inverse. Reused for the kernel build.
-    real_grid: Vec<T>,
+    /// Patched: one real `fft_len^D` grid per charge term (was one, reused term by term): the
+    /// charge spread target before the forward transform and the recovered potentials after
+    /// the inverse. All terms are spread in one pass over the points and gathered in one pass,
+    /// so each point's nodes and weights are worked out once rather than once per term. The
+    /// first grid also serves the kernel build.
+    real_grids: Vec<Vec<T>>,
     /// Kernel half-spectrum, pre-scaled by the inverse-transform normalization so the
     /// convolution needs no extra scaling pass.
     kernel_spec: Vec<Complex<T>>,
@@ -68,7 +71,18 @@ pub(crate) struct Interpolant<T: FftNum, const D: usize> {
     /// Per-point, per-axis Lagrange weights, `n_samples * D` rows of
     /// `INTERPOLATION_POINTS`.
     weights: Vec<[T; INTERPOLATION_POINTS]>,
+    /// Patched: the samples grouped by box, in sample order within each box: box `b` (its
+    /// per-axis indices read as a base-`boxes_per_axis` numeral) holds
+    /// `box_samples[box_starts[b]..box_starts[b + 1]]`.
+    box_starts: Vec<usize>,
+    box_samples: Vec<u32>,
 }
+
+/// Most charge terms of any supported dimensionality (`D + 2` for `D <= 2`, see [`FftDim`]).
+const MAX_TERMS: usize = 4;
+
+/// Most interpolation nodes per box of any supported dimensionality (`INTERPOLATION_POINTS^D`).
+const MAX_COMBINATIONS: usize = INTERPOLATION_POINTS * INTERPOLATION_POINTS;
 
 impl<T, const D: usize> Interpolant<T, D>
 where
@@ -84,12 +98,14 @@ where
             nodes_per_axis: 0,
             fft_len: 1,
             plan: FftGrid::new(1),
-            real_grid: Vec::new(),
+            real_grids: Vec::new(),
             kernel_spec: Vec::new(),
             work_spec: Vec::new(),
             potentials: Vec::new(),
             box_index: Vec::new(),
             weights: Vec::new(),
+            box_starts: Vec::new(),
+            box_samples: Vec::new(),
         }
     }
 
@@ -148,7 +164,10 @@ where
         let grid = fft_len.pow(D as u32);
         let spectrum = self.plan.spectrum_len::<D>();
         let zero = Complex::new(T::zero(), T::zero());
-        self.real_grid.resize(grid, T::zero());
+        self.real_grids.resize_with(Self::TERMS, Vec::new);
+        for real_grid in &mut self.real_grids {
+            real_grid.resize(grid, T::zero());
+        }
         self.kernel_spec.resize(spectrum, zero);
         self.work_spec.resize(spectrum, zero);
         self.potentials.resize(n_samples * Self::TERMS, T::zero());
@@ -202,7 +221,7 @@ where
     fn build_kernel_spectrum(&mut self, spacing: T) {
         let fft_len = self.fft_len;
         let one = T::one();
-        self.real_grid
+        self.real_grids[0]
             .par_iter_mut()
             .enumerate()
             .for_each(|(flat, value)| {
@@ -220,7 +239,7 @@ where
                 *value = cauchy * cauchy;
             });
         self.plan
-            .forward::<D>(&mut self.real_grid, &mut self.kernel_spec);
+            .forward::<D>(&mut self.real_grids[0], &mut self.kernel_spec);
 
         // Fold the inverse-transform normalization into the kernel spectrum.
         let inv_total = T::from(fft_len.pow(D as u32)).unwrap().recip();
@@ -232,45 +251,104 @@ where
     /// Runs the `[spread -> convolve -> gather]` pipeline for every charge term, leaving
     /// the interpolated potentials in [`Self::potentials`] as `n_samples * TERMS`.
     fn convolve_terms(&mut self, y: &[T]) {
+        self.spread_charges(y);
         for term in 0..Self::TERMS {
-            self.spread_charges(y, term);
             self.plan
-                .forward::<D>(&mut self.real_grid, &mut self.work_spec);
+                .forward::<D>(&mut self.real_grids[term], &mut self.work_spec);
             self.multiply_by_kernel();
             self.plan
-                .inverse::<D>(&mut self.work_spec, &mut self.real_grid);
-            self.gather_potentials(term);
+                .inverse::<D>(&mut self.work_spec, &mut self.real_grids[term]);
         }
+        self.gather_potentials();
     }
 
-    /// Spreads one charge term onto the real grid (S2N), zeroing it first.
+    /// Spreads every charge term onto its grid (S2N), zeroing the grids first.
     ///
-    /// Sequential because points sharing a box scatter into overlapping nodes; the
-    /// pass is `O(n_samples * INTERPOLATION_POINTS^D)` and cheap against the
-    /// transforms and the attractive forces.
-    fn spread_charges(&mut self, y: &[T], term: usize) {
+    /// Patched: each box owns its interpolation nodes, so a node's value is the sum over the
+    /// samples in its box alone. Samples are grouped by box (a stable counting sort), each
+    /// box's node values are summed in registers and written once, and the rows of boxes, which
+    /// own disjoint grid rows, are spread in parallel. Every node still adds its samples'
+    /// charges in sample order starting from zero, exactly as a sequential scatter would, so
+    /// the result does not depend on the thread count.
+    fn spread_charges(&mut self, y: &[T]) {
         let fft_len = self.fft_len;
         let combinations = INTERPOLATION_POINTS.pow(D as u32);
-
-        // Disjoint field borrows: scatter into the grid while reading per-point boxes
-        // and weights. The scatter target is a computed node index, so the grid stays
-        // indexed; the per-point rows are walked as aligned chunk iterators.
-        let real_grid = &mut self.real_grid;
+        let boxes_per_axis = self.nodes_per_axis / INTERPOLATION_POINTS;
+        let boxes_per_row = boxes_per_axis.pow(D as u32 - 1);
         let (y_chunks, _) = y.as_chunks::<D>();
         let (box_chunks, _) = self.box_index.as_chunks::<D>();
         let (weight_chunks, _) = self.weights.as_chunks::<D>();
-        real_grid.iter_mut().for_each(|v| *v = T::zero());
-        for ((point, box_row), weight_row) in y_chunks
-            .iter()
-            .zip(box_chunks.iter())
-            .zip(weight_chunks.iter())
-        {
-            let charge = charge_value::<T, D>(point, term);
-            for combo in 0..combinations {
-                let (flat, weight) = node_of_combo::<T, D>(combo, box_row, weight_row, fft_len);
-                real_grid[flat] = real_grid[flat] + weight * charge;
+        let box_id = |box_row: &[usize; D]| box_row.iter().fold(0, |id, &b| id * boxes_per_axis + b);
+
+        // Stable counting sort of the samples by box.
+        let starts = &mut self.box_starts;
+        starts.clear();
+        starts.resize(boxes_per_axis.pow(D as u32) + 1, 0);
+        for box_row in box_chunks {
+            starts[box_id(box_row) + 1] += 1;
+        }
+        for id in 1..starts.len() {
+            starts[id] += starts[id - 1];
+        }
+        self.box_samples.resize(box_chunks.len(), 0);
+        let mut next = starts[..starts.len() - 1].to_vec();
+        for (sample, box_row) in box_chunks.iter().enumerate() {
+            let id = box_id(box_row);
+            self.box_samples[next[id]] = sample as u32;
+            next[id] += 1;
+        }
+
+        // A row of boxes (one box along the first axis) owns `INTERPOLATION_POINTS`
+        // consecutive first-axis grid rows, in every term's grid.
+        let row_len = INTERPOLATION_POINTS * fft_len.pow(D as u32 - 1);
+        let mut bands: Vec<Vec<&mut [T]>> = (0..boxes_per_axis)
+            .map(|_| Vec::with_capacity(Self::TERMS))
+            .collect();
+        for real_grid in &mut self.real_grids {
+            real_grid.par_iter_mut().for_each(|v| *v = T::zero());
+            for (band, rows) in bands.iter_mut().zip(real_grid.chunks_mut(row_len)) {
+                band.push(rows);
             }
         }
+        let (starts, samples) = (&self.box_starts, &self.box_samples);
+        bands
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(row, mut grids)| {
+                let base = row * row_len;
+                for id in row * boxes_per_row..(row + 1) * boxes_per_row {
+                    let members = &samples[starts[id]..starts[id + 1]];
+                    let Some(&first) = members.first() else {
+                        continue;
+                    };
+                    let mut nodes = [[T::zero(); MAX_TERMS]; MAX_COMBINATIONS];
+                    for &sample in members {
+                        let sample = sample as usize;
+                        let mut charges = [T::zero(); MAX_TERMS];
+                        for (term, charge) in charges.iter_mut().take(Self::TERMS).enumerate() {
+                            *charge = charge_value::<T, D>(&y_chunks[sample], term);
+                        }
+                        for (combo, node) in nodes.iter_mut().take(combinations).enumerate() {
+                            let (_, weight) = node_of_combo::<T, D>(
+                                combo,
+                                &box_chunks[sample],
+                                &weight_chunks[sample],
+                                fft_len,
+                            );
+                            for (value, &charge) in node.iter_mut().zip(&charges) {
+                                *value = *value + weight * charge;
+                            }
+                        }
+                    }
+                    let box_row = &box_chunks[first as usize];
+                    for (combo, node) in nodes.iter().take(combinations).enumerate() {
+                        let (flat, _) = node_of_combo::<T, D>(combo, box_row, &weight_chunks[first as usize], fft_len);
+                        for (grid, &value) in grids.iter_mut().zip(node) {
+                            grid[flat - base] = value;
+                        }
+                    }
+                }
+            });
     }
 
     /// Multiplies the charge spectrum in place by the kernel spectrum, the
@@ -282,12 +360,12 @@ where
             .for_each(|(w, &k)| *w = *w * k);
     }
 
-    /// Interpolates the node potentials back to the points (N2S) for one term.
-    /// Read-only on the grid, so points are gathered in parallel.
-    fn gather_potentials(&mut self, term: usize) {
+    /// Interpolates the node potentials back to the points (N2S), every term in one pass.
+    /// Read-only on the grids, so points are gathered in parallel.
+    fn gather_potentials(&mut self) {
         let fft_len = self.fft_len;
         let combinations = INTERPOLATION_POINTS.pow(D as u32);
-        let real_grid = &self.real_grid;
+        let real_grids = &self.real_grids;
         let (box_chunks, _) = self.box_index.as_chunks::<D>();
         let (weight_chunks, _) = self.weights.as_chunks::<D>();
 
@@ -296,12 +374,14 @@ where
             .zip(box_chunks.par_iter())
             .zip(weight_chunks.par_iter())
             .for_each(|((point_terms, box_row), weight_row)| {
-                let mut phi = T::zero();
+                let mut phi = [T::zero(); MAX_TERMS];
                 for combo in 0..combinations {
                     let (flat, weight) = node_of_combo::<T, D>(combo, box_row, weight_row, fft_len);
-                    phi = phi + weight * real_grid[flat];
+                    for (term_phi, grid) in phi.iter_mut().zip(real_grids) {
+                        *term_phi = *term_phi + weight * grid[flat];
+                    }
                 }
-                point_terms[term] = phi;
+                point_terms.copy_from_slice(&phi[..Self::TERMS]);
             });
     }
 

@@ -833,11 +833,13 @@ fn gain_constants<T: Float>() -> (T, T, T, T) {
 /// into `positive_forces_row`. A free function over the embedding and the P arrays: the attractive
 /// pass reads point coordinates directly and never touches the tree.
 ///
-/// Patched: the neighbours' displacements are first gathered into small blocks, then the forces
-/// are summed in `LANES` independent partial sums. The gather cannot be vectorized, but the
-/// arithmetic then can (a float sum in one accumulator cannot, since reordering it changes the
-/// result); this loop is most of a FIt-SNE iteration's time. The partial sums are added in a
-/// fixed order, so the result stays the same on every run.
+/// Patched: the edges are taken `LANES` at a time: the neighbours' displacements are gathered
+/// into small arrays, then distances, factors and forces are computed lane by lane over them, in
+/// `LANES` independent partial sums. The gather cannot be vectorized, but the arithmetic then can
+/// (a float sum in one accumulator cannot, since reordering it changes the result); this loop is
+/// most of a FIt-SNE iteration's time. A short last group is padded with the point itself at
+/// P = 0, which adds nothing. The partial sums are added in a fixed order, so the result stays
+/// the same on every run.
 pub(crate) fn compute_edge_forces<T, const D: usize>(
     index: usize,
     y: &[T],
@@ -849,51 +851,49 @@ pub(crate) fn compute_edge_forces<T, const D: usize>(
     T: Float + AddAssign,
 {
     const LANES: usize = 8;
-    const BLOCK: usize = 8 * LANES;
     let (y_chunks, _) = y.as_chunks::<D>();
-    let sample = &y_chunks[index];
+    let sample = y_chunks[index];
+    let entries = p_rows[index]..p_rows[index + 1];
+    let (column_groups, column_tail) = p_columns[entries.clone()].as_chunks::<LANES>();
+    let (value_groups, value_tail) = p_values[entries].as_chunks::<LANES>();
 
     let mut sums = [[T::zero(); LANES]; D];
-    let mut deltas = [[T::zero(); BLOCK]; D];
-    let mut values = [T::zero(); BLOCK];
-    let entries = p_rows[index]..p_rows[index + 1];
-    let mut block_start = entries.start;
-    while block_start < entries.end {
-        let len = (entries.end - block_start).min(BLOCK);
-        for slot in 0..len {
-            let entry = block_start + slot;
-            let other_sample = &y_chunks[p_columns[entry] as usize];
+    let mut add_group = |columns: &[u32; LANES], values: &[T; LANES]| {
+        let mut deltas = [[T::zero(); LANES]; D];
+        for lane in 0..LANES {
+            let other_sample = y_chunks[columns[lane] as usize];
             for axis in 0..D {
-                deltas[axis][slot] = sample[axis] - other_sample[axis];
-            }
-            values[slot] = p_values[entry];
-        }
-        // Padding slots contribute nothing: their P value is zero.
-        for slot in len..len.next_multiple_of(LANES) {
-            values[slot] = T::zero();
-            for axis in 0..D {
-                deltas[axis][slot] = T::zero();
+                deltas[axis][lane] = sample[axis] - other_sample[axis];
             }
         }
-        for group in (0..len.next_multiple_of(LANES)).step_by(LANES) {
-            let mut factors = [T::zero(); LANES];
+        let mut distances = [T::one(); LANES];
+        for axis_deltas in &deltas {
             for lane in 0..LANES {
-                let mut distance = T::one();
-                for axis in 0..D {
-                    let delta = deltas[axis][group + lane];
-                    distance = distance + delta * delta;
-                }
-                factors[lane] = values[group + lane] / distance;
-            }
-            for axis in 0..D {
-                for lane in 0..LANES {
-                    sums[axis][lane] += factors[lane] * deltas[axis][group + lane];
-                }
+                distances[lane] = distances[lane] + axis_deltas[lane] * axis_deltas[lane];
             }
         }
-        block_start += len;
+        let mut factors = [T::zero(); LANES];
+        for lane in 0..LANES {
+            factors[lane] = values[lane] / distances[lane];
+        }
+        for (axis_sums, axis_deltas) in sums.iter_mut().zip(&deltas) {
+            for lane in 0..LANES {
+                axis_sums[lane] += factors[lane] * axis_deltas[lane];
+            }
+        }
+    };
+    for (columns, values) in column_groups.iter().zip(value_groups) {
+        add_group(columns, values);
     }
-    for axis in 0..D {
-        positive_forces_row[axis] += sums[axis].iter().fold(T::zero(), |total, &lane| total + lane);
+    if !column_tail.is_empty() {
+        let mut columns = [index as u32; LANES];
+        let mut values = [T::zero(); LANES];
+        columns[..column_tail.len()].copy_from_slice(column_tail);
+        values[..value_tail.len()].copy_from_slice(value_tail);
+        add_group(&columns, &values);
+    }
+    for (axis, axis_sums) in sums.iter().enumerate() {
+        positive_forces_row[axis] += axis_sums.iter().fold(T::zero(), |total, &lane| total + lane);
     }
 }
+
