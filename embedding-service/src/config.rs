@@ -48,12 +48,12 @@ pub struct MapArgs {
     pub perplexity: f64,
 
     /// Optimisation iterations in all, early exaggeration included. With the learning rate raised
-    /// after exaggeration, 450 reach the quality the usual 1000 do (see the README's figures).
-    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 450)]
+    /// after exaggeration, 400 reach the quality the usual 1000 do (see the README's figures).
+    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 400)]
     pub iterations: u32,
 
     /// Iterations with early exaggeration, at the start.
-    #[arg(long, env = "EMBEDDING_EXAGGERATION_ITERATIONS", default_value_t = 250)]
+    #[arg(long, env = "EMBEDDING_EXAGGERATION_ITERATIONS", default_value_t = 200)]
     pub exaggeration_iterations: u32,
 
     /// Seed for every random choice (random initialisation); with PCA initialisation the map is
@@ -155,10 +155,10 @@ mod tests {
     fn every_flag_parses_from_its_defaults() {
         let config = Config::try_parse_from(["embedding-service"]).unwrap();
         assert_eq!(config.map.perplexity, 30.0);
-        assert_eq!(config.map.iterations, 450);
+        assert_eq!(config.map.iterations, 400);
         assert!(config.corpus.is_none());
         let settings = config.map.settings();
         assert_eq!(settings.learning_rate, None);
-        assert_eq!(settings.exaggeration_iterations, 250);
+        assert_eq!(settings.exaggeration_iterations, 200);
     }
 }
