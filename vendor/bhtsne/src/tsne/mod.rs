@@ -10,7 +10,8 @@ use std::{
 
 use rayon::{
     iter::{
-        IndexedParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator,
+        IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator,
+        IntoParallelRefMutIterator,
         ParallelIterator,
     },
     slice::{ParallelSlice, ParallelSliceMut},
@@ -313,6 +314,15 @@ pub(super) fn normalize_p_values<T: Float + Send + Sync + MulAssign + Sum>(
 
 /// Symmetrizes a sparse P matrix.
 ///
+/// Patched: rows are built in parallel from each sample's own neighbour list and its transpose
+/// (the samples that list it, ascending), where the crate made two sequential passes with a
+/// binary search into another sample's row per entry. The result is the crate's, entry for
+/// entry and in the same order within each row (the attractive forces sum a row in that
+/// order): row `r` holds the samples `t < r` that list `r`, then `r`'s own neighbours in
+/// ascending order less those `j < r` that list `r` back (already in the first part), then the
+/// samples `t > r` that list `r` but are not its neighbours. A pair listed both ways gets
+/// `(p_rj + p_jr) / 2`, any other `p / 2`.
+///
 /// # Arguments
 ///
 /// * `p_columns` - for each sample, the indices of its nearest neighbors found with the vantage point tree.
@@ -332,11 +342,12 @@ pub(super) fn symmetrize_sparse_matrix<T>(
 ) where
     T: Float + Add + DivAssign + Send + Sync + MulAssign,
 {
+    let n_neighbors = *n_neighbors;
     // Sort each neighbor row so the lookups below can binary-search. Rows are
     // independent and columns unique within a row, hence parallel and unstable.
     p_columns
-        .par_chunks_mut(*n_neighbors)
-        .zip(p_values.par_chunks_mut(*n_neighbors))
+        .par_chunks_mut(n_neighbors)
+        .zip(p_values.par_chunks_mut(n_neighbors))
         .for_each_init(Vec::<(u32, T)>::new, |row, (cols, vals)| {
             row.clear();
             row.extend(cols.iter().copied().zip(vals.iter().copied()));
@@ -347,77 +358,94 @@ pub(super) fn symmetrize_sparse_matrix<T>(
             }
         });
 
-    // Neighbor indices are stored as u32 to halve the index memory at large n; `col` reads one as a
-    // usize wherever it is used to index into a buffer.
-    let col = |i: usize| p_columns[i] as usize;
-    // Each entry of row_counts corresponds to the number of elements for each corresponding row of
-    // the symmetric sparse final P matrix.
-    let mut row_counts: Vec<usize> = vec![0; n_samples];
-    // This sparse and symmetric matrix, due to the nature of the joint probability distribution P,
-    // has possibly less entries than the current buffer p_values. In order to construct such a
-    // sparse representation, the number of elements contained in each row is needed.
-    // Recall that each i-th row corresponds to the joint distribution of the i-th sample.
-    let p_rows = |i| i * n_neighbors;
-
+    // The transpose: for each sample the samples listing it, ascending, with the value they
+    // give it. Filled in sample order, which sorts every list.
+    let mut in_rows = vec![0usize; n_samples + 1];
+    for &col in &p_columns {
+        in_rows[col as usize + 1] += 1;
+    }
     for n in 0..n_samples {
-        for i in p_rows(n)..p_rows(n + 1) {
-            row_counts[n] += 1;
-            // Binary-search whether `n` appears in the neighbor list of `col(i)`.
-            let neighbor_row = &p_columns[p_rows(col(i))..p_rows(col(i) + 1)];
-            if neighbor_row.binary_search(&(n as u32)).is_err() {
-                row_counts[col(i)] += 1;
-            }
+        in_rows[n + 1] += in_rows[n];
+    }
+    let mut in_columns = vec![0u32; p_columns.len()];
+    let mut in_values = vec![T::zero(); p_columns.len()];
+    let mut next = in_rows[..n_samples].to_vec();
+    for (t, (cols, vals)) in p_columns
+        .chunks(n_neighbors)
+        .zip(p_values.chunks(n_neighbors))
+        .enumerate()
+    {
+        for (&col, &val) in cols.iter().zip(vals) {
+            let slot = &mut next[col as usize];
+            in_columns[*slot] = t as u32;
+            in_values[*slot] = val;
+            *slot += 1;
         }
     }
 
-    let total: usize = row_counts.iter().sum();
+    // Row `r`'s entries in order, as (column, value before halving).
+    let for_each_entry = |r: usize, emit: &mut dyn FnMut(u32, T)| {
+        let own = &p_columns[r * n_neighbors..(r + 1) * n_neighbors];
+        let own_values = &p_values[r * n_neighbors..(r + 1) * n_neighbors];
+        let incoming = &in_columns[in_rows[r]..in_rows[r + 1]];
+        let incoming_values = &in_values[in_rows[r]..in_rows[r + 1]];
+        let split = incoming.partition_point(|&t| (t as usize) < r);
+        for (&t, &value) in incoming[..split].iter().zip(&incoming_values[..split]) {
+            match own.binary_search(&t) {
+                Ok(at) => emit(t, value + own_values[at]),
+                Err(_) => emit(t, value),
+            }
+        }
+        for (&j, &value) in own.iter().zip(own_values) {
+            match incoming.binary_search(&j) {
+                Ok(_) if (j as usize) < r => {}
+                Ok(at) => emit(j, value + incoming_values[at]),
+                Err(_) => emit(j, value),
+            }
+        }
+        for (&t, &value) in incoming[split..].iter().zip(&incoming_values[split..]) {
+            if own.binary_search(&t).is_err() {
+                emit(t, value);
+            }
+        }
+    };
 
+    let row_counts: Vec<usize> = (0..n_samples)
+        .into_par_iter()
+        .map(|r| {
+            let mut count = 0;
+            for_each_entry(r, &mut |_, _| count += 1);
+            count
+        })
+        .collect();
     let mut sym_row_p: Vec<usize> = vec![0; n_samples + 1];
+    for n in 0..n_samples {
+        sym_row_p[n + 1] = sym_row_p[n] + row_counts[n];
+    }
+    let total = sym_row_p[n_samples];
     let mut sym_col_p: Vec<u32> = vec![0; total];
     let mut sym_val_p: Vec<T> = vec![T::zero(); total];
 
-    sym_row_p[0] = 0;
-    for _n in 0..n_samples {
-        sym_row_p[_n + 1] = sym_row_p[_n] + row_counts[_n];
+    // One output slice per row, filled in parallel.
+    let mut rows: Vec<(&mut [u32], &mut [T])> = Vec::with_capacity(n_samples);
+    let (mut cols_rest, mut vals_rest) = (sym_col_p.as_mut_slice(), sym_val_p.as_mut_slice());
+    for &count in &row_counts {
+        let (cols, cols_tail) = cols_rest.split_at_mut(count);
+        let (vals, vals_tail) = vals_rest.split_at_mut(count);
+        rows.push((cols, vals));
+        (cols_rest, vals_rest) = (cols_tail, vals_tail);
     }
-
-    let mut offset: Vec<usize> = vec![0; n_samples];
-
-    for _n in 0..n_samples {
-        for i in p_rows(_n)..p_rows(_n + 1) {
-            // Binary-search whether `_n` appears in the neighbor list of `col(i)`.
-            let neighbor_row = &p_columns[p_rows(col(i))..p_rows(col(i) + 1)];
-            let present = neighbor_row.binary_search(&(_n as u32));
-
-            if let Ok(m_offset) = present {
-                // Make sure we do not add elements twice.
-                if _n <= col(i) {
-                    sym_col_p[sym_row_p[_n] + offset[_n]] = p_columns[i];
-                    sym_col_p[sym_row_p[col(i)] + offset[col(i)]] = _n as u32;
-                    let m = p_rows(col(i)) + m_offset;
-                    sym_val_p[sym_row_p[_n] + offset[_n]] = p_values[i] + p_values[m];
-                    sym_val_p[sym_row_p[col(i)] + offset[col(i)]] = p_values[i] + p_values[m];
-                }
-            } else {
-                // If (col_P[i], n) is not present, there is no addition involved.
-                sym_col_p[sym_row_p[_n] + offset[_n]] = p_columns[i];
-                sym_col_p[sym_row_p[col(i)] + offset[col(i)]] = _n as u32;
-                sym_val_p[sym_row_p[_n] + offset[_n]] = p_values[i];
-                sym_val_p[sym_row_p[col(i)] + offset[col(i)]] = p_values[i];
-            }
-            // Update offsets.
-            if present.is_err() || _n <= col(i) {
-                offset[_n] += 1;
-                if col(i) != _n {
-                    offset[col(i)] += 1;
-                }
-            }
-        }
-    }
-
-    // Divide result by two.
-    let zero_point_five = T::from(0.5).unwrap();
-    sym_val_p.iter_mut().for_each(|p| *p *= zero_point_five);
+    let half = T::from(0.5).unwrap();
+    rows.into_par_iter()
+        .enumerate()
+        .for_each(|(r, (cols, vals))| {
+            let mut at = 0;
+            for_each_entry(r, &mut |col, value| {
+                cols[at] = col;
+                vals[at] = value * half;
+                at += 1;
+            });
+        });
 
     *p_values = sym_val_p;
     *sym_p_rows = sym_row_p;
@@ -869,7 +897,7 @@ pub(crate) fn compute_edge_forces<T, const D: usize>(
         let mut distances = [T::one(); LANES];
         for axis_deltas in &deltas {
             for lane in 0..LANES {
-                distances[lane] = distances[lane] + axis_deltas[lane] * axis_deltas[lane];
+                distances[lane] += axis_deltas[lane] * axis_deltas[lane];
             }
         }
         let mut factors = [T::zero(); LANES];
@@ -897,3 +925,148 @@ pub(crate) fn compute_edge_forces<T, const D: usize>(
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The crate's sequential symmetrization, kept as the reference the parallel one must match
+    /// entry for entry.
+    #[allow(clippy::all)]
+    fn crate_symmetrize<T>(
+        sym_p_rows: &mut Vec<usize>,
+        sym_p_columns: &mut Vec<u32>,
+        mut p_columns: Vec<u32>,
+        p_values: &mut Vec<T>,
+        n_samples: usize,
+        n_neighbors: &usize,
+    ) where
+        T: Float + Add + DivAssign + Send + Sync + MulAssign,
+    {
+        // Sort each neighbor row so the lookups below can binary-search. Rows are
+        // independent and columns unique within a row, hence parallel and unstable.
+        p_columns
+            .par_chunks_mut(*n_neighbors)
+            .zip(p_values.par_chunks_mut(*n_neighbors))
+            .for_each_init(Vec::<(u32, T)>::new, |row, (cols, vals)| {
+                row.clear();
+                row.extend(cols.iter().copied().zip(vals.iter().copied()));
+                row.sort_unstable_by_key(|(c, _)| *c);
+                for (j, &(col, val)) in row.iter().enumerate() {
+                    cols[j] = col;
+                    vals[j] = val;
+                }
+            });
+
+        // Neighbor indices are stored as u32 to halve the index memory at large n; `col` reads one as a
+        // usize wherever it is used to index into a buffer.
+        let col = |i: usize| p_columns[i] as usize;
+        // Each entry of row_counts corresponds to the number of elements for each corresponding row of
+        // the symmetric sparse final P matrix.
+        let mut row_counts: Vec<usize> = vec![0; n_samples];
+        // This sparse and symmetric matrix, due to the nature of the joint probability distribution P,
+        // has possibly less entries than the current buffer p_values. In order to construct such a
+        // sparse representation, the number of elements contained in each row is needed.
+        // Recall that each i-th row corresponds to the joint distribution of the i-th sample.
+        let p_rows = |i| i * n_neighbors;
+
+        for n in 0..n_samples {
+            for i in p_rows(n)..p_rows(n + 1) {
+                row_counts[n] += 1;
+                // Binary-search whether `n` appears in the neighbor list of `col(i)`.
+                let neighbor_row = &p_columns[p_rows(col(i))..p_rows(col(i) + 1)];
+                if neighbor_row.binary_search(&(n as u32)).is_err() {
+                    row_counts[col(i)] += 1;
+                }
+            }
+        }
+
+        let total: usize = row_counts.iter().sum();
+
+        let mut sym_row_p: Vec<usize> = vec![0; n_samples + 1];
+        let mut sym_col_p: Vec<u32> = vec![0; total];
+        let mut sym_val_p: Vec<T> = vec![T::zero(); total];
+
+        sym_row_p[0] = 0;
+        for _n in 0..n_samples {
+            sym_row_p[_n + 1] = sym_row_p[_n] + row_counts[_n];
+        }
+
+        let mut offset: Vec<usize> = vec![0; n_samples];
+
+        for _n in 0..n_samples {
+            for i in p_rows(_n)..p_rows(_n + 1) {
+                // Binary-search whether `_n` appears in the neighbor list of `col(i)`.
+                let neighbor_row = &p_columns[p_rows(col(i))..p_rows(col(i) + 1)];
+                let present = neighbor_row.binary_search(&(_n as u32));
+
+                if let Ok(m_offset) = present {
+                    // Make sure we do not add elements twice.
+                    if _n <= col(i) {
+                        sym_col_p[sym_row_p[_n] + offset[_n]] = p_columns[i];
+                        sym_col_p[sym_row_p[col(i)] + offset[col(i)]] = _n as u32;
+                        let m = p_rows(col(i)) + m_offset;
+                        sym_val_p[sym_row_p[_n] + offset[_n]] = p_values[i] + p_values[m];
+                        sym_val_p[sym_row_p[col(i)] + offset[col(i)]] = p_values[i] + p_values[m];
+                    }
+                } else {
+                    // If (col_P[i], n) is not present, there is no addition involved.
+                    sym_col_p[sym_row_p[_n] + offset[_n]] = p_columns[i];
+                    sym_col_p[sym_row_p[col(i)] + offset[col(i)]] = _n as u32;
+                    sym_val_p[sym_row_p[_n] + offset[_n]] = p_values[i];
+                    sym_val_p[sym_row_p[col(i)] + offset[col(i)]] = p_values[i];
+                }
+                // Update offsets.
+                if present.is_err() || _n <= col(i) {
+                    offset[_n] += 1;
+                    if col(i) != _n {
+                        offset[col(i)] += 1;
+                    }
+                }
+            }
+        }
+
+        // Divide result by two.
+        let zero_point_five = T::from(0.5).unwrap();
+        sym_val_p.iter_mut().for_each(|p| *p *= zero_point_five);
+
+        *p_values = sym_val_p;
+        *sym_p_rows = sym_row_p;
+        *sym_p_columns = sym_col_p;
+    }
+
+
+    #[test]
+    fn symmetrization_matches_the_crate_entry_for_entry() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(7);
+        for (n_samples, n_neighbors) in [(2, 1), (7, 3), (50, 5), (400, 12), (1000, 30)] {
+            let mut columns = Vec::new();
+            let mut values = Vec::new();
+            for i in 0..n_samples {
+                // Unique neighbours other than `i`, biased towards nearby indices so that many
+                // pairs list each other.
+                let mut row = Vec::new();
+                while row.len() < n_neighbors {
+                    let j = if rng.random_bool(0.7) {
+                        (i + rng.random_range(1..=2 * n_neighbors)) % n_samples
+                    } else {
+                        rng.random_range(0..n_samples)
+                    };
+                    if j != i && !row.contains(&(j as u32)) {
+                        row.push(j as u32);
+                    }
+                }
+                columns.extend(row);
+                values.extend((0..n_neighbors).map(|_| rng.random_range(0.0..1.0f64)));
+            }
+            let (mut rows, mut cols, mut vals) = (Vec::new(), Vec::new(), values.clone());
+            symmetrize_sparse_matrix(&mut rows, &mut cols, columns.clone(), &mut vals, n_samples, &n_neighbors);
+            let (mut want_rows, mut want_cols, mut want_vals) = (Vec::new(), Vec::new(), values);
+            crate_symmetrize(&mut want_rows, &mut want_cols, columns, &mut want_vals, n_samples, &n_neighbors);
+            assert_eq!(rows, want_rows, "{n_samples} x {n_neighbors}");
+            assert_eq!(cols, want_cols, "{n_samples} x {n_neighbors}");
+            assert_eq!(vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        }
+    }
+}
