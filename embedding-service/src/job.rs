@@ -11,7 +11,7 @@ use std::{
 use embeddingmap_proto::v1 as pb;
 
 use crate::{
-    corpus::CorpusSource,
+    corpus::{Corpus, CorpusSource},
     error::MapError,
     pipeline::{self, MapOutput, MapSettings},
     status::StatusPublisher,
@@ -50,13 +50,17 @@ fn compute(
 ) -> Result<pb::EmbeddingMap, MapError> {
     tracing::info!(corpus = %source.describe(), "loading corpus");
     let corpus = source.load()?;
-    publisher.point_count(corpus.len() as u64);
-    tracing::info!(points = corpus.len(), dimensions = corpus.dimensions(), "corpus loaded; computing map");
-    let MapOutput { points, parameters, timings } = pipeline::compute_map(&corpus, settings, publisher)?;
+    let (count, dimensions) = (corpus.len(), corpus.dimensions());
+    publisher.point_count(count as u64);
+    tracing::info!(points = count, dimensions, "corpus loaded; computing map");
+    // Fingerprinted now: the pipeline consumes the vectors.
+    let corpus_fingerprint = corpus.fingerprint();
+    let Corpus { ids, vectors } = corpus;
+    let MapOutput { points, parameters, timings } = pipeline::compute_map(vectors, settings, publisher)?;
     tracing::info!(?timings, "map phases done");
     Ok(pb::EmbeddingMap {
-        points: corpus.ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
-        count: corpus.len() as u64,
+        points: ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
+        count: count as u64,
         parameters: Some(pb::MapParameters {
             perplexity: parameters.perplexity,
             iterations: parameters.iterations,
@@ -71,10 +75,10 @@ fn compute(
             gradient_method: parameters.gradient.name().to_owned(),
             initialization: parameters.init.name().to_owned(),
         }),
-        corpus_fingerprint: corpus.fingerprint(),
+        corpus_fingerprint,
         computed_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
-        input_dimensions: corpus.dimensions() as u32,
+        input_dimensions: dimensions as u32,
     })
 }
 

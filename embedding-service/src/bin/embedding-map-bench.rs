@@ -52,7 +52,7 @@ fn main() -> anyhow::Result<()> {
     let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
     let labels = args.labels.as_ref().map(read_labels).transpose()?;
     let settings = args.map.settings();
-    let recall = if args.recall { Some(pipeline::knn_recall(&source.load()?, &settings)?) } else { None };
+    let recall = if args.recall { Some(pipeline::knn_recall(source.load()?.vectors, &settings)?) } else { None };
     if let Some(recall) = recall {
         eprintln!("neighbour recall against exact search: {recall:.4}");
     }
@@ -61,15 +61,16 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         let corpus = source.load()?;
         let load = started.elapsed();
-        let MapOutput { points, parameters, timings } = pipeline::compute_map(&corpus, &settings, &Quiet)?;
+        let (n, dimensions) = (corpus.len(), corpus.dimensions());
+        let MapOutput { points, parameters, timings } = pipeline::compute_map(corpus.vectors, &settings, &Quiet)?;
         let total = started.elapsed();
         totals.push(total.as_secs_f64());
         let accuracy = labels.as_ref().map(|labels| pipeline::knn_label_accuracy(&points, labels));
         let report = serde_json::json!({
             "implementation": "embedding-service",
             "run": run,
-            "n": corpus.len(),
-            "dimensions": corpus.dimensions(),
+            "n": n,
+            "dimensions": dimensions,
             "knn": parameters.knn.name(),
             "gradient": parameters.gradient.name(),
             "iterations": parameters.iterations,
@@ -89,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         });
         eprintln!(
             "run {run}: n={} load {:.3}s normalize {:.3}s pca {:.3}s knn({}) {:.3}s affinities {:.3}s optimize({}) {:.3}s | total {:.3}s | peak RSS {:.0} MB{}",
-            corpus.len(),
+            n,
             load.as_secs_f64(),
             timings.normalize.as_secs_f64(),
             timings.pca.as_secs_f64(),

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use embeddingmap_proto::v1::Phase;
 
-use crate::{corpus::Corpus, error::MapError};
+use ndarray::Array2;
+
+use crate::error::MapError;
 
 pub use knn::KnnMethod;
 
@@ -181,19 +183,22 @@ pub struct MapOutput {
     pub timings: PhaseTimings,
 }
 
-/// Computes the map of `corpus`. Blocking and CPU-bound.
+/// Computes the map of a corpus's vectors (`n x d`), one point per row. Blocking and CPU-bound.
+/// The vectors are consumed: normalised in place and freed once projected, which at 200k x 384
+/// keeps 300 MB out of the neighbour search and the optimisation.
 pub fn compute_map(
-    corpus: &Corpus,
+    vectors: Array2<f32>,
     settings: &MapSettings,
     progress: &dyn ProgressSink,
 ) -> Result<MapOutput, MapError> {
-    let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
+    let (points, dimensions) = vectors.dim();
+    let parameters = settings.resolve(points, dimensions)?;
     use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
     progress.phase(Phase::Normalizing);
     let started = Instant::now();
-    let normalized = prepare::l2_normalized(&corpus.vectors);
+    let normalized = prepare::l2_normalized(vectors);
     timings.normalize = started.elapsed();
 
     progress.phase(Phase::Pca);
@@ -217,7 +222,7 @@ pub fn compute_map(
     };
     timings.knn = started.elapsed();
 
-    let points = optimize::optimize(&neighbors, initial, &parameters, progress, &mut timings)?;
+    let points = optimize::optimize(neighbors, initial, &parameters, progress, &mut timings)?;
     let points = match &order {
         Some(order) => locality::restore_order(points, order),
         None => points,
@@ -227,10 +232,11 @@ pub fn compute_map(
 
 /// Share of the exact k nearest neighbours that the run's neighbour search finds (recall@k), on
 /// the same normalised, PCA-reduced vectors the map uses. For benchmarks: it runs an exact search.
-pub fn knn_recall(corpus: &Corpus, settings: &MapSettings) -> Result<f64, MapError> {
-    let parameters = settings.resolve(corpus.len(), corpus.dimensions())?;
+pub fn knn_recall(vectors: Array2<f32>, settings: &MapSettings) -> Result<f64, MapError> {
+    let (points, dimensions) = vectors.dim();
+    let parameters = settings.resolve(points, dimensions)?;
     use_threads(parameters.threads);
-    let reduced = prepare::pca_reduce(prepare::l2_normalized(&corpus.vectors), parameters.pca_dimensions as usize)?;
+    let reduced = prepare::pca_reduce(prepare::l2_normalized(vectors), parameters.pca_dimensions as usize)?;
     let k = parameters.neighbors as usize;
     let found = knn::nearest_neighbors(&reduced, k, parameters.knn, parameters.threads)?;
     let exact = knn::nearest_neighbors(&reduced, k, KnnMethod::Exact, parameters.threads)?;
@@ -242,7 +248,7 @@ pub fn knn_recall(corpus: &Corpus, settings: &MapSettings) -> Result<f64, MapErr
             found.iter().filter(|n| exact.contains(&n.index)).count()
         })
         .sum();
-    Ok(hits as f64 / (k * corpus.len()) as f64)
+    Ok(hits as f64 / (k * points) as f64)
 }
 
 /// 10-nearest-neighbour label accuracy of a 2-D map: the share of points whose 10 nearest map

@@ -16,9 +16,9 @@ const THETA: f32 = 0.5;
 const MAX_STEP_NORM: f32 = 5.0;
 
 /// Runs the optimisation on a dedicated rayon pool of `parameters.threads` threads and returns
-/// one `[x, y]` per point.
+/// one `[x, y]` per point. The neighbour lists are freed once bhtsne has copied them.
 pub fn optimize(
-    neighbors: &[Vec<Neighbor<f32>>],
+    neighbors: Vec<Vec<Neighbor<f32>>>,
     initial: Vec<f32>,
     parameters: &MapParameters,
     progress: &dyn ProgressSink,

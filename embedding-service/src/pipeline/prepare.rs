@@ -11,9 +11,8 @@ use crate::{error::MapError, faiss_ext};
 const INITIAL_STD: f32 = 1e-4;
 
 /// Rows scaled to unit length, so Euclidean distance ranks neighbours by cosine similarity.
-/// A zero row stays zero.
-pub fn l2_normalized(vectors: &Array2<f32>) -> Array2<f32> {
-    let mut normalized = vectors.to_owned();
+/// A zero row stays zero. In place: the corpus is the largest allocation of a run.
+pub fn l2_normalized(mut normalized: Array2<f32>) -> Array2<f32> {
     for mut row in normalized.axis_iter_mut(Axis(0)) {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         if norm > 0.0 {

@@ -850,15 +850,16 @@ where
     /// If `theta <= 0.0`, the rows are not one per sample, differ in length, are
     /// empty, or hold an out-of-range index.
     ///
+    /// Patched: the table may be passed by value (a `Vec`) as well as borrowed; by value it is
+    /// freed as soon as its rows are copied into the affinity buffers, before the
+    /// symmetrization and the optimization, where a large fit peaks in memory.
+    ///
     /// [`barnes_hut`]: tSNE::barnes_hut
-    pub fn barnes_hut_with_neighbors(
-        &mut self,
-        theta: T,
-        neighbors: &[Vec<Neighbor<T>>],
-    ) -> &mut Self
+    pub fn barnes_hut_with_neighbors<N>(&mut self, theta: T, neighbors: N) -> &mut Self
     where
         T: FloatCore,
         Dim<D>: Morton<D>,
+        N: AsRef<[Vec<Neighbor<T>>]> + Send + Sync,
     {
         // Reject a bad theta up front, on the cached path too, matching `barnes_hut`.
         self.validate_fit_params(theta);
@@ -977,12 +978,15 @@ where
     /// If the rows are not one per sample, differ in length, are empty, or hold an
     /// out-of-range index.
     ///
+    /// Patched: the table may be passed by value (see [`barnes_hut_with_neighbors`]).
+    ///
     /// [`fit_sne`]: tSNE::fit_sne
     /// [`barnes_hut_with_neighbors`]: tSNE::barnes_hut_with_neighbors
-    pub fn fit_sne_with_neighbors(&mut self, neighbors: &[Vec<Neighbor<T>>]) -> &mut Self
+    pub fn fit_sne_with_neighbors<N>(&mut self, neighbors: N) -> &mut Self
     where
         T: FftNum,
         Dim<D>: FftDim,
+        N: AsRef<[Vec<Neighbor<T>>]> + Send + Sync,
     {
         self.approximate_fit_with_neighbors(
             neighbors,
@@ -1017,31 +1021,36 @@ where
     /// otherwise builds the graph from the caller-supplied neighbors and fits with
     /// `strategy`. The repulsion strategy and the [`Fit`] marker are the only
     /// differences between the Barnes-Hut and FIt-SNE variants.
-    fn approximate_fit_with_neighbors<R>(
+    ///
+    /// Patched: `neighbors` may be passed by value; it then moves into the row filler, which
+    /// is dropped once the rows are copied, so the table is freed before the affinities are
+    /// symmetrized and the optimization runs.
+    fn approximate_fit_with_neighbors<R, N>(
         &mut self,
-        neighbors: &[Vec<Neighbor<T>>],
+        neighbors: N,
         strategy: R,
         fit: Fit<T>,
     ) -> &mut Self
     where
         R: Repulsion<T, D>,
+        N: AsRef<[Vec<Neighbor<T>>]> + Send + Sync,
     {
         let n_samples = self.data.len();
-        let n_neighbors = self.check_neighbors(neighbors);
+        let n_neighbors = self.check_neighbors(neighbors.as_ref());
 
         // If cached affinities encode the same neighbors, reuse them. Their indices are
         // provably valid from the run that produced the cache.
-        if self.cached_affinities_match_neighbors(neighbors) {
+        if self.cached_affinities_match_neighbors(neighbors.as_ref()) {
             return self.run_cached(n_samples, strategy, fit);
         }
 
         // Cache miss: indices will be dereferenced, validate them.
-        self.assert_neighbor_indices_in_range(neighbors);
+        self.assert_neighbor_indices_in_range(neighbors.as_ref());
 
         self.approximate_fit(
             n_neighbors,
-            |_, index, p_columns_row, distances_row| {
-                copy_neighbor_row(neighbors, index, p_columns_row, distances_row);
+            move |_, index, p_columns_row, distances_row| {
+                copy_neighbor_row(neighbors.as_ref(), index, p_columns_row, distances_row);
             },
             strategy,
             fit,
