@@ -211,15 +211,14 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, Ma
         other => return Err(corrupt(path, FORMAT, format!("expected float32 values, found dtype {other}"))),
     };
     let shape = (rows, columns);
+    // Rows must be contiguous (FAISS and the pipeline take them as slices). C order already is,
+    // and is kept without a copy: a corpus is the largest allocation of a run.
     let matrix = match order {
         Order::C => Array2::from_shape_vec(shape, values),
-        Order::Fortran => {
-            Array2::from_shape_vec((columns, rows), values).map(|transposed| transposed.reversed_axes())
-        }
+        Order::Fortran => Array2::from_shape_vec((columns, rows), values)
+            .map(|transposed| transposed.reversed_axes().as_standard_layout().into_owned()),
     };
-    matrix
-        .map(|m| m.as_standard_layout().into_owned())
-        .map_err(|e| corrupt(path, FORMAT, e))
+    matrix.map_err(|e| corrupt(path, FORMAT, e))
 }
 
 /// A 1-D integer vector with one id per corpus row.
@@ -315,6 +314,33 @@ mod tests {
         let duplicated = Corpus::new(Array2::zeros((3, 2)), Some(vec![7, 8, 7]));
         assert!(matches!(duplicated, Err(MapError::DuplicateId { id: 7, first: 0, second: 2 })));
         assert!(matches!(Corpus::new(Array2::zeros((0, 2)), None), Err(MapError::EmptyCorpus)));
+    }
+
+    /// A float32 `.npy` file of `shape` whose data section holds `values` as written.
+    fn npy(fortran: bool, shape: (usize, usize), values: &[f32]) -> Vec<u8> {
+        let dict = format!("{{'descr': '<f4', 'fortran_order': {}, 'shape': {shape:?}, }}", if fortran { "True" } else { "False" });
+        let mut header = dict.into_bytes();
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(b' ');
+        }
+        header.push(b'\n');
+        let mut file = b"\x93NUMPY\x01\x00".to_vec();
+        file.extend((header.len() as u16).to_le_bytes());
+        file.extend(header);
+        file.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        file
+    }
+
+    #[test]
+    fn c_and_fortran_order_matrices_load_as_the_same_rows() {
+        let rows = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]];
+        let c_order: Vec<f32> = rows.iter().flatten().copied().collect();
+        let fortran_order = [1.0, 4.0, 2.0, 5.0, 3.0, 6.0];
+        for (fortran, values) in [(false, &c_order[..]), (true, &fortran_order[..])] {
+            let matrix = read_npy_matrix(&npy(fortran, (2, 3), values)[..], Path::new("m.npy")).unwrap();
+            assert!(matrix.is_standard_layout(), "fortran order {fortran}");
+            assert_eq!(matrix.as_slice().unwrap(), c_order, "fortran order {fortran}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use faiss::{
     index_factory,
 };
 use ndarray::Array2;
+use std::sync::Mutex;
 
 use crate::error::MapError;
 
@@ -74,7 +75,7 @@ pub fn nearest_neighbors_and_cells(
     let (n, d) = vectors.dim();
     let flat = vectors.as_standard_layout();
     let flat = flat.as_slice().expect("standard layout");
-    let mut cells = None;
+    // Each search asks for k + 1 hits: the row itself is usually the first.
     let hits = match method {
         KnnMethod::Exact => search_exact(flat, flat, d, k + 1, threads)?,
         // efSearch must exceed k for HNSW to return k results; twice k keeps recall high.
@@ -82,29 +83,32 @@ pub fn nearest_neighbors_and_cells(
             search_index(HNSW_DESCRIPTION, Some(("efSearch", (2 * (k + 1)).max(64) as f64)), flat, flat, d, k + 1)?
         }
         KnnMethod::Cells { probes } => {
-            let (hits, assignment) = search_cells(flat, n, d, k + 1, probes, threads)?;
-            cells = Some(assignment);
-            hits
+            let (neighbors, assignment) = search_cells(flat, n, d, k, probes, threads)?;
+            return Ok((neighbors, Some(assignment)));
         }
     };
-    let mut neighbors = Vec::with_capacity(n);
-    for (row, found) in hits.chunks_exact(k + 1).enumerate() {
-        let found: Vec<Neighbor<f32>> = found
-            .iter()
-            .filter(|&&(index, _)| index >= 0 && index as usize != row)
-            // FAISS L2 distances are squared; bhtsne wants plain distances.
-            .map(|&(index, squared)| Neighbor { index: index as usize, distance: squared.max(0.0).sqrt() })
-            .take(k)
-            .collect();
-        if found.len() < k {
-            return Err(faiss_error(format!(
-                "point {row} got {} of {k} neighbours; use --knn exact",
-                found.len()
-            )));
-        }
-        neighbors.push(found);
-    }
-    Ok((neighbors, cells))
+    let neighbors = hits
+        .chunks_exact(k + 1)
+        .enumerate()
+        .map(|(row, found)| {
+            neighbor_list(row, found, k).ok_or_else(|| {
+                faiss_error(format!("point {row} got fewer than {k} neighbours; use --knn exact"))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((neighbors, None))
+}
+
+/// Row `row`'s `k` nearest others from its search hits, or None if the hits hold fewer.
+fn neighbor_list(row: usize, found: &[(i64, f32)], k: usize) -> Option<Vec<Neighbor<f32>>> {
+    let list: Vec<Neighbor<f32>> = found
+        .iter()
+        .filter(|&&(index, _)| index >= 0 && index as usize != row)
+        // FAISS L2 distances are squared; bhtsne wants plain distances.
+        .map(|&(index, squared)| Neighbor { index: index as usize, distance: squared.max(0.0).sqrt() })
+        .take(k)
+        .collect();
+    (list.len() == k).then_some(list)
 }
 
 /// `(row, squared distance)` of each query's `k` nearest base rows, flat `queries x k`; -1 pads.
@@ -166,11 +170,17 @@ fn gather(flat: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
     rows.iter().flat_map(|&row| &flat[row * d..(row + 1) * d]).copied().collect()
 }
 
-/// Writes each of `rows`' `k` hits from `found` into its slot of `hits`.
-fn scatter(hits: &mut [(i64, f32)], rows: &[usize], found: &[(i64, f32)], k: usize) {
-    for (&row, found) in rows.iter().zip(found.chunks_exact(k)) {
-        hits[row * k..(row + 1) * k].copy_from_slice(found);
+/// Stores each of `rows`' neighbour lists from `found` (`k + 1` hits a row) in `lists`, and
+/// returns the rows whose hits held fewer than `k` others.
+fn store_lists(lists: &mut [Vec<Neighbor<f32>>], rows: &[usize], found: &[(i64, f32)], k: usize) -> Vec<usize> {
+    let mut short = Vec::new();
+    for (&row, found) in rows.iter().zip(found.chunks_exact(k + 1)) {
+        match neighbor_list(row, found, k) {
+            Some(list) => lists[row] = list,
+            None => short.push(row),
+        }
     }
+    short
 }
 
 /// Points per k-means cell: cells hold about sqrt(N) points, so the cells and the points in them
@@ -182,7 +192,8 @@ fn cell_count(n: usize) -> usize {
 /// Approximate all-points kNN that keeps FAISS's exact, BLAS-blocked search: k-means splits the
 /// points into cells, and each cell's points are searched exactly among the points of the
 /// `probes` cells whose centroids are nearest its own. A per-query IVF search visits as many
-/// points but one at a time, several times slower.
+/// points but one at a time, several times slower. Workers store each cell's lists as they go,
+/// so no table of all hits is held beside the lists (at 200k points that was 300 MB).
 fn search_cells(
     flat: &[f32],
     n: usize,
@@ -190,7 +201,7 @@ fn search_cells(
     k: usize,
     probes: usize,
     threads: usize,
-) -> Result<(Hits, Vec<usize>), MapError> {
+) -> Result<(NeighborLists, Vec<usize>), MapError> {
     let cells = cell_count(n);
     let mut parameters = ClusteringParameters::new();
     parameters.set_niter(KMEANS_ITERATIONS);
@@ -215,29 +226,29 @@ fn search_cells(
 
     // Cells go to workers round-robin.
     let threads = threads.max(1);
-    let per_worker = on_workers(threads, |worker| {
-        (worker..cells)
-            .step_by(threads)
-            .filter(|&cell| !members[cell].is_empty())
-            .map(|cell| {
-                let near = nearby[cell * probes..(cell + 1) * probes].iter().filter_map(|c| c.get());
-                let base_rows: Vec<usize> = near.flat_map(|c| members[c as usize].iter().copied()).collect();
-                search_cell(flat, d, k, &members[cell], &base_rows).map(|found| (cell, found))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    let mut hits = vec![(-1i64, f32::INFINITY); n * k];
-    for (cell, found) in per_worker.into_iter().flatten() {
-        scatter(&mut hits, &members[cell], &found, k);
-    }
+    let lists = Mutex::new(vec![Vec::new(); n]);
+    let short = on_workers(threads, |worker| {
+        let mut short = Vec::new();
+        for cell in (worker..cells).step_by(threads).filter(|&cell| !members[cell].is_empty()) {
+            let near = nearby[cell * probes..(cell + 1) * probes].iter().filter_map(|c| c.get());
+            let base_rows: Vec<usize> = near.flat_map(|c| members[c as usize].iter().copied()).collect();
+            let found = search_cell(flat, d, k + 1, &members[cell], &base_rows)?;
+            let mut lists = lists.lock().map_err(|_| faiss_error("a search worker panicked"))?;
+            short.extend(store_lists(&mut lists, &members[cell], &found, k));
+        }
+        Ok(short)
+    })?
+    .concat();
+    let mut lists = lists.into_inner().map_err(|_| faiss_error("a search worker panicked"))?;
     // Lopsided k-means can leave a cell's neighbourhood with fewer than k points; those points
     // are searched exactly instead.
-    let short: Vec<usize> = (0..n).filter(|&row| hits[row * k + k - 1].0 < 0).collect();
     if !short.is_empty() {
-        let found = search_exact(flat, &gather(flat, d, &short), d, k, threads)?;
-        scatter(&mut hits, &short, &found, k);
+        let found = search_exact(flat, &gather(flat, d, &short), d, k + 1, threads)?;
+        if let Some(&row) = store_lists(&mut lists, &short, &found, k).first() {
+            return Err(faiss_error(format!("point {row} has fewer than {k} other points to neighbour")));
+        }
     }
-    Ok((hits, assignment))
+    Ok((lists, assignment))
 }
 
 /// One cell's points (`rows`) searched exactly among `base_rows`; hits name global rows.

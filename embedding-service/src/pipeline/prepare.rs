@@ -68,7 +68,7 @@ mod tests {
     #[test]
     fn rows_become_unit_length_and_zero_rows_stay_zero() {
         let vectors = ndarray::array![[3.0f32, 4.0], [0.0, 0.0]];
-        let normalized = l2_normalized(&vectors);
+        let normalized = l2_normalized(vectors);
         assert_eq!(normalized, ndarray::array![[0.6f32, 0.8], [0.0, 0.0]]);
     }
 
