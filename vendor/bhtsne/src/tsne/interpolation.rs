@@ -266,7 +266,7 @@ where
     ///
     /// Patched: each box owns its interpolation nodes, so a node's value is the sum over the
     /// samples in its box alone. Samples are grouped by box (a stable counting sort), each
-    /// box's node values are summed in registers and written once, and the rows of boxes, which
+    /// box's node values are summed in a local array and written once, and the rows of boxes, which
     /// own disjoint grid rows, are spread in parallel. Every node still adds its samples'
     /// charges in sample order starting from zero, exactly as a sequential scatter would, so
     /// the result does not depend on the thread count.
