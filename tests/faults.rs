@@ -41,6 +41,11 @@ impl Scorecard {
         self.0.entry(area).or_default()
     }
 
+    /// `field` summed over every area.
+    fn total(&self, field: fn(&Row) -> usize) -> usize {
+        self.0.values().map(field).sum()
+    }
+
     fn render(&self) -> String {
         let mut text = format!(
             "fault and abuse scorecard\n{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}\n",
@@ -52,12 +57,11 @@ impl Scorecard {
                 r.operations, r.faults, r.survived, r.bad_inputs, r.clear_errors, r.acknowledged_lost, r.crashes, r.writes_outside_data
             );
         }
-        let total = |field: fn(&Row) -> usize| self.0.values().map(field).sum::<usize>();
         text += &format!(
             "acknowledged writes lost: {}; crashes: {}; files written outside the data directory: {}\n",
-            total(|r| r.acknowledged_lost),
-            total(|r| r.crashes),
-            total(|r| r.writes_outside_data)
+            self.total(|r| r.acknowledged_lost),
+            self.total(|r| r.crashes),
+            self.total(|r| r.writes_outside_data)
         );
         text
     }
@@ -524,9 +528,8 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("scorecard.txt"), &scorecard).unwrap();
-    let total = |field: fn(&Row) -> usize| local.0.values().map(field).sum::<usize>();
     assert_eq!(
-        (total(|r| r.acknowledged_lost), total(|r| r.crashes), total(|r| r.writes_outside_data)),
+        (local.total(|r| r.acknowledged_lost), local.total(|r| r.crashes), local.total(|r| r.writes_outside_data)),
         (0, 0, 0),
         "{scorecard}"
     );

@@ -161,8 +161,9 @@ const NPY_HEADER_MAX: usize = 16 * 1024;
 /// in COMPUTING all that time (found by fuzzing). A plain array's header is one flat dict with
 /// one shape tuple, so anything nested deeper is refused here.
 fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) -> Result<impl Read, MapError> {
+    let no_header = |e: std::io::Error| corrupt(path, format, format!("no .npy header: {e}"));
     let mut prefix = vec![0u8; 10];
-    reader.read_exact(&mut prefix).map_err(|e| corrupt(path, format, format!("no .npy header: {e}")))?;
+    reader.read_exact(&mut prefix).map_err(no_header)?;
     if &prefix[..6] != b"\x93NUMPY" {
         return Err(corrupt(path, format, "the file does not start with the .npy magic bytes"));
     }
@@ -170,7 +171,7 @@ fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) 
         1 => usize::from(u16::from_le_bytes([prefix[8], prefix[9]])),
         2 | 3 => {
             let mut rest = [0u8; 2];
-            reader.read_exact(&mut rest).map_err(|e| corrupt(path, format, format!("no .npy header: {e}")))?;
+            reader.read_exact(&mut rest).map_err(no_header)?;
             prefix.extend_from_slice(&rest);
             u32::from_le_bytes([prefix[8], prefix[9], rest[0], rest[1]]) as usize
         }
