@@ -391,8 +391,8 @@ where
         let two = T::from(2.0).unwrap();
         let (negative_forces_chunks, _) = negative_forces.as_chunks_mut::<D>();
         let (y_chunks, _) = y.as_chunks::<D>();
-        // Per-point terms are kept and summed in order, so Z (and the map) is the same on
-        // every run; see `REDUCTION_CHUNK`.
+        // Patched: per-point terms are kept and summed in order (was rayon's `sum`), so Z (and
+        // the map) is the same on every run; see `REDUCTION_CHUNK`.
         let z_terms: Vec<T> = negative_forces_chunks
             .par_iter_mut()
             .zip(y_chunks.par_iter())

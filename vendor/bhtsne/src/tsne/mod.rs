@@ -61,7 +61,7 @@ pub(super) fn check_perplexity<T: Float + AsPrimitive<usize>>(perplexity: &T, n_
     }
 }
 
-/// Length of the fixed chunks that parallel float reductions are split into.
+/// Patched: length of the fixed chunks that parallel float reductions are split into.
 ///
 /// Rayon's own `sum`/`reduce` split work where threads steal it, so the order of float additions,
 /// and with it the last bits of the result, changed from run to run. Summing fixed chunks in
@@ -305,6 +305,7 @@ pub(super) fn normalize_p_values<T: Float + Send + Sync + MulAssign + Sum>(
     p_values: &mut [T],
     early_exaggeration: T,
 ) {
+    // Patched: fixed-chunk sum (was rayon's `sum`), the same bits on every run.
     let p_values_sum: T = ordered_sum(p_values);
     // Fold the normalization and the early-exaggeration factor into one reciprocal, so the hot pass
     // is a single multiply per value rather than a divide and a multiply.
@@ -597,7 +598,8 @@ pub(super) fn zero_mean<T, const D: usize>(y: &mut [T], n_samples: usize)
 where
     T: Float + Send + Sync + Copy + AddAssign + DivAssign + SubAssign,
 {
-    // Per-chunk column sums combined in chunk order: the same bits for any thread count.
+    // Patched: per-chunk column sums combined in chunk order (was rayon's `fold`/`reduce`): the
+    // same bits for any thread count.
     let partials: Vec<[T; D]> = y
         .par_chunks(REDUCTION_CHUNK * D)
         .map(|chunk| {
