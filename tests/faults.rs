@@ -218,7 +218,8 @@ async fn downstream_faults(card: &mut Scorecard) {
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], "failed");
-    assert!(body["error"].as_str().unwrap().contains("does not exist"));
+    assert_eq!(body["error"]["code"], "map_failed");
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
     row.survived += 1;
     // No connection was leaked by all of that: the api-service still answers and is ready.
     assert_eq!(client.get(http_url(&api, "/readyz")).send().await.unwrap().status(), StatusCode::OK);

@@ -13,9 +13,9 @@ use axum::{
 use embeddingmap_proto::api::admin_map_service_server::AdminMapServiceServer;
 use tonic::server::NamedService;
 use tonic_web::GrpcWebLayer;
-use tower::Layer;
+use tower::ServiceBuilder;
 
-use crate::{grpc::Api, state::AppState};
+use crate::{grpc::Api, grpc_conventions::GrpcConventionsLayer, state::AppState};
 
 #[derive(rust_embed::Embed)]
 #[folder = "../admin-ui/dist/"]
@@ -27,18 +27,14 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
     built into this binary. Run <code>npm ci &amp;&amp; npm run build</code> in <code>admin-ui/</code> \
     (scripts/run.sh does), then rebuild the api-service.</p>";
 
-/// The page, its config, and the one gRPC service it calls, as gRPC-web on this same origin (so
-/// the page needs no CORS). `grpc_web_url` overrides where the page sends its calls.
-pub fn routes(grpc_web_url: String, api: Api, max_message_bytes: usize) -> Router<AppState> {
+/// The page, its config, and the one gRPC service it calls (`grpc::admin_map_service`), as
+/// gRPC-web on this same origin (so the page needs no CORS), inside the same gRPC layers as on the
+/// gRPC port. `grpc_web_url` overrides where the page sends its calls.
+pub fn routes(grpc_web_url: String, map_service: AdminMapServiceServer<Api>) -> Router<AppState> {
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
-    let map_service = AdminMapServiceServer::new(api)
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    let map_service = ServiceBuilder::new().layer(GrpcWebLayer::new()).layer(GrpcConventionsLayer).service(map_service);
     Router::new()
-        .route_service(
-            &format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME),
-            GrpcWebLayer::new().layer(map_service),
-        )
+        .route_service(&format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME), map_service)
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route("/admin/", get(|| async { asset("index.html") }))
         .route("/admin/config.json", get(move || async move { Json(config) }))

@@ -10,6 +10,17 @@ use tonic::Code;
 /// Seconds a client should wait before retrying a retryable error.
 pub const RETRY_AFTER_SECONDS: u64 = 2;
 
+/// One row of the error table: how an error reads on each transport.
+struct ErrorKind {
+    grpc: Code,
+    http: StatusCode,
+    /// Stable, machine-readable: the HTTP body's `error.code`.
+    name: &'static str,
+    /// Worth retrying after a pause: HTTP says `Retry-After`, gRPC the same in `retry-after`
+    /// metadata.
+    retryable: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid {field}: {reason}")]
@@ -42,8 +53,8 @@ pub enum ApiError {
     #[error("the embedding service cannot be reached: {0}")]
     EmbeddingUnavailable(String),
 
-    #[error("the embedding map failed: {0}")]
-    MapFailed(String),
+    #[error("the embedding map failed in {phase}: {message}")]
+    MapFailed { phase: String, message: String },
 
     #[error("internal error; see the service log")]
     Internal(String),
@@ -58,32 +69,28 @@ impl ApiError {
         ApiError::NotFound { what: what.into() }
     }
 
-    /// The mapping table: gRPC code, HTTP status, stable machine-readable name, retryable.
-    fn kind(&self) -> (Code, StatusCode, &'static str, bool) {
+    /// The mapping table: every variant's row.
+    fn kind(&self) -> ErrorKind {
+        use ErrorKind as K;
+        let row = |grpc, http, name, retryable| K { grpc, http, name, retryable };
         match self {
-            ApiError::InvalidArgument { .. } => (Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false),
-            ApiError::MalformedJson(_) => (Code::InvalidArgument, StatusCode::BAD_REQUEST, "malformed_json", false),
+            ApiError::InvalidArgument { .. } => row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false),
+            ApiError::MalformedJson(_) => row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "malformed_json", false),
             ApiError::UnsupportedMediaType => {
-                (Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", false)
+                row(Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", false)
             }
-            ApiError::PayloadTooLarge => {
-                (Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false)
-            }
-            ApiError::MethodNotAllowed => (Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
-            ApiError::NotFound { .. } => (Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
-            ApiError::AlreadyExists { .. } => (Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
-            ApiError::Unauthenticated => (Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
-            ApiError::DatabaseBusy => (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
+            ApiError::PayloadTooLarge => row(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false),
+            ApiError::MethodNotAllowed => row(Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+            ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
+            ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
+            ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
+            ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
             ApiError::EmbeddingUnavailable(_) => {
-                (Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "embedding_unavailable", true)
+                row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "embedding_unavailable", true)
             }
-            ApiError::MapFailed(_) => (Code::FailedPrecondition, StatusCode::INTERNAL_SERVER_ERROR, "map_failed", false),
-            ApiError::Internal(_) => (Code::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
+            ApiError::MapFailed { .. } => row(Code::FailedPrecondition, StatusCode::INTERNAL_SERVER_ERROR, "map_failed", false),
+            ApiError::Internal(_) => row(Code::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
-    }
-
-    pub fn http_status(&self) -> StatusCode {
-        self.kind().1
     }
 
     fn log(&self) {
@@ -108,19 +115,29 @@ impl From<sqlx::Error> for ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
         error.log();
-        tonic::Status::new(error.kind().0, error.to_string())
+        let kind = error.kind();
+        let mut status = tonic::Status::new(kind.grpc, error.to_string());
+        if kind.retryable {
+            status.metadata_mut().insert("retry-after", RETRY_AFTER_SECONDS.into());
+        }
+        status
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        let (_, status, code, retryable) = self.kind();
+        let ErrorKind { http: status, name, retryable, .. } = self.kind();
         let field = match &self {
             ApiError::InvalidArgument { field, .. } => Some(field.clone()),
             _ => None,
         };
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string(), "field": field } });
+        let mut body = serde_json::json!({ "error": { "code": name, "message": self.to_string(), "field": field } });
+        // A failed map is still the map's answer: it says its state and the phase that failed.
+        if let ApiError::MapFailed { phase, .. } = &self {
+            body["status"] = "failed".into();
+            body["error"]["phase"] = phase.as_str().into();
+        }
         let mut response = (status, Json(body)).into_response();
         if retryable {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));

@@ -3,7 +3,7 @@
 
 use std::pin::Pin;
 
-use embeddingmap_proto::{api as pb, v1::MapState};
+use embeddingmap_proto::api::{self as pb, admin_map_service_server::AdminMapServiceServer};
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -11,11 +11,22 @@ use crate::{
     error::ApiError,
     events::{self, EventKind, NewEvent},
     items::NewItem,
-    map_gateway::MapView,
     state::AppState,
 };
 
 pub struct Api(pub AppState);
+
+/// Largest admin map request: the message is one flag, so a few bytes; a larger body is refused
+/// before it is read whole.
+const ADMIN_MAP_REQUEST_BYTES: usize = 1024;
+
+/// The admin map service, built here once for both ports that serve it: the gRPC port (gRPC and
+/// gRPC-web) and the HTTP port (gRPC-web for the admin page), so both have the same limits.
+pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMapServiceServer<Api> {
+    AdminMapServiceServer::new(Api(state.clone()))
+        .max_decoding_message_size(ADMIN_MAP_REQUEST_BYTES)
+        .max_encoding_message_size(max_response_bytes)
+}
 
 impl Api {
     /// Every admin handler starts here; the end-to-end auth table holds each one to it.
@@ -86,19 +97,6 @@ impl pb::stats_service_server::StatsService for Api {
     }
 }
 
-fn admin_status(view: MapView, omit_points: bool) -> pb::AdminMapStatus {
-    match view {
-        MapView::Computing(progress) => {
-            pb::AdminMapStatus { state: MapState::Computing.into(), progress: Some(progress), ..Default::default() }
-        }
-        MapView::Ready(joined) if omit_points => pb::AdminMapStatus { points: Vec::new(), ..joined.status.clone() },
-        MapView::Ready(joined) => joined.status.clone(),
-        MapView::Failed(failure) => {
-            pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }
-        }
-    }
-}
-
 type AdminStream = Pin<Box<dyn Stream<Item = Result<pb::AdminMapStatus, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -106,7 +104,7 @@ impl pb::admin_map_service_server::AdminMapService for Api {
     async fn get_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Result<Response<pb::AdminMapStatus>, Status> {
         self.admin(&request)?;
         let view = self.0.map.view().await?;
-        Ok(Response::new(admin_status(view, request.get_ref().omit_points)))
+        Ok(Response::new(view.into_admin_status(request.get_ref().omit_points)))
     }
 
     type WatchEmbeddingMapStream = AdminStream;
@@ -120,7 +118,7 @@ impl pb::admin_map_service_server::AdminMapService for Api {
             let gateway = gateway.clone();
             async move {
                 let status = item.map_err(|e| Status::unavailable(format!("embedding service: {}", e.message())))?;
-                Ok(admin_status(gateway.view_of(status).await?, omit_points))
+                Ok(gateway.view_of(status).await?.into_admin_status(omit_points))
             }
         });
         Ok(Response::new(stream.boxed()))

@@ -4,9 +4,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::{
     Json, Router,
-    body::Body,
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -15,10 +14,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    error::{ApiError, RETRY_AFTER_SECONDS},
+    error::ApiError,
     events::{self, NewEvent},
     items::{self, NewItem},
-    map_gateway::{MapView, progress_json},
     state::AppState,
 };
 
@@ -81,39 +79,8 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn embedding_map(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    match state.map.view().await? {
-        MapView::Computing(progress) => {
-            let body = json!({ "status": "computing", "progress": progress_json(&progress) });
-            let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-            Ok(response)
-        }
-        MapView::Ready(joined) => {
-            let etag = HeaderValue::from_str(&joined.etag).map_err(|e| ApiError::Internal(e.to_string()))?;
-            let matches = headers
-                .get(header::IF_NONE_MATCH)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == joined.etag || tag.trim() == "*"));
-            let mut response = if matches {
-                StatusCode::NOT_MODIFIED.into_response()
-            } else {
-                let mut response = Response::new(Body::from(joined.json.clone()));
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                response
-            };
-            response.headers_mut().insert(header::ETAG, etag);
-            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            Ok(response)
-        }
-        MapView::Failed(failure) => {
-            let body = json!({
-                "status": "failed",
-                "error": failure.message,
-                "phase": failure.phase().as_str_name().trim_start_matches("PHASE_").to_lowercase(),
-            });
-            Ok((StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response())
-        }
-    }
+    let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
+    state.map.view().await?.into_http(if_none_match)
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {

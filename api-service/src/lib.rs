@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod http;
 pub mod items;
 pub mod map_gateway;
+pub mod map_view;
 pub mod server;
 pub mod state;
 

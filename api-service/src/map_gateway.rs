@@ -1,34 +1,20 @@
-//! The admin view of the embedding map: the embedding service's status, with READY maps joined
-//! to the items' names and categories. A joined map (its JSON and its protobuf) is built once per
-//! (corpus fingerprint, computation, items version) and shared by every request after.
+//! The embedding service as the admin routes see it: its status turned into a `MapView`, READY
+//! maps joined to the items' names and categories. A joined map (its JSON and its protobuf) is
+//! built once per (corpus fingerprint, computation, items version) and shared by every request
+//! after.
 
 use std::{sync::Arc, time::Duration};
 
-use bytes::Bytes;
-use embeddingmap_proto::{
-    api as api_pb,
-    v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient},
-};
-use serde_json::json;
+use embeddingmap_proto::v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{error::ApiError, items::ItemStore};
-
-/// What the admin routes show.
-pub enum MapView {
-    Computing(pb::Progress),
-    Ready(Arc<JoinedMap>),
-    Failed(pb::Failure),
-}
-
-pub struct JoinedMap {
-    pub etag: String,
-    /// `{"status":"ready","points":[...],...}`, built once.
-    pub json: Bytes,
-    pub status: api_pb::AdminMapStatus,
-}
+use crate::{
+    error::ApiError,
+    items::ItemStore,
+    map_view::{JoinedMap, MapView},
+};
 
 #[derive(Clone)]
 pub struct MapGateway {
@@ -103,7 +89,7 @@ impl MapGateway {
             ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into())
         })?;
         let labels = self.items.labels().await?;
-        let joined = Arc::new(build(map, &labels, etag));
+        let joined = Arc::new(JoinedMap::new(map, &labels, etag));
         *cache = Some(joined.clone());
         Ok(joined)
     }
@@ -121,64 +107,4 @@ fn etag(summary: &pb::EmbeddingMap, items_version: u64) -> String {
     hasher.update(computed.nanos.to_le_bytes());
     hasher.update(items_version.to_le_bytes());
     format!("\"{}\"", &format!("{:x}", hasher.finalize())[..32])
-}
-
-fn build(map: pb::EmbeddingMap, labels: &std::collections::HashMap<i64, (String, String)>, etag: String) -> JoinedMap {
-    let points: Vec<api_pb::MapPoint> = map
-        .points
-        .iter()
-        .map(|point| {
-            let (name, category) = labels.get(&point.id).cloned().unwrap_or_default();
-            api_pb::MapPoint { id: point.id, x: point.x, y: point.y, name, category }
-        })
-        .collect();
-    let json_points: Vec<_> = points
-        .iter()
-        .map(|p| {
-            let known = labels.contains_key(&p.id);
-            json!({
-                "id": p.id, "x": p.x, "y": p.y,
-                "name": known.then_some(&p.name), "category": known.then_some(&p.category),
-            })
-        })
-        .collect();
-    let parameters = map.parameters.clone().unwrap_or_default();
-    let computed_at = map.computed_at.unwrap_or_default();
-    let body = json!({
-        "status": "ready",
-        "count": map.count,
-        "corpus_fingerprint": map.corpus_fingerprint,
-        "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
-        "parameters": {
-            "perplexity": parameters.perplexity,
-            "iterations": parameters.iterations,
-            "seed": parameters.seed,
-            "pca_dimensions": parameters.pca_dimensions,
-            "knn_method": parameters.knn_method,
-            "gradient_method": parameters.gradient_method,
-        },
-        "points": json_points,
-    });
-    let status = api_pb::AdminMapStatus {
-        state: MapState::Ready.into(),
-        count: map.count,
-        corpus_fingerprint: map.corpus_fingerprint,
-        computed_at: map.computed_at,
-        parameters: map.parameters,
-        points,
-        ..Default::default()
-    };
-    JoinedMap { etag, json: Bytes::from(body.to_string()), status }
-}
-
-/// The progress as JSON, for 202 answers.
-pub fn progress_json(progress: &pb::Progress) -> serde_json::Value {
-    let elapsed = progress.elapsed.unwrap_or_default();
-    json!({
-        "phase": progress.phase().as_str_name().trim_start_matches("PHASE_").to_lowercase(),
-        "iteration": progress.iteration,
-        "total_iterations": progress.total_iterations,
-        "point_count": progress.point_count,
-        "elapsed_seconds": elapsed.seconds as f64 + f64::from(elapsed.nanos) / 1e9,
-    })
 }

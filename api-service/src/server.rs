@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use embeddingmap_proto::api::{
-    admin_map_service_server::AdminMapServiceServer, event_service_server::EventServiceServer,
-    item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
+    event_service_server::EventServiceServer, item_service_server::ItemServiceServer,
+    stats_service_server::StatsServiceServer,
 };
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -23,7 +23,7 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    admin_page, auth::AdminToken, config::Config, grpc_conventions::GrpcConventionsLayer, db, grpc::Api, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
+    admin_page, auth::AdminToken, config::Config, grpc_conventions::GrpcConventionsLayer, db, grpc::{self, Api}, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
 };
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
@@ -50,7 +50,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let grpc = grpc_server(&config, &state, health_service, grpc_listener, shutdown.clone())?;
-    let admin_page = admin_page::routes(config.admin_grpc_web_url.clone(), Api(state.clone()), config.max_response_bytes);
+    let admin_page = admin_page::routes(
+        config.admin_grpc_web_url.clone(),
+        grpc::admin_map_service(&state, config.max_response_bytes),
+    );
     let http_app = http::router(state.clone(), config.max_body_bytes, admin_page).layer(
         ServiceBuilder::new()
             .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -99,10 +102,9 @@ fn grpc_server(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(embeddingmap_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    let (reflection, reflection_v1alpha) =
+        service_kit::reflection::services(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+            .context("cannot build the reflection services")?;
     let (limit_in, limit_out) = (config.max_body_bytes, config.max_response_bytes);
     macro_rules! sized {
         ($server:expr) => {
@@ -119,10 +121,11 @@ fn grpc_server(
         .layer(GrpcConventionsLayer)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(sized!(EventServiceServer::new(api())))
         .add_service(sized!(ItemServiceServer::new(api())))
         .add_service(sized!(StatsServiceServer::new(api())))
-        .add_service(sized!(AdminMapServiceServer::new(api())));
+        .add_service(grpc::admin_map_service(state, limit_out));
     Ok(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()))
 }
 

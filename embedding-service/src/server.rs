@@ -16,18 +16,16 @@ use crate::{config::Config, corpus::CorpusSource, health, job, service::MapServi
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let settings = config.map.settings();
+    let settings = config.map.clone();
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
     let (publisher, board) = status::status_channel(settings.iterations);
     job::spawn_map_job(source, settings, publisher, board.started()).context("cannot start the map thread")?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_not_serving(&reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(embeddingmap_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("cannot build the reflection service")?;
+    let (reflection, reflection_v1alpha) =
+        service_kit::reflection::services(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+            .context("cannot build the reflection services")?;
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -44,6 +42,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(map_service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
 

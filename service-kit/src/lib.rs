@@ -1,6 +1,7 @@
 //! Lifecycle pieces both services share: the shutdown signal, logging, named background tasks
 //! and duration flags.
 
+pub mod reflection;
 pub mod shutdown;
 
 use std::{future::Future, io::IsTerminal, time::Duration};

@@ -1,0 +1,155 @@
+//! The admin view of the embedding map, and its one rendering per transport. `MapGateway`
+//! produces a `MapView`; HTTP (`into_http`) and gRPC/gRPC-web (`into_admin_status`) render all
+//! three states from it, failures through the error table (`ApiError::MapFailed`).
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json,
+    body::Body,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use embeddingmap_proto::{
+    api as api_pb,
+    v1::{self as pb, MapState, Phase},
+};
+use serde_json::json;
+
+use crate::error::{ApiError, RETRY_AFTER_SECONDS};
+
+/// What the admin routes show.
+pub enum MapView {
+    Computing(pb::Progress),
+    Ready(Arc<JoinedMap>),
+    Failed(pb::Failure),
+}
+
+/// A READY map joined to the items' names and categories, rendered for both transports once and
+/// shared by every request until the map or the items change.
+pub struct JoinedMap {
+    pub etag: String,
+    /// `{"status":"ready","points":[...],...}`.
+    pub json: Bytes,
+    pub status: api_pb::AdminMapStatus,
+}
+
+/// `PHASE_NEAREST_NEIGHBORS` -> `nearest_neighbors`, as HTTP JSON names phases.
+pub fn phase_name(phase: Phase) -> String {
+    phase.as_str_name().trim_start_matches("PHASE_").to_lowercase()
+}
+
+impl JoinedMap {
+    pub fn new(map: pb::EmbeddingMap, labels: &HashMap<i64, (String, String)>, etag: String) -> Self {
+        let points: Vec<api_pb::MapPoint> = map
+            .points
+            .iter()
+            .map(|point| {
+                let (name, category) = labels.get(&point.id).cloned().unwrap_or_default();
+                api_pb::MapPoint { id: point.id, x: point.x, y: point.y, name, category }
+            })
+            .collect();
+        let json_points: Vec<_> = points
+            .iter()
+            .map(|p| {
+                let known = labels.contains_key(&p.id);
+                json!({
+                    "id": p.id, "x": p.x, "y": p.y,
+                    "name": known.then_some(&p.name), "category": known.then_some(&p.category),
+                })
+            })
+            .collect();
+        let parameters = map.parameters.clone().unwrap_or_default();
+        let computed_at = map.computed_at.unwrap_or_default();
+        let body = json!({
+            "status": "ready",
+            "count": map.count,
+            "corpus_fingerprint": map.corpus_fingerprint,
+            "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
+            "parameters": {
+                "perplexity": parameters.perplexity,
+                "iterations": parameters.iterations,
+                "exaggeration_iterations": parameters.exaggeration_iterations,
+                "early_exaggeration": parameters.early_exaggeration,
+                "learning_rate": parameters.learning_rate,
+                "final_learning_rate": parameters.final_learning_rate,
+                "seed": parameters.seed,
+                "pca_dimensions": parameters.pca_dimensions,
+                "neighbors": parameters.neighbors,
+                "knn_method": parameters.knn_method,
+                "gradient_method": parameters.gradient_method,
+                "initialization": parameters.initialization,
+            },
+            "points": json_points,
+        });
+        let status = api_pb::AdminMapStatus {
+            state: MapState::Ready.into(),
+            count: map.count,
+            corpus_fingerprint: map.corpus_fingerprint,
+            computed_at: map.computed_at,
+            parameters: map.parameters,
+            points,
+            ..Default::default()
+        };
+        JoinedMap { etag, json: Bytes::from(body.to_string()), status }
+    }
+}
+
+fn progress_json(progress: &pb::Progress) -> serde_json::Value {
+    let elapsed = progress.elapsed.unwrap_or_default();
+    json!({
+        "phase": phase_name(progress.phase()),
+        "iteration": progress.iteration,
+        "total_iterations": progress.total_iterations,
+        "point_count": progress.point_count,
+        "elapsed_seconds": elapsed.seconds as f64 + f64::from(elapsed.nanos) / 1e9,
+    })
+}
+
+impl MapView {
+    /// HTTP: 202 with progress while computing, 200 (or 304 for a matching `If-None-Match`) with
+    /// the joined map once ready, the error table's answer for a failed map.
+    pub fn into_http(self, if_none_match: Option<&str>) -> Result<Response, ApiError> {
+        match self {
+            MapView::Computing(progress) => {
+                let body = json!({ "status": "computing", "progress": progress_json(&progress) });
+                let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+                Ok(response)
+            }
+            MapView::Ready(joined) => {
+                let etag = HeaderValue::from_str(&joined.etag).map_err(|e| ApiError::Internal(e.to_string()))?;
+                let matches = if_none_match
+                    .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == joined.etag || tag.trim() == "*"));
+                let mut response = if matches {
+                    StatusCode::NOT_MODIFIED.into_response()
+                } else {
+                    let mut response = Response::new(Body::from(joined.json.clone()));
+                    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    response
+                };
+                response.headers_mut().insert(header::ETAG, etag);
+                response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                Ok(response)
+            }
+            MapView::Failed(failure) => {
+                Err(ApiError::MapFailed { phase: phase_name(failure.phase()), message: failure.message })
+            }
+        }
+    }
+
+    /// gRPC and gRPC-web: the state as data (a failed map is a successful call that says so).
+    pub fn into_admin_status(self, omit_points: bool) -> api_pb::AdminMapStatus {
+        match self {
+            MapView::Computing(progress) => {
+                api_pb::AdminMapStatus { state: MapState::Computing.into(), progress: Some(progress), ..Default::default() }
+            }
+            MapView::Ready(joined) if omit_points => api_pb::AdminMapStatus { points: Vec::new(), ..joined.status.clone() },
+            MapView::Ready(joined) => joined.status.clone(),
+            MapView::Failed(failure) => {
+                api_pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }
+            }
+        }
+    }
+}
