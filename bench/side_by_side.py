@@ -4,11 +4,13 @@
     python bench/side_by_side.py X.npy --labels y.npy [--repeat 3] [--peers opentsne,sklearn]
 
 For the corpus it runs, each --repeat times:
-  - `embedding-map-bench` (the service's pipeline in process): phase times, total, peak RSS, 10-NN,
-    and (untimed) the share of the exact nearest neighbours its neighbour search found;
+  - `embedding-map-bench` (the service's pipeline in process): phase times, total, peak RSS, 10-NN
+    label accuracy (with labels) and 10-NN preservation, and (untimed) the share of the exact
+    nearest neighbours its neighbour search found;
   - the real `embedding-service` binary, timing boot until a GetEmbeddingMap is answered;
   - `bench/peers.py run PEER` for each peer (same prepared input, perplexity 30, PCA init, 2 jobs,
-    1000 iterations with 250 exaggerated): fit seconds, the child's peak RSS, 10-NN accuracy.
+    1000 iterations with 250 exaggerated): fit seconds, the child's peak RSS, 10-NN accuracy and
+    preservation, scored as ours are.
 Then it prints one table of medians (with the min-max spread of the runs, the machine's noise) and
 each peer's time divided by ours. --json writes the same figures for the record.
 
@@ -60,6 +62,7 @@ def ours(args):
         row[phase] = median_spread([r["seconds"][phase] for r in runs])
     row["rss"] = median_spread([r["peak_rss_mb"] for r in runs])
     row["knn10"] = median_spread([r["knn10"] for r in runs])
+    row["preservation10"] = median_spread([r["preservation10"] for r in runs])
     row["schedule"] = (
         f'{runs[0]["knn"]} kNN (recall {recall:.2f}), {runs[0]["gradient"]}, {runs[0]["iterations"]} it'
     )
@@ -105,6 +108,7 @@ def peer(args, name):
         "total": median_spread([r["seconds"] for r in runs]),
         "rss": median_spread([r["peak_rss_mb"] for r in runs]),
         "knn10": median_spread([r.get("knn10") for r in runs]),
+        "preservation10": median_spread([r.get("preservation10") for r in runs]),
         "schedule": "1000 it (250 exaggerated)",
     }
 
@@ -123,15 +127,15 @@ def table(corpus, n_runs, rows, boot):
     base = rows[0]["total"][0]
     lines = [
         f"corpus {corpus}: medians of {n_runs} run(s), [min-max] where runs differ; seconds unless named",
-        "| implementation | " + " | ".join(PHASES) + " | total | peak RSS MB | 10-NN | peer time / ours | schedule |",
-        "|" + "---|" * (len(PHASES) + 6),
+        "| implementation | " + " | ".join(PHASES) + " | total | peak RSS MB | 10-NN labels | 10-NN preservation | peer time / ours | schedule |",
+        "|" + "---|" * (len(PHASES) + 7),
     ]
     for row in rows:
         ratio = "-" if row is rows[0] else f"{row['total'][0] / base:.1f}x"
         phases = [fmt(row.get(p), 3) for p in PHASES]
         lines.append(
             f"| {row['name']} | " + " | ".join(phases)
-            + f" | {fmt(row['total'])} | {fmt(row['rss'], 0)} | {fmt(row['knn10'], 4)} | {ratio} | {row['schedule']} |"
+            + f" | {fmt(row['total'])} | {fmt(row['rss'], 0)} | {fmt(row['knn10'], 4)} | {fmt(row['preservation10'], 4)} | {ratio} | {row['schedule']} |"
         )
     if boot:
         lines.append(f"boot to first answered GetEmbeddingMap: median {fmt(boot, 3)} s")

@@ -34,7 +34,7 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
     let progress: Vec<_> = seen.iter().filter_map(|s| s.progress).collect();
     let iterations: BTreeSet<u32> = progress.iter().map(|p| p.iteration).collect();
     assert!(iterations.len() >= 2, "progress advanced through iterations: {iterations:?}");
-    assert!(progress.iter().all(|p| p.total_iterations == 400));
+    assert!(progress.iter().all(|p| p.total_iterations == 500));
     let phases: Vec<i32> = progress.iter().map(|p| p.phase).collect();
     assert!(phases.windows(2).all(|w| w[0] <= w[1]), "phases only move forward: {phases:?}");
     assert!(progress.iter().any(|p| p.phase() == Phase::Optimizing));
@@ -47,9 +47,11 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
     assert_eq!(map.corpus_fingerprint.len(), 64);
     assert!(map.computed_at.is_some() && map.compute_duration.is_some());
     let parameters = map.parameters.as_ref().unwrap();
-    assert_eq!((parameters.perplexity, parameters.iterations, parameters.seed), (30.0, 400, 42));
-    assert_eq!((parameters.learning_rate, parameters.final_learning_rate), (1797.0 / 12.0, 1797.0 / 4.0));
+    assert_eq!((parameters.perplexity, parameters.iterations, parameters.seed), (30.0, 500, 42));
+    assert_eq!((parameters.learning_rate, parameters.final_learning_rate), (1797.0 / 12.0, 1797.0));
     assert_eq!(parameters.initialization, "pca");
+    assert_eq!((parameters.exaggeration_iterations, parameters.early_exaggeration), (250, 12.0));
+    assert_eq!((parameters.neighbors, parameters.pca_dimensions), (90, 64));
 
     let points = points(ready);
     let ids: Vec<i64> = points.iter().map(|p| p.0).collect();

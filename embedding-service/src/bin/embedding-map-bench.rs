@@ -1,5 +1,7 @@
 //! Runs the map pipeline in process on one corpus file and prints what it cost:
-//! each phase's time, the total to READY, peak RSS, and 10-NN label accuracy when labels are given.
+//! each phase's time, the total to READY, peak RSS, 10-NN preservation (the share of each point's
+//! 10 nearest corpus neighbours, by cosine in the full input space, kept among its 10 nearest on
+//! the map) and 10-NN label accuracy when labels are given. Scoring is untimed.
 //!
 //!     embedding-map-bench --corpus X.npy [--labels y.npy] [--repeat 3] [--out map.npy] [map flags]
 //!
@@ -9,9 +11,8 @@ use std::{path::PathBuf, time::Instant};
 
 use clap::Parser;
 use embedding_service::{
-    config::MapArgs,
     corpus::CorpusSource,
-    pipeline::{self, MapOutput, ProgressSink},
+    pipeline::{self, MapOutput, MapSettings, ProgressSink, quality},
 };
 use embeddingmap_proto::v1::Phase;
 
@@ -37,7 +38,7 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     #[command(flatten)]
-    map: MapArgs,
+    map: MapSettings,
 }
 
 struct Quiet;
@@ -51,21 +52,24 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let source = CorpusSource::from_paths(args.corpus.clone(), args.ids.clone());
     let labels = args.labels.as_ref().map(read_labels).transpose()?;
-    let settings = args.map.settings();
-    let recall = if args.recall { Some(pipeline::knn_recall(source.load()?.vectors, &settings)?) } else { None };
+    let settings = &args.map;
+    let recall = if args.recall { Some(quality::knn_recall(source.load()?.vectors, settings)?) } else { None };
     if let Some(recall) = recall {
         eprintln!("neighbour recall against exact search: {recall:.4}");
     }
+    // The exact input neighbours are the same for every run: searched once, before the timed runs.
+    let input_neighbors = quality::input_neighbors(source.load()?.vectors)?;
     let mut totals = Vec::new();
     for run in 1..=args.repeat.max(1) {
         let started = Instant::now();
         let corpus = source.load()?;
         let load = started.elapsed();
         let (n, dimensions) = (corpus.len(), corpus.dimensions());
-        let MapOutput { points, parameters, timings } = pipeline::compute_map(corpus.vectors, &settings, &Quiet)?;
+        let MapOutput { points, parameters, timings } = pipeline::compute_map(corpus.vectors, settings, &Quiet)?;
         let total = started.elapsed();
         totals.push(total.as_secs_f64());
-        let accuracy = labels.as_ref().map(|labels| pipeline::knn_label_accuracy(&points, labels));
+        let accuracy = labels.as_ref().map(|labels| quality::knn_label_accuracy(&points, labels)).transpose()?;
+        let preservation = quality::neighbor_preservation(&points, &input_neighbors)?;
         let report = serde_json::json!({
             "implementation": "embedding-service",
             "run": run,
@@ -74,6 +78,8 @@ fn main() -> anyhow::Result<()> {
             "knn": parameters.knn.name(),
             "gradient": parameters.gradient.name(),
             "iterations": parameters.iterations,
+            "learning_rate": parameters.learning_rate,
+            "final_learning_rate": parameters.final_learning_rate,
             "threads": parameters.threads,
             "seconds": {
                 "load": load.as_secs_f64(),
@@ -86,10 +92,11 @@ fn main() -> anyhow::Result<()> {
             },
             "peak_rss_mb": peak_rss_mb(),
             "knn10": accuracy,
+            "preservation10": preservation,
             "knn_recall": recall,
         });
         eprintln!(
-            "run {run}: n={} load {:.3}s normalize {:.3}s pca {:.3}s knn({}) {:.3}s affinities {:.3}s optimize({}) {:.3}s | total {:.3}s | peak RSS {:.0} MB{}",
+            "run {run}: n={} load {:.3}s normalize {:.3}s pca {:.3}s knn({}) {:.3}s affinities {:.3}s optimize({}) {:.3}s | total {:.3}s | peak RSS {:.0} MB | 10-NN preservation {preservation:.4}{}",
             n,
             load.as_secs_f64(),
             timings.normalize.as_secs_f64(),

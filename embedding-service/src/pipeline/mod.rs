@@ -6,6 +6,8 @@ mod knn;
 mod locality;
 mod optimize;
 mod prepare;
+pub mod quality;
+mod settings;
 
 use std::time::{Duration, Instant};
 
@@ -17,12 +19,7 @@ use ndarray::Array2;
 use crate::error::MapError;
 
 pub use knn::KnnMethod;
-
-/// Smallest perplexity a clamped run may use; a corpus too small even for it fails.
-pub const MIN_PERPLEXITY: f64 = 2.0;
-
-/// Below this many points Barnes-Hut beats FFT interpolation (whose grid cost does not shrink).
-pub const FFT_MIN_POINTS: usize = 5_000;
+pub use settings::{FFT_MIN_POINTS, GradientChoice, KnnChoice, MIN_PERPLEXITY, MapParameters, MapSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradientMethod {
@@ -53,98 +50,6 @@ impl Initialization {
             Initialization::Pca => "pca",
             Initialization::Random => "random",
         }
-    }
-}
-
-/// What the caller asked for; see `MapParameters` for what a run actually used.
-#[derive(Debug, Clone)]
-pub struct MapSettings {
-    pub perplexity: f64,
-    pub iterations: u32,
-    pub exaggeration_iterations: u32,
-    pub early_exaggeration: f64,
-    pub seed: u64,
-    pub pca_dims: u32,
-    /// 0 means every core.
-    pub threads: usize,
-    /// None means N / early exaggeration.
-    pub learning_rate: Option<f64>,
-    /// After early exaggeration; None means N / 4.
-    pub final_learning_rate: Option<f64>,
-    /// None picks by N (see `KnnMethod::automatic`).
-    pub knn: Option<KnnMethod>,
-    /// Cells searched per cell by the automatic choice.
-    pub knn_probes: usize,
-    /// None picks by N.
-    pub gradient: Option<GradientMethod>,
-    pub init: Initialization,
-}
-
-/// The parameters a run used, after clamping and automatic choices.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MapParameters {
-    pub perplexity: f64,
-    pub iterations: u32,
-    pub exaggeration_iterations: u32,
-    pub early_exaggeration: f64,
-    pub learning_rate: f64,
-    pub final_learning_rate: f64,
-    pub seed: u64,
-    pub pca_dimensions: u32,
-    pub neighbors: u32,
-    pub knn: KnnMethod,
-    pub gradient: GradientMethod,
-    pub init: Initialization,
-    pub threads: usize,
-}
-
-impl MapSettings {
-    /// Validates the settings and resolves them for a corpus of `points` x `dimensions`.
-    pub fn resolve(&self, points: usize, dimensions: usize) -> Result<MapParameters, MapError> {
-        let invalid = |what: String| Err(MapError::InvalidParameter(what));
-        if !(self.perplexity.is_finite() && self.perplexity >= MIN_PERPLEXITY) {
-            return invalid(format!("perplexity must be at least {MIN_PERPLEXITY}, got {}", self.perplexity));
-        }
-        if self.iterations == 0 {
-            return invalid("iterations must be at least 1".into());
-        }
-        if self.pca_dims < 2 {
-            return invalid(format!("PCA dimensions must be at least 2, got {}", self.pca_dims));
-        }
-        for rate in [self.learning_rate, self.final_learning_rate].into_iter().flatten() {
-            if !(rate.is_finite() && rate > 0.0) {
-                return invalid(format!("learning rate must be positive, got {rate}"));
-            }
-        }
-        let needed = (3.0 * MIN_PERPLEXITY) as usize + 1;
-        if points < needed {
-            return Err(MapError::TooFewPoints { points, needed });
-        }
-        // bhtsne needs 3 x perplexity neighbours besides the point itself.
-        let perplexity = self.perplexity.min((points - 1) as f64 / 3.0);
-        let neighbors = ((3.0 * perplexity) as usize).min(points - 1);
-        let threads = if self.threads == 0 { all_cores() } else { self.threads };
-        Ok(MapParameters {
-            perplexity,
-            iterations: self.iterations,
-            exaggeration_iterations: self.exaggeration_iterations.min(self.iterations),
-            early_exaggeration: self.early_exaggeration,
-            learning_rate: self
-                .learning_rate
-                .unwrap_or((points as f64 / self.early_exaggeration).max(50.0)),
-            final_learning_rate: self.final_learning_rate.unwrap_or((points as f64 / 4.0).max(50.0)),
-            seed: self.seed,
-            pca_dimensions: (self.pca_dims as usize).min(dimensions) as u32,
-            neighbors: neighbors as u32,
-            knn: self.knn.unwrap_or(KnnMethod::automatic(points, self.knn_probes)),
-            gradient: self.gradient.unwrap_or(if points >= FFT_MIN_POINTS {
-                GradientMethod::Fft
-            } else {
-                GradientMethod::BarnesHut
-            }),
-            init: self.init,
-            threads,
-        })
     }
 }
 
@@ -228,51 +133,4 @@ pub fn compute_map(
         None => points,
     };
     Ok(MapOutput { points, parameters, timings })
-}
-
-/// Share of the exact k nearest neighbours that the run's neighbour search finds (recall@k), on
-/// the same normalised, PCA-reduced vectors the map uses. For benchmarks: it runs an exact search.
-pub fn knn_recall(vectors: Array2<f32>, settings: &MapSettings) -> Result<f64, MapError> {
-    let (points, dimensions) = vectors.dim();
-    let parameters = settings.resolve(points, dimensions)?;
-    use_threads(parameters.threads);
-    let reduced = prepare::pca_reduce(prepare::l2_normalized(vectors), parameters.pca_dimensions as usize)?;
-    let k = parameters.neighbors as usize;
-    let found = knn::nearest_neighbors(&reduced, k, parameters.knn, parameters.threads)?;
-    let exact = knn::nearest_neighbors(&reduced, k, KnnMethod::Exact, parameters.threads)?;
-    let hits: usize = found
-        .iter()
-        .zip(&exact)
-        .map(|(found, exact)| {
-            let exact: std::collections::HashSet<usize> = exact.iter().map(|n| n.index).collect();
-            found.iter().filter(|n| exact.contains(&n.index)).count()
-        })
-        .sum();
-    Ok(hits as f64 / (k * points) as f64)
-}
-
-/// 10-nearest-neighbour label accuracy of a 2-D map: the share of points whose 10 nearest map
-/// neighbours' majority label equals their own. The quality score used against the peers.
-pub fn knn_label_accuracy(points: &[[f32; 2]], labels: &[i64]) -> f64 {
-    const K: usize = 10;
-    let n = points.len().min(labels.len());
-    if n <= K {
-        return 0.0;
-    }
-    let flat: Vec<f32> = points[..n].iter().flatten().copied().collect();
-    let Ok(hits) = knn::search_exact_l2(&flat, 2, K + 1, all_cores()) else {
-        return 0.0;
-    };
-    let correct = (0..n)
-        .filter(|&i| {
-            let mut votes = std::collections::BTreeMap::<i64, usize>::new();
-            for &j in hits[i * (K + 1)..(i + 1) * (K + 1)].iter().filter(|&&j| j as usize != i).take(K) {
-                *votes.entry(labels[j as usize]).or_default() += 1;
-            }
-            // Ties go to the smallest label, as numpy's bincount().argmax() does.
-            let best = votes.values().copied().max().unwrap_or(0);
-            votes.iter().find(|&(_, &count)| count == best).map(|(&label, _)| label) == Some(labels[i])
-        })
-        .count();
-    correct as f64 / n as f64
 }
