@@ -36,7 +36,7 @@ for name in "${@:-digits seed530 synth10k}"; do
       seed530) synthetic seed530 530 768 ;;
       docs10k) real docs10k docs ;;
       docs18k) real docs18k docs; peers=opentsne peer_repeat=1 ;;
-      pypi60k) real pypi60k pypi --summaries "${PYPI_SUMMARIES:?pypi60k needs PYPI_SUMMARIES=package list TSV}"
+      pypi60k) real pypi60k pypi --summaries "${PYPI_SUMMARIES:-}"
         peers=opentsne peer_repeat=1 ;;
       synth10k) synthetic synth10k 10000 384 ;;
       synth60k) synthetic synth60k 60000 384; peers=opentsne peer_repeat=1 ;;

@@ -209,7 +209,7 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, Ma
             .into_iter()
             .map(|v| v as f32)
             .collect(),
-        other => return Err(corrupt(path, FORMAT, format!("expected float32 values, found dtype {other}"))),
+        other => return Err(corrupt(path, FORMAT, format!("expected float32 or float64 values, found dtype {other}"))),
     };
     let shape = (rows, columns);
     // Rows must be contiguous (FAISS and the pipeline take them as slices). C order already is,

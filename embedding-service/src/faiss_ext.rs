@@ -109,26 +109,69 @@ unsafe fn copy_ids(ptr: *mut i64, len: usize) -> Vec<i64> {
     }
 }
 
-/// FAISS's PCAMatrix: trained on `vectors` (`n x d_in`), applied to them, `n x d_out` returned.
-pub fn pca_project(vectors: &[f32], d_in: usize, d_out: usize) -> Result<Vec<f32>, String> {
+/// Rows the eigenvalue estimate of `pca_project` projects (a stride through the corpus).
+const SPECTRUM_SAMPLE_ROWS: usize = 10_000;
+
+/// Rows projected at a time, so the full-width projection is never held for the whole corpus.
+const PROJECTION_CHUNK_ROWS: usize = 4_096;
+
+/// FAISS's PCAMatrix trained on `vectors` (`n x d_in`), with its first `d_out` axes. `choose`
+/// sees the variance along each of them (the covariance's largest eigenvalues, in decreasing
+/// order, estimated on a stride of at most 10,000 rows) and returns how many to keep; the rows
+/// are projected onto those and returned (`n x width`) with the width.
+pub fn pca_project(
+    vectors: &[f32],
+    d_in: usize,
+    d_out: usize,
+    choose: impl FnOnce(&[f32]) -> usize,
+) -> Result<(Vec<f32>, usize), String> {
     let n = vectors.len() / d_in;
     let mut pca: *mut faiss_sys::FaissPCAMatrix = std::ptr::null_mut();
     // SAFETY: `pca` is created, used with correctly sized buffers, and freed on every path.
     unsafe {
         check(faiss_sys::faiss_PCAMatrix_new_with(&mut pca, d_in as c_int, d_out as c_int, 0.0, 0))?;
         let transform = pca as *mut FaissVectorTransform;
-        let result = (|| {
-            check(faiss_sys::faiss_VectorTransform_train(transform, n as i64, vectors.as_ptr()))?;
-            let mut projected = vec![0f32; n * d_out];
+        let apply = |rows: &[f32], out: &mut [f32]| {
             faiss_sys::faiss_VectorTransform_apply_noalloc(
                 transform,
-                n as i64,
-                vectors.as_ptr(),
-                projected.as_mut_ptr(),
-            );
-            Ok(projected)
+                (rows.len() / d_in) as i64,
+                rows.as_ptr(),
+                out.as_mut_ptr(),
+            )
+        };
+        let result = (|| {
+            check(faiss_sys::faiss_VectorTransform_train(transform, n as i64, vectors.as_ptr()))?;
+            let stride = n.div_ceil(SPECTRUM_SAMPLE_ROWS).max(1);
+            let sample: Vec<f32> = vectors.chunks_exact(d_in).step_by(stride).flatten().copied().collect();
+            let mut projected = vec![0f32; sample.len() / d_in * d_out];
+            apply(&sample, &mut projected);
+            let width = choose(&column_variances(&projected, d_out)).clamp(1, d_out);
+            let mut reduced = Vec::with_capacity(n * width);
+            let mut chunk_out = vec![0f32; PROJECTION_CHUNK_ROWS.min(n) * d_out];
+            for rows in vectors.chunks(PROJECTION_CHUNK_ROWS * d_in) {
+                let out = &mut chunk_out[..rows.len() / d_in * d_out];
+                apply(rows, out);
+                for row in out.chunks_exact(d_out) {
+                    reduced.extend_from_slice(&row[..width]);
+                }
+            }
+            Ok((reduced, width))
         })();
         faiss_sys::faiss_VectorTransform_free(transform);
         result
     }
+}
+
+/// Variance of each column of `rows` (`m x d`), about the column's mean.
+fn column_variances(rows: &[f32], d: usize) -> Vec<f32> {
+    let m = (rows.len() / d).max(1) as f64;
+    let mut sums = vec![0f64; d];
+    let mut squares = vec![0f64; d];
+    for row in rows.chunks_exact(d) {
+        for (j, &v) in row.iter().enumerate() {
+            sums[j] += f64::from(v);
+            squares[j] += f64::from(v) * f64::from(v);
+        }
+    }
+    sums.iter().zip(&squares).map(|(s, q)| ((q / m) - (s / m).powi(2)).max(0.0) as f32).collect()
 }

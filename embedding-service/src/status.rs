@@ -17,7 +17,7 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub enum MapStatus {
     Computing { phase: Phase, iteration: u32, total_iterations: u32, point_count: u64 },
-    /// The finished map, encoded once and shared by every answer.
+    /// The finished map, built once and shared; each answer clones it into its message.
     Ready(Arc<pb::EmbeddingMap>),
     Failed { message: String, phase: Phase },
 }

@@ -183,8 +183,8 @@ fn store_lists(lists: &mut [Vec<Neighbor<f32>>], rows: &[usize], found: &[(i64, 
     short
 }
 
-/// Points per k-means cell: cells hold about sqrt(N) points, so the cells and the points in them
-/// cost alike.
+/// Number of k-means cells: about sqrt(N), so each holds about sqrt(N) points and searching the
+/// centroids costs about what searching a cell's points does.
 fn cell_count(n: usize) -> usize {
     ((n as f64).sqrt().round() as usize).clamp(1, n)
 }

@@ -19,6 +19,7 @@ use ndarray::Array2;
 use crate::error::MapError;
 
 pub use knn::KnnMethod;
+pub use prepare::PcaWidth;
 pub use settings::{FFT_MIN_POINTS, GradientChoice, KnnChoice, MIN_PERPLEXITY, MapParameters, MapSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub fn compute_map(
     progress: &dyn ProgressSink,
 ) -> Result<MapOutput, MapError> {
     let (points, dimensions) = vectors.dim();
-    let parameters = settings.resolve(points, dimensions)?;
+    let mut parameters = settings.resolve(points, dimensions)?;
     use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
@@ -108,7 +109,8 @@ pub fn compute_map(
 
     progress.phase(Phase::Pca);
     let started = Instant::now();
-    let reduced = prepare::pca_reduce(normalized, parameters.pca_dimensions as usize)?;
+    let reduced = prepare::pca_reduce(normalized, parameters.pca_width)?;
+    parameters.pca_dimensions = reduced.ncols() as u32;
     let initial = match parameters.init {
         Initialization::Pca => prepare::pca_initial_layout(&reduced)?,
         Initialization::Random => prepare::random_initial_layout(reduced.nrows(), parameters.seed),

@@ -22,16 +22,59 @@ pub fn l2_normalized(mut normalized: Array2<f32>) -> Array2<f32> {
     normalized
 }
 
-/// FAISS PCA down to `dims` columns; the input is returned as is when it is no wider.
-pub fn pca_reduce(vectors: Array2<f32>, dims: usize) -> Result<Array2<f32>, MapError> {
+/// How many principal components the neighbour search keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PcaWidth {
+    Fixed(usize),
+    /// Twice the components that stand above the noise floor, within `min..=max`.
+    AboveNoise { min: usize, max: usize },
+}
+
+impl PcaWidth {
+    /// The width for eigenvalues `variances` (all `d` of them, largest first) of `n` rows.
+    ///
+    /// The noise floor is the Marchenko-Pastur edge of isotropic noise whose level is the median
+    /// eigenvalue: sigma^2 (1 + sqrt(d / n))^2. Sentence embeddings put 110-175 of 384 components
+    /// above it (their variance decays slowly, and the neighbours live in that tail), clustered
+    /// synthetic corpora 15-16 (a few directions in isotropic noise, which more components only
+    /// add to the neighbour search). Twice the count keeps the first whole and the second at
+    /// the minimum, with the components' own ranks deciding, not a share of variance.
+    fn choose(self, variances: &[f32], n: usize) -> usize {
+        match self {
+            PcaWidth::Fixed(width) => width,
+            PcaWidth::AboveNoise { min, max } => {
+                let d = variances.len();
+                let mut sorted = variances.to_vec();
+                sorted.sort_by(f32::total_cmp);
+                let edge = sorted[d / 2] * (1.0 + (d as f32 / n.max(1) as f32).sqrt()).powi(2);
+                let signal = variances.iter().filter(|&&v| v > edge).count();
+                (2 * signal).clamp(min.min(max), max)
+            }
+        }
+    }
+
+    /// The most components this choice can keep.
+    pub fn widest(self) -> usize {
+        match self {
+            PcaWidth::Fixed(width) | PcaWidth::AboveNoise { max: width, .. } => width,
+        }
+    }
+}
+
+/// FAISS PCA down to the columns `width` picks; the input is returned as is when it is no wider
+/// than `width` allows. Returns the rows and their width.
+pub fn pca_reduce(vectors: Array2<f32>, width: PcaWidth) -> Result<Array2<f32>, MapError> {
     let (n, d) = vectors.dim();
-    if d <= dims {
+    if d <= width.widest() {
         return Ok(vectors);
     }
     let flat = vectors.as_standard_layout();
-    let projected = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, dims)
-        .map_err(|e| MapError::faiss("PCA", e))?;
-    Array2::from_shape_vec((n, dims), projected).map_err(|e| MapError::faiss("PCA", e))
+    // Every axis is needed for the automatic choice (the noise level is the median eigenvalue).
+    let axes = if matches!(width, PcaWidth::Fixed(_)) { width.widest() } else { d };
+    let (projected, kept) =
+        faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, axes, |v| width.choose(v, n))
+            .map_err(|e| MapError::faiss("PCA", e))?;
+    Array2::from_shape_vec((n, kept), projected).map_err(|e| MapError::faiss("PCA", e))
 }
 
 /// The first two principal components (FAISS orders them by decreasing variance), scaled so the
@@ -40,7 +83,7 @@ pub fn pca_initial_layout(reduced: &Array2<f32>) -> Result<Vec<f32>, MapError> {
     let (n, d) = reduced.dim();
     let top_two = if d > 2 {
         let flat = reduced.as_standard_layout();
-        let projected = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, 2)
+        let (projected, _) = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, 2, |_| 2)
             .map_err(|e| MapError::faiss("PCA initialisation", e))?;
         Array2::from_shape_vec((n, 2), projected).map_err(|e| MapError::faiss("PCA initialisation", e))?
     } else {
@@ -63,6 +106,18 @@ pub fn random_initial_layout(points: usize, seed: u64) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_automatic_width_counts_components_above_the_noise_edge() {
+        use super::PcaWidth;
+        let width = PcaWidth::AboveNoise { min: 50, max: 200 };
+        // 384 eigenvalues: a flat noise floor of 1 with `k` components far above it.
+        let spectrum = |k: usize| -> Vec<f32> { (0..384).map(|i| if i < k { 50.0 } else { 1.0 }).collect() };
+        assert_eq!(width.choose(&spectrum(15), 60_000), 50, "few signal components: the minimum");
+        assert_eq!(width.choose(&spectrum(80), 60_000), 160);
+        assert_eq!(width.choose(&spectrum(150), 60_000), 200, "many: the maximum");
+        assert_eq!(PcaWidth::Fixed(64).choose(&spectrum(150), 60_000), 64);
+    }
+
     use super::*;
 
     #[test]

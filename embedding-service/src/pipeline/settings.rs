@@ -6,7 +6,7 @@
 use clap::ValueEnum;
 use embeddingmap_proto::v1 as pb;
 
-use super::{GradientMethod, Initialization, KnnMethod, all_cores};
+use super::{GradientMethod, Initialization, KnnMethod, PcaWidth, all_cores};
 use crate::error::MapError;
 
 /// Smallest perplexity a clamped run may use; a corpus too small even for it fails.
@@ -14,6 +14,10 @@ pub const MIN_PERPLEXITY: f64 = 2.0;
 
 /// Below this many points Barnes-Hut beats FFT interpolation (whose grid cost does not shrink).
 pub const FFT_MIN_POINTS: usize = 5_000;
+
+/// The automatic PCA width's bounds: at most N / `ROWS_PER_PCA_DIMENSION` within these.
+const PCA_DIMS: std::ops::RangeInclusive<usize> = 50..=200;
+const ROWS_PER_PCA_DIMENSION: usize = 10;
 
 /// The map's parameters as asked for. Zero learning rates mean "pick by N".
 #[derive(Debug, Clone, clap::Args)]
@@ -40,10 +44,13 @@ pub struct MapSettings {
     #[arg(long, env = "EMBEDDING_SEED", default_value_t = 42)]
     pub seed: u64,
 
-    /// Dimensions to project to with PCA before the neighbour search, when the corpus is wider.
-    /// 200 keep most of a sentence embedding's true neighbours; the usual 50 lost a fifth of
-    /// those the map could keep (README, "Benchmark").
-    #[arg(long, env = "EMBEDDING_PCA_DIMS", default_value_t = 200)]
+    /// Dimensions to project to with PCA before the neighbour search, when the corpus is wider;
+    /// 0 picks twice the components above the noise floor, within 50 and N / 10 (at most 200).
+    /// On sentence embeddings that is 200, which keep most of their true neighbours where the
+    /// usual 50 lost a fifth of those the map could keep; on clustered synthetic data, whose
+    /// extra components are noise, 50; below 2,000 points there are too few rows to estimate
+    /// 200 components (README, "Benchmark").
+    #[arg(long, env = "EMBEDDING_PCA_DIMS", default_value_t = 0)]
     pub pca_dims: u32,
 
     /// Worker threads for the computation (FAISS and t-SNE); 0 uses every core.
@@ -108,6 +115,9 @@ pub struct MapParameters {
     pub learning_rate: f64,
     pub final_learning_rate: f64,
     pub seed: u64,
+    /// How the PCA width is chosen; `pca_dimensions` is its widest until the PCA has run, then
+    /// the width it kept.
+    pub pca_width: PcaWidth,
     pub pca_dimensions: u32,
     pub neighbors: u32,
     pub knn: KnnMethod,
@@ -130,8 +140,8 @@ impl MapSettings {
         if !(self.early_exaggeration.is_finite() && self.early_exaggeration >= 1.0) {
             return invalid(format!("early exaggeration must be at least 1, got {}", self.early_exaggeration));
         }
-        if self.pca_dims < 2 {
-            return invalid(format!("PCA dimensions must be at least 2, got {}", self.pca_dims));
+        if self.pca_dims == 1 {
+            return invalid("PCA dimensions must be at least 2 (or 0 for the automatic choice), got 1".into());
         }
         for rate in [self.learning_rate, self.final_learning_rate] {
             // Zero asks for the automatic rate.
@@ -149,6 +159,13 @@ impl MapSettings {
         // bhtsne needs 3 x perplexity neighbours besides the point itself.
         let perplexity = self.perplexity.min((points - 1) as f64 / 3.0);
         let neighbors = ((3.0 * perplexity) as usize).min(points - 1);
+        let pca_width = match self.pca_dims {
+            0 => PcaWidth::AboveNoise {
+                min: *PCA_DIMS.start(),
+                max: (points / ROWS_PER_PCA_DIMENSION).clamp(*PCA_DIMS.start(), *PCA_DIMS.end()),
+            },
+            chosen => PcaWidth::Fixed(chosen as usize),
+        };
         let automatic_rate = |divisor: f64| (points as f64 / divisor).max(50.0);
         let chosen = |rate: f64, divisor: f64| if rate > 0.0 { rate } else { automatic_rate(divisor) };
         Ok(MapParameters {
@@ -159,7 +176,8 @@ impl MapSettings {
             learning_rate: chosen(self.learning_rate, self.early_exaggeration),
             final_learning_rate: chosen(self.final_learning_rate, 1.0),
             seed: self.seed,
-            pca_dimensions: (self.pca_dims as usize).min(dimensions) as u32,
+            pca_width,
+            pca_dimensions: pca_width.widest().min(dimensions) as u32,
             neighbors: neighbors as u32,
             knn: match self.knn {
                 KnnChoice::Auto => KnnMethod::automatic(points, self.knn_probes),
@@ -218,7 +236,10 @@ mod tests {
         let small = settings(&[]).resolve(1_000, 64).unwrap();
         assert_eq!((small.knn, small.gradient), (KnnMethod::Exact, GradientMethod::BarnesHut));
         assert_eq!(small.pca_dimensions, 64);
-        assert_eq!(settings(&[]).resolve(1_000, 384).unwrap().pca_dimensions, 200);
+        let pca_width = |points| settings(&[]).resolve(points, 768).unwrap().pca_dimensions;
+        assert_eq!((pca_width(530), pca_width(1_200), pca_width(60_000)), (53, 120, 200));
+        assert_eq!(pca_width(100), 50);
+        assert_eq!(settings(&["--pca-dims", "64"]).resolve(60_000, 768).unwrap().pca_dimensions, 64);
         assert_eq!((small.learning_rate, small.final_learning_rate), (1_000.0 / 12.0, 1_000.0));
         let large = settings(&[]).resolve(100_000, 384).unwrap();
         assert_eq!(large.gradient, GradientMethod::Fft);
@@ -236,6 +257,7 @@ mod tests {
         for (flags, named) in [
             (&["--perplexity", "1"][..], "perplexity"),
             (&["--iterations", "0"], "iterations"),
+            (&["--pca-dims", "1"], "PCA dimensions"),
             (&["--learning-rate=-1"], "learning rate"),
             (&["--early-exaggeration", "0.5"], "exaggeration"),
             (&["--knn-probes", "0"], "probes"),
