@@ -4,19 +4,14 @@
 
 use std::{path::PathBuf, process::Command};
 
-use end_to_end_tests::{ServiceProcess, api::*, binary};
+use end_to_end_tests::{api::*, start_embedding};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
     let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
     assert!(peers.join("node_modules/playwright-core").exists(), "run scripts/test.sh, which runs npm ci in tests/peers");
     // More iterations than the default keep the computing state on screen long enough to read.
-    let embedding = ServiceProcess::start_listening(
-        &binary("embedding-service"),
-        &["--listen", "127.0.0.1:0", "--iterations", "4000"],
-        &[],
-        &["embedding-service"],
-    );
+    let embedding = start_embedding(&["--iterations", "4000"]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
     import_digits(&api).await;

@@ -3,7 +3,6 @@
 
 use std::{
     collections::BTreeSet,
-    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -13,18 +12,16 @@ use embeddingmap_proto::api::{
     item_service_client::ItemServiceClient, stats_service_client::StatsServiceClient,
 };
 use end_to_end_tests::{
-    ServiceProcess, api::*, binary, digits_labels, health_status,
+    ServiceProcess,
+    api::*,
+    digits_labels, eventually, health_status,
+    sqlite::{hold_write_lock, sqlite3},
+    start_embedding,
 };
 use prost::Message;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
-
-fn embedding_service(extra: &[&str]) -> ServiceProcess {
-    let mut args = vec!["--listen", "127.0.0.1:0"];
-    args.extend_from_slice(extra);
-    ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &["embedding-service"])
-}
 
 async fn get_map(api: &ServiceProcess, etag: Option<&str>) -> reqwest::Response {
     let mut request = http_client().get(http_url(api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN);
@@ -36,12 +33,11 @@ async fn get_map(api: &ServiceProcess, etag: Option<&str>) -> reqwest::Response 
 
 /// Polls the map endpoint until 200, checking every 202 on the way; returns the 202 count.
 async fn wait_for_ready_map(api: &ServiceProcess) -> (reqwest::Response, usize) {
-    let started = Instant::now();
     let mut computing = 0;
-    loop {
+    let ready = eventually("the map became ready (200)", Duration::from_secs(120), Duration::from_millis(50), async || {
         let response = get_map(api, None).await;
         match response.status() {
-            StatusCode::OK => return (response, computing),
+            StatusCode::OK => return Some(response),
             StatusCode::ACCEPTED => {
                 assert!(response.headers().contains_key("retry-after"), "202 carries Retry-After");
                 let body: Value = response.json().await.unwrap();
@@ -52,15 +48,16 @@ async fn wait_for_ready_map(api: &ServiceProcess) -> (reqwest::Response, usize) 
             StatusCode::SERVICE_UNAVAILABLE => assert!(response.headers().contains_key("retry-after")),
             other => panic!("unexpected {other}: {:?}", response.text().await),
         }
-        assert!(started.elapsed() < Duration::from_secs(120), "map never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        None
+    })
+    .await;
+    (ready, computing)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embedding_restart() {
     // More iterations than the default keep the map computing while the API boots.
-    let embedding = embedding_service(&["--iterations", "3000"]);
+    let embedding = start_embedding(&["--iterations", "3000"]);
     let port = embedding.address.port();
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("api.sqlite3"), &embedding.url(), &[]);
@@ -114,7 +111,7 @@ async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embeddin
 
     // It comes back on the same address: 200 again without restarting the API.
     let listen = format!("127.0.0.1:{port}");
-    let _embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", &listen], &[], &["embedding-service"]);
+    let _embedding = start_embedding(&["--listen", &listen]);
     let (again, _) = wait_for_ready_map(&api).await;
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["points"].as_array().unwrap().len(), 1797);
@@ -279,20 +276,7 @@ async fn bad_input_gets_clear_errors_and_nothing_half_written() {
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("name"), "{error:?}");
-    assert_eq!(health_status(&api_grpc(&api), "").await, tonic_health::pb::health_check_response::ServingStatus::Serving);
-}
-
-/// The api-service's gRPC address as a process handle for the health helper.
-fn api_grpc(api: &ServiceProcess) -> GrpcAddress {
-    GrpcAddress(api.address_of(GRPC))
-}
-
-struct GrpcAddress(std::net::SocketAddr);
-
-impl end_to_end_tests::Endpoint for GrpcAddress {
-    fn url(&self) -> String {
-        format!("http://{}", self.0)
-    }
+    assert_eq!(health_status(&api.address_of(GRPC), "").await, tonic_health::pb::health_check_response::ServingStatus::Serving);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -382,12 +366,6 @@ async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
     assert!(!api.log().contains("database is locked"));
 }
 
-fn sqlite3(database: &std::path::Path, sql: &str) -> String {
-    let output = Command::new("sqlite3").arg(database).arg(sql).output().expect("sqlite3 is installed");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_then_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -397,19 +375,7 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     let item = client.post(http_url(&api, "/api/admin/items")).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "one" })).send().await.unwrap();
     assert_eq!(item.status(), StatusCode::CREATED);
 
-    let mut holder = Command::new("sqlite3")
-        .arg(&database)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sqlite3 is installed");
-    {
-        use std::io::Write;
-        let stdin = holder.stdin.as_mut().unwrap();
-        writeln!(stdin, "PRAGMA busy_timeout=1000; BEGIN IMMEDIATE; UPDATE items SET name = 'held' WHERE id = 1;").unwrap();
-        writeln!(stdin, ".shell sleep 7").unwrap();
-        writeln!(stdin, "COMMIT;").unwrap();
-    }
+    let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = 'held' WHERE id = 1;", Some(1000));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let blocked = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
@@ -419,7 +385,6 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     assert!(waited < Duration::from_millis(6500), "answered before the 7 s lock was released ({waited:?})");
     assert!(waited >= Duration::from_millis(4000), "waited for busy_timeout first ({waited:?})");
 
-    drop(holder.stdin.take());
     holder.wait().unwrap();
     let after = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
     assert_eq!(after.status(), StatusCode::CREATED, "recovers once the lock is gone");
@@ -437,19 +402,10 @@ async fn grpc_web_call_on(
     message: &impl Message,
     token: Option<&str>,
 ) -> reqwest::Response {
-    let payload = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    let mut request = reqwest::Client::builder()
-        .http1_only()
-        .build()
-        .unwrap()
-        .post(format!("http://{}{path}", api.address_of(listener)))
-        .header("content-type", "application/grpc-web+proto")
+    let mut request = grpc_web_request(api, listener, path)
         .header("x-grpc-web", "1")
         .header("origin", ALLOWED_ORIGIN)
-        .body(frame);
+        .body(grpc_web_frame(&message.encode_to_vec()));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -514,13 +470,7 @@ async fn sigterm_drops_readiness_first_and_finishes_in_flight_requests() {
     assert_eq!(item.status(), StatusCode::CREATED);
 
     // An outside writer holds the lock for 2 s, so an event is in flight when SIGTERM arrives.
-    let mut holder = Command::new("sqlite3").arg(&database).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    {
-        use std::io::Write;
-        let stdin = holder.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN IMMEDIATE; UPDATE items SET name = 'held' WHERE id = 1;\n.shell sleep 2\nCOMMIT;").unwrap();
-    }
-    drop(holder.stdin.take());
+    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = 'held' WHERE id = 1;", None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let in_flight = tokio::spawn({
         let url = http_url(&api, "/api/events");

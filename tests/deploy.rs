@@ -17,7 +17,7 @@ use std::{
 };
 
 use embeddingmap_proto::v1::{GetEmbeddingMapRequest, MapState};
-use end_to_end_tests::{Endpoint, ServiceProcess, api, binary, health_status, map_client, poll_until_final};
+use end_to_end_tests::{EMBEDDING, Endpoint, ServiceProcess, api, binary, health_status, map_client, poll_until_final};
 use serde_json::Value;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -152,14 +152,8 @@ async fn probe(spec: &Value, ports: &BTreeMap<u64, std::net::SocketAddr>) -> boo
     if let Some(port) = spec["grpc"]["port"].as_u64() {
         let address = ports[&port];
         let service = spec["grpc"]["service"].as_str().unwrap_or("").to_owned();
-        struct At(std::net::SocketAddr);
-        impl Endpoint for At {
-            fn url(&self) -> String {
-                format!("http://{}", self.0)
-            }
-        }
         let check = async move {
-            let channel = tonic::transport::Channel::from_shared(At(address).url()).unwrap().connect().await.ok()?;
+            let channel = tonic::transport::Channel::from_shared(address.url()).unwrap().connect().await.ok()?;
             let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
             let response = client.check(tonic_health::pb::HealthCheckRequest { service }).await.ok()?;
             Some(response.into_inner().status() == ServingStatus::Serving)
@@ -214,7 +208,7 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
     // failing from SIGTERM on.
     let embedding = workload(&documents, "Deployment", "embedding-service");
     let (mut map_service, map_ports) =
-        start_like_the_manifest("embedding-service", &embedding, &[], &[("EMBEDDING_LISTEN", "embedding-service")]);
+        start_like_the_manifest("embedding-service", &embedding, &[], &[("EMBEDDING_LISTEN", EMBEDDING)]);
     let mut client = map_client(&map_service).await;
     let first = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await.unwrap().into_inner();
     assert_eq!(all_probes(&embedding.container, &map_ports).await, [true; 3], "at boot");

@@ -6,8 +6,8 @@ use embeddingmap_proto::v1::{
     EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest,
 };
 use end_to_end_tests::{
-    ServiceProcess, binary, corpus_files, digits_labels, fixtures_dir, health_status, knn10_accuracy, map_client,
-    poll_until_final,
+    corpus_files, digits_labels, eventually, fixtures_dir, health_status, knn10_accuracy, map_client, poll_until_final,
+    start_embedding,
 };
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -16,17 +16,13 @@ const MAP_READY: &str = "embeddingmap.v1.MapReady";
 const MAP_SERVICE: &str = "embeddingmap.v1.EmbeddingMapService";
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn start(args: &[&str]) -> ServiceProcess {
-    ServiceProcess::start(&binary("embedding-service"), args, &[])
-}
-
 fn points(status: &EmbeddingMapStatus) -> Vec<(i64, f32, f32)> {
     status.map.as_ref().expect("map").points.iter().map(|p| (p.id, p.x, p.y)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
-    let service = start(&[]);
+    let service = start_embedding(&[]);
     let mut client = map_client(&service).await;
     let seen = poll_until_final(&mut client, LIMIT).await;
 
@@ -66,7 +62,7 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_streams_progress_then_the_ready_map_and_ends() {
-    let service = start(&[]);
+    let service = start_embedding(&[]);
     let mut client = map_client(&service).await;
     let mut stream = client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner();
     let mut states = Vec::new();
@@ -84,7 +80,7 @@ async fn watch_streams_progress_then_the_ready_map_and_ends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_boots_with_the_same_corpus_and_seed_give_identical_maps() {
-    let (first, second) = (start(&[]), start(&[]));
+    let (first, second) = (start_embedding(&[]), start_embedding(&[]));
     let (mut a, mut b) = (map_client(&first).await, map_client(&second).await);
     let (a, b) = tokio::join!(poll_until_final(&mut a, LIMIT), poll_until_final(&mut b, LIMIT));
     let (a, b) = (a.last().unwrap(), b.last().unwrap());
@@ -95,26 +91,23 @@ async fn two_boots_with_the_same_corpus_and_seed_give_identical_maps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_serves_at_once_and_names_map_readiness_separately() {
-    let service = start(&[]);
+    let service = start_embedding(&[]);
     assert_eq!(health_status(&service, "").await, ServingStatus::Serving);
     assert_eq!(health_status(&service, MAP_SERVICE).await, ServingStatus::Serving);
     assert_eq!(health_status(&service, MAP_READY).await, ServingStatus::NotServing, "not ready while computing");
     let mut client = map_client(&service).await;
     assert_eq!(poll_until_final(&mut client, LIMIT).await.last().unwrap().state(), MapState::Ready);
     // The health flip follows the status board on its own task; give it a moment.
-    for _ in 0..100 {
-        if health_status(&service, MAP_READY).await == ServingStatus::Serving {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{MAP_READY} never became SERVING");
+    eventually(&format!("{MAP_READY} became SERVING"), Duration::from_secs(2), Duration::from_millis(20), async || {
+        (health_status(&service, MAP_READY).await == ServingStatus::Serving).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn faiss_index_written_by_python_with_an_id_map_keeps_its_ids() {
     let index = fixtures_dir().join("clusters_flat_ip_idmap.index");
-    let service = start(&["--corpus", index.to_str().unwrap()]);
+    let service = start_embedding(&["--corpus", index.to_str().unwrap()]);
     let mut client = map_client(&service).await;
     let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
     assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
@@ -128,7 +121,7 @@ async fn faiss_index_written_by_python_with_an_id_map_keeps_its_ids() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plain_flat_index_uses_row_numbers_and_npy_uses_its_ids_file() {
-    let flat = start(&["--corpus", fixtures_dir().join("clusters_flat_l2.index").to_str().unwrap()]);
+    let flat = start_embedding(&["--corpus", fixtures_dir().join("clusters_flat_l2.index").to_str().unwrap()]);
     let mut client = map_client(&flat).await;
     let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
     assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
@@ -139,7 +132,7 @@ async fn plain_flat_index_uses_row_numbers_and_npy_uses_its_ids_file() {
     let vectors = corpus_files::write_matrix(&dir.path().join("v.npy"), 40, 8, &corpus_files::clustered(4, 10, 8));
     let wanted: Vec<i64> = (0..40).map(|i| -5 + i * 1_000_000_007).collect();
     let ids_file = corpus_files::write_ids(&dir.path().join("ids.npy"), &wanted);
-    let npy = start(&["--corpus", vectors.to_str().unwrap(), "--ids", ids_file.to_str().unwrap()]);
+    let npy = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids_file.to_str().unwrap()]);
     let mut client = map_client(&npy).await;
     let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
     assert_eq!(ready.state(), MapState::Ready, "{:?}", ready.failure);
@@ -180,7 +173,7 @@ async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
     ];
     for (args, expected) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let service = start(&args);
+        let service = start_embedding(&args);
         let mut client = map_client(&service).await;
         let last = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
         assert_eq!(last.state(), MapState::Failed, "{args:?} should fail");
@@ -203,7 +196,7 @@ async fn sigterm_during_the_computation_exits_within_two_seconds() {
         dims,
         &corpus_files::clustered(clusters, per_cluster, dims),
     );
-    let mut service = start(&["--corpus", corpus.to_str().unwrap()]);
+    let mut service = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
     let mut client = map_client(&service).await;
     let first = client.get_embedding_map(GetEmbeddingMapRequest::default()).await.unwrap().into_inner();
     assert_eq!(first.state(), MapState::Computing, "the server answers before a 30k-point map is done");

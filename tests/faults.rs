@@ -2,12 +2,15 @@
 //! checks count them: every write is acknowledged, failed or unknown, and at the end nothing
 //! acknowledged may be missing or doubled. Ends by printing a scorecard.
 //!
-//! Sections run one after another in one test so the scorecard sees them all.
+//! Sections run one after another in one test so the scorecard sees them all. A section counts
+//! what happened rather than asserting as it goes: a fault counts as survived only if every check
+//! after it passed, a bad input as a clear error only if the answer was the one expected, an
+//! acknowledged write as lost only if the database lacks it. The test fails once, at the end and
+//! after the scorecard is written, if any count shows a regression.
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::Write,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -15,10 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use embeddingmap_proto::api::{self as pb, event_service_client::EventServiceClient};
-use end_to_end_tests::{ServiceProcess, api::*, binary};
+use embeddingmap_proto::api::{
+    self as pb, event_service_client::EventServiceClient, item_service_client::ItemServiceClient,
+};
+use end_to_end_tests::{
+    EMBEDDING, ServiceProcess,
+    api::*,
+    binary, eventually,
+    sqlite::{hold_write_lock, sqlite3, sqlite3_script},
+    start_embedding, within,
+};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Code;
 
 #[derive(Default)]
@@ -31,6 +42,37 @@ struct Row {
     acknowledged_lost: usize,
     crashes: usize,
     writes_outside_data: usize,
+    failed_checks: usize,
+    /// What went wrong, in words, listed under the table.
+    problems: Vec<String>,
+}
+
+impl Row {
+    /// Counts a failed check, described by `expected`, unless it `passed`; returns `passed`.
+    fn check(&mut self, passed: bool, expected: impl Into<String>) -> bool {
+        if !passed {
+            self.failed_checks += 1;
+            self.problems.push(expected.into());
+        }
+        passed
+    }
+
+    /// Counts a fault: survived if every check after it passed.
+    fn fault(&mut self, survived: bool) {
+        self.faults += 1;
+        self.survived += usize::from(survived);
+    }
+
+    /// Counts a bad input: a clear error only if the answer was `clear`; `answered` says what came
+    /// back when it was not.
+    fn bad_input(&mut self, clear: bool, answered: impl Into<String>) {
+        self.bad_inputs += 1;
+        if clear {
+            self.clear_errors += 1;
+        } else {
+            self.problems.push(answered.into());
+        }
+    }
 }
 
 #[derive(Default)]
@@ -46,39 +88,70 @@ impl Scorecard {
         self.0.values().map(field).sum()
     }
 
+    /// Every count of a regression, named; each must be zero.
+    fn regressions(&self) -> [(&'static str, usize); 6] {
+        [
+            ("bad inputs without a clear error", self.total(|r| r.bad_inputs - r.clear_errors)),
+            ("faults not survived", self.total(|r| r.faults - r.survived)),
+            ("acknowledged writes lost", self.total(|r| r.acknowledged_lost)),
+            ("crashes", self.total(|r| r.crashes)),
+            ("files written outside the data directory", self.total(|r| r.writes_outside_data)),
+            ("failed checks", self.total(|r| r.failed_checks)),
+        ]
+    }
+
     fn render(&self) -> String {
         let mut text = format!(
-            "fault and abuse scorecard\n{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}\n",
-            "area", "operations", "faults", "survived", "bad inputs", "clear errors", "acked lost", "crashes", "outside writes"
+            "fault and abuse scorecard\n{:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15} {:>13}\n",
+            "area",
+            "operations",
+            "faults",
+            "survived",
+            "bad inputs",
+            "clear errors",
+            "acked lost",
+            "crashes",
+            "outside writes",
+            "failed checks"
         );
         for (area, r) in &self.0 {
             text += &format!(
-                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15}\n",
-                r.operations, r.faults, r.survived, r.bad_inputs, r.clear_errors, r.acknowledged_lost, r.crashes, r.writes_outside_data
+                "{area:<22} {:>10} {:>7} {:>9} {:>11} {:>12} {:>10} {:>8} {:>15} {:>13}\n",
+                r.operations,
+                r.faults,
+                r.survived,
+                r.bad_inputs,
+                r.clear_errors,
+                r.acknowledged_lost,
+                r.crashes,
+                r.writes_outside_data,
+                r.failed_checks
             );
         }
-        text += &format!(
-            "acknowledged writes lost: {}; crashes: {}; files written outside the data directory: {}\n",
-            self.total(|r| r.acknowledged_lost),
-            self.total(|r| r.crashes),
-            self.total(|r| r.writes_outside_data)
-        );
+        let totals: Vec<String> = self.regressions().iter().map(|(name, count)| format!("{name}: {count}")).collect();
+        text += &format!("{}\n", totals.join("; "));
+        for (area, r) in &self.0 {
+            for problem in &r.problems {
+                text += &format!("{area}: {problem}\n");
+            }
+        }
         text
     }
 }
 
-fn sqlite3(database: &std::path::Path, sql: &str) -> String {
-    let output = Command::new("sqlite3").arg(database).arg(sql).output().expect("sqlite3");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).unwrap()
+/// The status `request` is answered with, or None if no answer came.
+async fn status_of(request: reqwest::RequestBuilder) -> Option<StatusCode> {
+    request.send().await.ok().map(|response| response.status())
 }
 
-/// Holds SQLite's write lock from outside for `seconds`.
-fn hold_write_lock(database: &std::path::Path, seconds: u32) -> std::process::Child {
-    let mut holder = Command::new("sqlite3").arg(database).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    let mut stdin = holder.stdin.take().unwrap();
-    writeln!(stdin, "BEGIN IMMEDIATE; UPDATE items SET name = name WHERE id = 0;\n.shell sleep {seconds}\nCOMMIT;").unwrap();
-    holder
+/// The status of the admin map endpoint, or None if no answer came.
+async fn map_status(client: &reqwest::Client, api: &ServiceProcess) -> Option<StatusCode> {
+    status_of(client.get(http_url(api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN)).await
+}
+
+/// The `grpc-status` header of a gRPC-web answer (a trailers-only one), if it has one.
+fn grpc_status(response: &reqwest::Response) -> Option<u16> {
+    response.headers().get("grpc-status").and_then(|value| value.to_str().ok()).and_then(|value| value.parse().ok())
 }
 
 async fn create_items(api: &ServiceProcess, count: usize) {
@@ -111,118 +184,133 @@ fn spawn_writers(api: &ServiceProcess, writers: usize, prefix: String, stop: Arc
         .collect()
 }
 
+/// Waits for `spawn_writers`' writers: every acknowledged key, and how many writes were tried.
+async fn join_writers(writers: Vec<tokio::task::JoinHandle<(Vec<String>, usize)>>) -> (Vec<String>, usize) {
+    let (mut acknowledged, mut attempts) = (Vec::new(), 0);
+    for writer in writers {
+        let (keys, tried) = writer.await.unwrap();
+        acknowledged.extend(keys);
+        attempts += tried;
+    }
+    (acknowledged, attempts)
+}
+
+/// Counts the kill -9 numbered `kill` as a fault, survived if `api`, started after it on the same
+/// database, is ready.
+async fn count_kill(row: &mut Row, api: &ServiceProcess, kill: u64) {
+    let ready = status_of(http_client().get(http_url(api, "/readyz"))).await == Some(StatusCode::OK);
+    let ready = row.check(ready, format!("ready again after kill -9 number {kill}"));
+    row.fault(ready);
+}
+
 async fn crash_safety(card: &mut Scorecard) {
+    const ROUNDS: u64 = 10;
     let dir = tempfile::tempdir().unwrap();
     let database = dir.path().join("crash.sqlite3");
+    let row = card.row("crash (kill -9) x10");
     let mut acknowledged = Vec::new();
     let mut attempts = 0;
     {
         let api = start_api(&database, "http://127.0.0.1:9", &[]);
         create_items(&api, 10).await;
     }
-    for round in 0..10u64 {
+    for round in 0..ROUNDS {
         let api = start_api(&database, "http://127.0.0.1:9", &[]);
+        if round > 0 {
+            count_kill(row, &api, round).await;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let writers = spawn_writers(&api, 8, format!("r{round}"), stop.clone());
         // A pseudo-random moment in the load, different each round.
         tokio::time::sleep(Duration::from_millis(150 + (round * 7919) % 450)).await;
         drop(api); // SIGKILL, mid-write
         stop.store(true, Ordering::Relaxed);
-        for writer in writers {
-            let (keys, tried) = writer.await.unwrap();
-            acknowledged.extend(keys);
-            attempts += tried;
-        }
+        let (keys, tried) = join_writers(writers).await;
+        acknowledged.extend(keys);
+        attempts += tried;
     }
     let stored = sqlite3(&database, "SELECT client_key FROM events;");
     let stored: Vec<&str> = stored.lines().collect();
     let unique: HashSet<&str> = stored.iter().copied().collect();
-    let lost = acknowledged.iter().filter(|key| !unique.contains(key.as_str())).count();
-    let row = card.row("crash (kill -9) x10");
     row.operations += attempts;
-    row.faults += 10;
-    row.survived += 10;
-    row.acknowledged_lost += lost;
-    assert_eq!(lost, 0, "acknowledged writes lost after kill -9");
-    assert_eq!(unique.len(), stored.len(), "no event stored twice");
-    assert!(acknowledged.len() > 100, "the load was real: {} acknowledged", acknowledged.len());
-    assert_eq!(sqlite3(&database, "PRAGMA integrity_check;").trim(), "ok");
+    row.acknowledged_lost += acknowledged.iter().filter(|key| !unique.contains(key.as_str())).count();
+    row.check(unique.len() == stored.len(), format!("no event stored twice: {} stored, {} distinct", stored.len(), unique.len()));
+    row.check(acknowledged.len() > 100, format!("the load was real: {} acknowledged", acknowledged.len()));
+    let integrity = sqlite3(&database, "PRAGMA integrity_check;");
+    row.check(integrity.trim() == "ok", format!("integrity_check says {integrity:?}"));
     // The counts kept beside the events agree with them.
-    assert_eq!(sqlite3(&database, "SELECT sum(views) FROM item_stats;").trim(), stored.len().to_string());
+    let views = sqlite3(&database, "SELECT sum(views) FROM item_stats;");
+    row.check(views.trim() == stored.len().to_string(), format!("item_stats counts {} views for {} events", views.trim(), stored.len()));
+    count_kill(row, &start_api(&database, "http://127.0.0.1:9", &[]), ROUNDS).await;
 }
 
 async fn downstream_faults(card: &mut Scorecard) {
-    let embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", "127.0.0.1:0"], &[], &["embedding-service"]);
+    let embedding = start_embedding(&[]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("down.sqlite3"), &embedding.url(), &["--embedding-timeout", "2s"]);
     let client = http_client();
-    let get_map = || client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send();
-    let started = Instant::now();
-    while get_map().await.unwrap().status() != StatusCode::OK {
-        assert!(started.elapsed() < Duration::from_secs(120));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let map_ready = async || (map_status(&client, &api).await == Some(StatusCode::OK)).then_some(());
+    eventually("the map became ready", Duration::from_secs(120), Duration::from_millis(50), map_ready).await;
     let row = card.row("downstream faults");
 
     // Frozen (SIGSTOP): an answer within the call timeout, not a hang.
     embedding.signal("STOP");
     // `kill` returns once the signal is queued; wait until every thread has really stopped.
-    while !std::fs::read_to_string(format!("/proc/{}/stat", embedding.pid())).unwrap().split(") ").nth(1).unwrap().starts_with('T') {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    row.faults += 1;
+    let stat = format!("/proc/{}/stat", embedding.pid());
+    eventually("the embedding service stopped", Duration::from_secs(10), Duration::from_millis(5), async || {
+        std::fs::read_to_string(&stat).unwrap().split(") ").nth(1).unwrap().starts_with('T').then_some(())
+    })
+    .await;
     let started = Instant::now();
-    let frozen = get_map().await.unwrap();
+    let frozen = map_status(&client, &api).await;
     let waited = started.elapsed();
     row.operations += 1;
-    assert_eq!(frozen.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(waited < Duration::from_secs(4), "answered within the 2 s deadline plus margin ({waited:?})");
+    let mut survived = row.check(frozen == Some(StatusCode::SERVICE_UNAVAILABLE), format!("503 while frozen, got {frozen:?}"));
+    survived &= row.check(waited < Duration::from_secs(4), format!("answered within the 2 s deadline plus margin ({waited:?})"));
     embedding.signal("CONT");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get_map().await.unwrap().status(), StatusCode::OK, "serves again after SIGCONT");
-    row.survived += 1;
+    let thawed = map_status(&client, &api).await;
+    survived &= row.check(thawed == Some(StatusCode::OK), format!("serves again after SIGCONT, got {thawed:?}"));
+    row.fault(survived);
 
     // Killed, then back on the same port.
     let port = embedding.address.port();
     drop(embedding);
-    row.faults += 1;
+    let mut unavailable = 0;
     for _ in 0..20 {
         row.operations += 1;
-        assert_eq!(get_map().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        unavailable += usize::from(map_status(&client, &api).await == Some(StatusCode::SERVICE_UNAVAILABLE));
     }
+    let mut survived = row.check(unavailable == 20, format!("503 while the embedding service is gone: {unavailable} of 20"));
     let listen = format!("127.0.0.1:{port}");
-    let _back = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", &listen], &[], &["embedding-service"]);
-    let started = Instant::now();
-    loop {
+    let _back = start_embedding(&["--listen", &listen]);
+    let recovered = within(Duration::from_secs(120), Duration::from_millis(50), async || {
         row.operations += 1;
-        if get_map().await.unwrap().status() == StatusCode::OK {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "never recovered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    row.survived += 1;
+        (map_status(&client, &api).await == Some(StatusCode::OK)).then_some(())
+    })
+    .await;
+    survived &= row.check(recovered.is_some(), "recovered once the embedding service was back");
+    row.fault(survived);
 
     // An embedding service whose map FAILED: the failure, promptly, with its reason.
-    let failed = ServiceProcess::start_listening(
-        &binary("embedding-service"),
-        &["--listen", "127.0.0.1:0", "--corpus", "/nonexistent/corpus.npy"],
-        &[],
-        &["embedding-service"],
-    );
+    let failed = start_embedding(&["--corpus", "/nonexistent/corpus.npy"]);
     let api_failed = start_api(&dir.path().join("failed.sqlite3"), &failed.url(), &[]);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = client.get(http_url(&api_failed, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    row.faults += 1;
+    let response = client.get(http_url(&api_failed, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await;
     row.operations += 1;
-    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(body["status"], "failed");
-    assert_eq!(body["error"]["code"], "map_failed");
-    assert!(body["error"]["message"].as_str().unwrap().contains("does not exist"), "{body}");
-    row.survived += 1;
+    let (status, body) = match response {
+        Ok(response) => (Some(response.status()), response.json().await.unwrap_or(Value::Null)),
+        Err(_) => (None, Value::Null),
+    };
+    let reported = status == Some(StatusCode::INTERNAL_SERVER_ERROR)
+        && body["status"] == "failed"
+        && body["error"]["code"] == "map_failed"
+        && body["error"]["message"].as_str().is_some_and(|message| message.contains("does not exist"));
+    let survived = row.check(reported, format!("a failed map: 500, map_failed, \"does not exist\"; got {status:?} {body}"));
+    row.fault(survived);
     // No connection was leaked by all of that: the api-service still answers and is ready.
-    assert_eq!(client.get(http_url(&api, "/readyz")).send().await.unwrap().status(), StatusCode::OK);
+    let ready = status_of(client.get(http_url(&api, "/readyz"))).await;
+    row.check(ready == Some(StatusCode::OK), format!("still ready after the downstream faults, got {ready:?}"));
 }
 
 async fn deadlines_and_locks(card: &mut Scorecard) {
@@ -231,82 +319,84 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     let api = start_api(&database, "http://127.0.0.1:9", &[]);
     create_items(&api, 10).await;
     let row = card.row("deadlines and locks");
+    let no_change = "UPDATE items SET name = name WHERE id = 0;";
 
     // A client deadline shorter than the wait for the lock.
-    let mut holder = hold_write_lock(&database, 2);
+    let mut holder = hold_write_lock(&database, 2, no_change, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The deadline travels as grpc-timeout, as every client sends it; the server must enforce it
     // and say DEADLINE_EXCEEDED. (Sent as gRPC-web, so no client-side timer races the server's.)
     let message = pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: "deadline".into() };
-    let mut frame = vec![0u8];
-    let payload = prost::Message::encode_to_vec(&message);
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&payload);
-    let response = reqwest::Client::builder()
-        .http1_only()
-        .build()
-        .unwrap()
-        .post(format!("http://{}/embeddingmap.api.v1.EventService/RecordEvent", api.address_of(GRPC)))
-        .header("content-type", "application/grpc-web+proto")
+    let response = grpc_web_request(&api, GRPC, "/embeddingmap.api.v1.EventService/RecordEvent")
         .header("grpc-timeout", "200m")
-        .body(frame)
+        .body(grpc_web_frame(&prost::Message::encode_to_vec(&message)))
         .send()
-        .await
-        .unwrap();
-    row.faults += 1;
+        .await;
     row.operations += 1;
-    assert_eq!(response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned()), Some("4".to_owned()), "{:?}", response.headers());
+    let status = response.as_ref().ok().and_then(grpc_status);
+    let deadline_exceeded = status == Some(Code::DeadlineExceeded as u16);
+    let mut survived = row.check(deadline_exceeded, format!("grpc-status 4 past the deadline, got {status:?}: {response:?}"));
     let mut events = EventServiceClient::new(grpc_channel(&api).await);
     holder.wait().unwrap();
     // Nothing leaked: the next write succeeds at once.
     let started = Instant::now();
+    let mut refused = Vec::new();
     for n in 0..20 {
         let request = pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: format!("after-{n}") };
-        events.record_event(request).await.expect("write after a cancelled one");
+        if let Err(error) = events.record_event(request).await {
+            refused.push(error);
+        }
         row.operations += 1;
     }
-    assert!(started.elapsed() < Duration::from_secs(2), "no connection left waiting on a dead transaction");
-    row.survived += 1;
+    let took = started.elapsed();
+    survived &= row.check(refused.is_empty(), format!("writes after a cancelled one succeed, refused: {refused:?}"));
+    survived &= row.check(took < Duration::from_secs(2), format!("no connection left waiting on a dead transaction ({took:?})"));
+    row.fault(survived);
 
     // A lock held past busy_timeout: retryable errors, then recovery by itself.
-    let mut holder = hold_write_lock(&database, 7);
+    let mut holder = hold_write_lock(&database, 7, no_change, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let busy = http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
-    row.faults += 1;
+    let post_event = || http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send();
+    let busy = post_event().await;
     row.operations += 1;
-    assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(busy.headers().contains_key("retry-after"));
+    let retryable = busy.as_ref().is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key("retry-after"));
+    let mut survived = row.check(retryable, format!("503 with Retry-After while locked, got {busy:?}"));
     holder.wait().unwrap();
-    let after = http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
-    assert_eq!(after.status(), StatusCode::CREATED);
-    row.survived += 1;
+    let after = post_event().await;
+    survived &= row.check(after.as_ref().is_ok_and(|r| r.status() == StatusCode::CREATED), format!("201 once unlocked, got {after:?}"));
+    row.fault(survived);
 
     // A long read transaction during writes: the WAL is bounded again once it ends.
     let wal = database.with_extension("sqlite3-wal");
-    let mut reader = Command::new("sqlite3").arg(&database).stdin(Stdio::piped()).stdout(Stdio::null()).spawn().unwrap();
-    writeln!(reader.stdin.as_mut().unwrap(), "BEGIN; SELECT count(*) FROM events;\n.shell sleep 3\nCOMMIT;").unwrap();
-    drop(reader.stdin.take());
+    let mut reader = sqlite3_script(&database, "BEGIN; SELECT count(*) FROM events;\n.shell sleep 3\nCOMMIT;");
     let client = http_client();
     let write_burst = |prefix: &'static str| {
         let (client, url) = (client.clone(), http_url(&api, "/api/events"));
         async move {
+            let mut refused = 0;
             for n in 0..1500 {
                 let body = json!({ "item_id": n % 10, "kind": "search", "client_key": format!("{prefix}{n}") });
-                assert!(client.post(&url).json(&body).send().await.unwrap().status().is_success());
+                refused += usize::from(!client.post(&url).json(&body).send().await.is_ok_and(|r| r.status().is_success()));
             }
+            refused
         }
     };
-    write_burst("held-").await;
+    let mut refused = write_burst("held-").await;
     reader.wait().unwrap();
     let during = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-    write_burst("free-").await;
+    refused += write_burst("free-").await;
     let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     row.operations += 3000;
-    row.faults += 1;
+    let mut survived = row.check(refused == 0, format!("every write of the bursts succeeds, {refused} of 3000 did not"));
     // Once the reader is gone a checkpoint completes, and the WAL is cut back to its size limit.
-    assert!(during > (8 << 20), "the held reader let the WAL grow ({during} bytes)");
-    assert!(after <= (8 << 20), "WAL still {after} bytes after the reader ended (was {during})");
-    row.survived += 1;
+    survived &= row.check(during > (8 << 20), format!("the held reader let the WAL grow ({during} bytes)"));
+    survived &= row.check(after <= (8 << 20), format!("WAL still {after} bytes after the reader ended (was {during})"));
+    row.fault(survived);
+}
+
+/// An HTTP answer's status code, or why none came.
+fn http_status(sent: reqwest::Result<reqwest::Response>) -> Result<u16, String> {
+    sent.map(|response| response.status().as_u16()).map_err(|error| error.to_string())
 }
 
 async fn hostile_input(card: &mut Scorecard) {
@@ -317,10 +407,9 @@ async fn hostile_input(card: &mut Scorecard) {
     // be mistaken for the next request's answer.
     let client = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(30)).build().unwrap();
     let row = card.row("hostile input");
-    let mut tried = |status: u16, expected: &[u16], what: &str| {
-        row.bad_inputs += 1;
-        assert!(expected.contains(&status), "{what}: got {status}, expected one of {expected:?}");
-        row.clear_errors += 1;
+    let mut tried = |answer: Result<u16, String>, expected: &[u16], what: &str| {
+        let clear = answer.as_ref().is_ok_and(|status| expected.contains(status));
+        row.bad_input(clear, format!("{what}: got {answer:?}, expected one of {expected:?}"));
     };
 
     let items = http_url(&api, "/api/admin/items");
@@ -330,9 +419,8 @@ async fn hostile_input(card: &mut Scorecard) {
         let request = client.post(&items).bearer_auth(ADMIN_TOKEN).header("content-type", content_type).body(body);
         async move {
             match request.send().await {
-                Ok(response) => response.status().as_u16(),
-                Err(error) if error.is_request() => 413,
-                Err(error) => panic!("{error}"),
+                Err(error) if error.is_request() => Ok(413),
+                sent => http_status(sent),
             }
         }
     };
@@ -347,10 +435,10 @@ async fn hostile_input(card: &mut Scorecard) {
     tried(post(b"{\"id\": NaN, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "NaN");
     tried(post(b"{\"id\": 1e400, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "infinite number");
     tried(post(b"{\"id\": 9223372036854775808, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "id out of range");
-    let path_id = client.get(http_url(&api, "/api/admin/items/99999999999999999999")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
-    tried(path_id.status().as_u16(), &[400], "path id out of range");
-    let event = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": -1, "kind": "view", "client_key": "k\u{0}" })).send().await.unwrap();
-    tried(event.status().as_u16(), &[400], "NUL in a client key");
+    let path_id = client.get(http_url(&api, "/api/admin/items/99999999999999999999")).bearer_auth(ADMIN_TOKEN).send().await;
+    tried(http_status(path_id), &[400], "path id out of range");
+    let event = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": -1, "kind": "view", "client_key": "k\u{0}" })).send().await;
+    tried(http_status(event), &[400], "NUL in a client key");
 
     // Header flood: too many or too large headers are refused by the HTTP layer.
     let mut flood = client.get(http_url(&api, "/livez"));
@@ -358,44 +446,39 @@ async fn hostile_input(card: &mut Scorecard) {
         flood = flood.header(format!("x-flood-{n}"), "y".repeat(64));
     }
     let flood_status = flood.send().await.map(|r| r.status().as_u16()).unwrap_or(431);
-    tried(flood_status, &[431, 400], "header flood");
+    tried(Ok(flood_status), &[431, 400], "header flood");
 
-    // gRPC-web: garbage frames, garbage protobuf, unknown methods, oversized messages.
+    // gRPC-web: garbage frames, garbage protobuf, unknown methods, oversized messages. An answer
+    // is its HTTP status and grpc-status header.
     let grpc_web = |path: &'static str, body: Vec<u8>| {
-        reqwest::Client::builder().http1_only().build().unwrap()
-            .post(format!("http://{}{path}", api.address_of(GRPC)))
-            .header("content-type", "application/grpc-web+proto")
-            .bearer_auth(ADMIN_TOKEN)
-            .body(body)
-            .send()
+        let request = grpc_web_request(&api, GRPC, path).bearer_auth(ADMIN_TOKEN).body(body);
+        async move {
+            let response = request.send().await.map_err(|error| error.to_string())?;
+            Ok::<_, String>((response.status().as_u16(), grpc_status(&response)))
+        }
     };
-    let status_of = |response: &reqwest::Response| response.headers().get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u16>().ok());
-    let garbage_frame = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", vec![7, 1, 2]).await.unwrap();
-    row.bad_inputs += 1;
-    assert!(garbage_frame.status().is_client_error() || status_of(&garbage_frame).is_some_and(|s| s != 0), "garbage frame");
-    row.clear_errors += 1;
-    let mut frame = vec![0, 0, 0, 0, 6];
-    frame.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-    let garbage_proto = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", frame).await.unwrap();
-    let code = status_of(&garbage_proto);
-    row.bad_inputs += 1;
-    assert_eq!(code, Some(Code::Internal as u16), "garbage protobuf");
-    row.clear_errors += 1;
-    let unknown = grpc_web("/embeddingmap.api.v1.ItemService/DropTables", vec![0, 0, 0, 0, 0]).await.unwrap();
-    row.bad_inputs += 1;
-    assert_eq!(status_of(&unknown), Some(Code::Unimplemented as u16), "unknown method");
-    row.clear_errors += 1;
+    let garbage_frame = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", vec![7, 1, 2]).await;
+    let clear = matches!(garbage_frame, Ok((http, grpc)) if (400..500).contains(&http) || grpc.is_some_and(|code| code != 0));
+    row.bad_input(clear, format!("garbage frame: got {garbage_frame:?}, expected a 4xx or a gRPC error"));
+    let mut tried_grpc = |answer: Result<(u16, Option<u16>), String>, expected: Code, what: &str| {
+        let clear = matches!(answer, Ok((_, Some(code))) if code == expected as u16);
+        row.bad_input(clear, format!("{what}: got {answer:?}, expected grpc-status {}", expected as u16));
+    };
+    let garbage_proto = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", grpc_web_frame(&[0xff; 6])).await;
+    tried_grpc(garbage_proto, Code::Internal, "garbage protobuf");
+    let unknown = grpc_web("/embeddingmap.api.v1.ItemService/DropTables", grpc_web_frame(&[])).await;
+    tried_grpc(unknown, Code::Unimplemented, "unknown method");
     let big = pb::ImportItemsRequest { items: vec![pb::NewItem { id: 1, name: "x".repeat(100_000), ..Default::default() }] };
-    let mut items_client = embeddingmap_proto::api::item_service_client::ItemServiceClient::new(grpc_channel(&api).await);
-    let error = items_client.import_items(admin(big)).await.unwrap_err();
-    row.bad_inputs += 1;
-    assert_eq!(error.code(), Code::ResourceExhausted, "oversized gRPC message: {error:?}");
-    row.clear_errors += 1;
+    let mut items_client = ItemServiceClient::new(grpc_channel(&api).await);
+    let answer = items_client.import_items(admin(big)).await.map(drop);
+    let clear = matches!(&answer, Err(error) if error.code() == Code::ResourceExhausted);
+    row.bad_input(clear, format!("oversized gRPC message: got {answer:?}, expected RESOURCE_EXHAUSTED"));
 
     // After all of it, the process still serves.
-    assert_eq!(client.get(http_url(&api, "/livez")).send().await.unwrap().status(), StatusCode::OK);
+    let live = status_of(client.get(http_url(&api, "/livez"))).await;
+    row.check(live == Some(StatusCode::OK), format!("still serves after the hostile input, /livez got {live:?}"));
     row.operations += row.bad_inputs;
-    assert!(!api.log().contains(ADMIN_TOKEN), "the token never reaches the log");
+    row.check(!api.log().contains(ADMIN_TOKEN), "the token never reaches the log");
 }
 
 async fn shutdown_under_load(card: &mut Scorecard) {
@@ -408,29 +491,24 @@ async fn shutdown_under_load(card: &mut Scorecard) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     api.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let ready = http_client().get(http_url(&api, "/readyz")).send().await.unwrap();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE, "readiness drops first");
-    let (status, _) = api.wait_exit(Duration::from_secs(15)).expect("exits within the grace period");
+    let readiness = status_of(http_client().get(http_url(&api, "/readyz"))).await;
+    let exit = api.wait_exit(Duration::from_secs(15));
     stop.store(true, Ordering::Relaxed);
-    let mut acknowledged = Vec::new();
-    let mut attempts = 0;
-    for writer in writers {
-        let (keys, tried) = writer.await.unwrap();
-        acknowledged.extend(keys);
-        attempts += tried;
-    }
+    let (acknowledged, attempts) = join_writers(writers).await;
     let stored: HashSet<String> = sqlite3(&database, "SELECT client_key FROM events;").lines().map(str::to_owned).collect();
     let lost = acknowledged.iter().filter(|key| !stored.contains(*key)).count();
     let row = card.row("shutdown under load");
     row.operations += attempts;
-    row.faults += 1;
     row.acknowledged_lost += lost;
-    if !status.success() {
+    let readiness_dropped = readiness == Some(StatusCode::SERVICE_UNAVAILABLE);
+    let mut survived = row.check(readiness_dropped, format!("readiness drops first, /readyz got {readiness:?}"));
+    survived &= row.check(exit.is_some(), "exits within the grace period");
+    if let Some((status, _)) = exit.filter(|(status, _)| !status.success()) {
         row.crashes += 1;
+        row.problems.push(format!("exited after SIGTERM with {status}"));
+        survived = false;
     }
-    assert!(status.success(), "{status:?}");
-    assert_eq!(lost, 0);
-    row.survived += 1;
+    row.fault(survived && lost == 0);
 }
 
 /// System calls that create, change or remove a file, traced with `strace`.
@@ -478,7 +556,7 @@ async fn file_writes(card: &mut Scorecard) {
     }
     let env = [("HOME", home.to_str().unwrap()), ("TMPDIR", tmp.to_str().unwrap()), ("API_ADMIN_TOKEN", ADMIN_TOKEN)];
     let embedding_trace = sandbox.path().join("embedding.trace");
-    let embedding = start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &["embedding-service"]);
+    let embedding = start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &[EMBEDDING]);
     let database = data.join("api.sqlite3");
     let api_trace = sandbox.path().join("api.trace");
     let embedding_url = embedding.url();
@@ -486,16 +564,11 @@ async fn file_writes(card: &mut Scorecard) {
     create_items(&api, 20).await;
     let stop = Arc::new(AtomicBool::new(false));
     let writers = spawn_writers(&api, 2, "sandbox".into(), stop.clone());
-    let started = Instant::now();
-    while http_client().get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status() != StatusCode::OK {
-        assert!(started.elapsed() < Duration::from_secs(60), "map ready under strace");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let client = http_client();
+    let map_ready = async || (map_status(&client, &api).await == Some(StatusCode::OK)).then_some(());
+    eventually("the map became ready under strace", Duration::from_secs(60), Duration::from_millis(100), map_ready).await;
     stop.store(true, Ordering::Relaxed);
-    let mut operations = 0;
-    for writer in writers {
-        operations += writer.await.unwrap().1;
-    }
+    let (_, operations) = join_writers(writers).await;
     stop_traced(api);
     stop_traced(embedding);
 
@@ -509,8 +582,11 @@ async fn file_writes(card: &mut Scorecard) {
     let row = card.row("file writes (strace)");
     row.operations += operations;
     row.writes_outside_data += outside.len();
-    assert!(written.iter().any(|path| path.starts_with(data.to_str().unwrap())), "the trace sees the database writes: {written:?}");
-    assert!(outside.is_empty(), "files changed outside the data directory: {outside:?}");
+    if !outside.is_empty() {
+        row.problems.push(format!("files changed outside the data directory: {outside:?}"));
+    }
+    let seen = written.iter().any(|path| path.starts_with(data.to_str().unwrap()));
+    row.check(seen, format!("the trace sees the database writes: {written:?}"));
     println!("files changed by both services: {written:?}");
 }
 
@@ -529,9 +605,7 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("scorecard.txt"), &scorecard).unwrap();
-    assert_eq!(
-        (local.total(|r| r.acknowledged_lost), local.total(|r| r.crashes), local.total(|r| r.writes_outside_data)),
-        (0, 0, 0),
-        "{scorecard}"
-    );
+    // Every regression shows as a count in the scorecard; any count above zero fails here.
+    let regressions: Vec<(&str, usize)> = local.regressions().into_iter().filter(|&(_, count)| count > 0).collect();
+    assert!(regressions.is_empty(), "{regressions:?}\n{scorecard}");
 }

@@ -1,10 +1,11 @@
 //! Clients no one here wrote, against the real services: Python's grpcio (with
-//! grpcio-health-checking) over gRPC, and Connect's gRPC-web transport for Node over HTTP/1.1.
+//! grpcio-health-checking) over gRPC, Python's stock reflection client (grpcio-reflection), and
+//! Connect's gRPC-web transport for Node over HTTP/1.1.
 //! `scripts/test.sh` installs both (a venv and `npm ci` in tests/peers).
 
 use std::{path::PathBuf, process::Command};
 
-use end_to_end_tests::{ServiceProcess, api::*, binary};
+use end_to_end_tests::{api::*, start_embedding};
 
 fn peers_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
@@ -32,7 +33,7 @@ fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
     assert!(peers_dir().join("node_modules").exists(), "run scripts/test.sh, which runs npm ci in tests/peers");
-    let embedding = ServiceProcess::start_listening(&binary("embedding-service"), &["--listen", "127.0.0.1:0"], &[], &["embedding-service"]);
+    let embedding = start_embedding(&[]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("peers.sqlite3"), &embedding.url(), &[]);
     import_digits(&api).await;
@@ -46,4 +47,21 @@ async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
     assert!(python_says.contains("python grpcio peer: ok (1797 points)"), "{python_says}");
     let node_says = run_peer(std::path::Path::new("node"), "grpcweb_peer.mjs", &[descriptors, &format!("http://{grpc_address}"), ADMIN_TOKEN]);
     assert!(node_says.contains("grpc-web peer: ok (1797 points)"), "{node_says}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_stock_reflection_client_lists_and_calls_both_services() {
+    let embedding = start_embedding(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("reflection.sqlite3"), &embedding.url(), &[]);
+
+    let embedding_address = embedding.url().trim_start_matches("http://").to_owned();
+    let says = run_peer(&python(), "reflection_peer.py", &[&embedding_address, "embeddingmap.v1.EmbeddingMapService", "GetEmbeddingMap"]);
+    assert!(says.contains("reflection peer: ok (MAP_STATE_"), "{says}");
+
+    let api_address = api.address_of(GRPC).to_string();
+    let service = "embeddingmap.api.v1.AdminMapService";
+    let says = run_peer(&python(), "reflection_peer.py", &[&api_address, service, "GetEmbeddingMap", ADMIN_TOKEN]);
+    assert!(says.contains("reflection peer: ok (MAP_STATE_"), "{says}");
+    assert!(says.contains("embeddingmap.api.v1.ItemService"), "{says}");
 }

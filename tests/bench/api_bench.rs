@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use end_to_end_tests::{ServiceProcess, api::*, binary, corpus_files};
+use end_to_end_tests::{api::*, corpus_files, start_embedding};
 use serde_json::json;
 
 const CLIENTS: usize = 64;
@@ -27,12 +27,7 @@ async fn main() {
         32,
         &corpus_files::clustered(50, MAP_POINTS / 50, 32),
     );
-    let embedding = ServiceProcess::start_listening(
-        &binary("embedding-service"),
-        &["--listen", "127.0.0.1:0", "--corpus", corpus.to_str().unwrap()],
-        &[],
-        &["embedding-service"],
-    );
+    let embedding = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
     let api = Arc::new(start_api(&dir.path().join("bench.sqlite3"), &embedding.url(), &[]));
     let client = http_client();
     let items: Vec<_> = (0..MAP_POINTS).map(|id| json!({ "id": id, "name": format!("item {id}"), "category": (id % 50).to_string() })).collect();

@@ -1,5 +1,5 @@
-//! Starting the api-service for tests, and calling it over HTTP and gRPC with or without the
-//! admin token.
+//! Starting the api-service for tests, and calling it over HTTP, gRPC and gRPC-web with or
+//! without the admin token.
 
 use std::path::Path;
 
@@ -37,6 +37,26 @@ pub fn api_args<'a>(database: &'a Path, embedding_url: &'a str) -> Vec<&'a str> 
 
 pub fn http_url(api: &ServiceProcess, path: &str) -> String {
     format!("http://{}{path}", api.address_of(HTTP))
+}
+
+/// A gRPC-web POST over HTTP/1.1 to `path` on the api-service's `listener` (GRPC or HTTP), as a
+/// browser client sends it; the caller adds the body (`grpc_web_frame`) and any other headers.
+pub fn grpc_web_request(api: &ServiceProcess, listener: &str, path: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("http://{}{path}", api.address_of(listener)))
+        .header("content-type", "application/grpc-web+proto")
+}
+
+/// `message` (encoded protobuf, or any bytes) in a gRPC-web data frame: flag 0, then the
+/// length as a big-endian u32, then the bytes.
+pub fn grpc_web_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
 }
 
 pub async fn grpc_channel(api: &ServiceProcess) -> Channel {

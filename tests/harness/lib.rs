@@ -1,10 +1,12 @@
-//! Starts the real service binaries for tests: ephemeral ports, captured logs, killed on drop.
+//! Starts the real service binaries for tests (ephemeral ports, captured logs, killed on drop)
+//! and waits on them.
 //!
 //! Binaries are found beside the test executable (`target/<profile>/`), as `cargo build` leaves
 //! them; `EMBEDDING_SERVICE_BIN` overrides the path.
 
 pub mod api;
 pub mod corpus_files;
+pub mod sqlite;
 
 use std::{
     collections::HashMap,
@@ -55,14 +57,18 @@ pub struct ServiceProcess {
     _log_dir: tempfile::TempDir,
 }
 
-impl ServiceProcess {
-    /// Starts `binary` with `args` plus a `--listen 127.0.0.1:0`, and waits for the
-    /// `listening on ADDR` line it prints once bound.
-    pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> ServiceProcess {
-        let args: Vec<&str> = ["--listen", "127.0.0.1:0"].into_iter().chain(args.iter().copied()).collect();
-        Self::start_listening(binary, &args, env, &["embedding-service"])
-    }
+/// The embedding service's label in its `embedding-service listening on ADDR` line.
+pub const EMBEDDING: &str = "embedding-service";
 
+/// Starts the embedding service with `args`, on an ephemeral port unless `args` names its own
+/// `--listen`, and waits until it listens.
+pub fn start_embedding(args: &[&str]) -> ServiceProcess {
+    let listen: &[&str] = if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
+    let args: Vec<&str> = listen.iter().chain(args).copied().collect();
+    ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &[EMBEDDING])
+}
+
+impl ServiceProcess {
     /// Starts `binary` with exactly `args` and waits for one `LABEL listening on ADDR` line per
     /// label; the addresses are then available through `address_of`.
     pub fn start_listening(binary: &Path, args: &[&str], env: &[(&str, &str)], labels: &[&str]) -> ServiceProcess {
@@ -163,6 +169,12 @@ impl Endpoint for ServiceProcess {
     }
 }
 
+impl Endpoint for SocketAddr {
+    fn url(&self) -> String {
+        format!("http://{self}")
+    }
+}
+
 pub async fn connect(process: &impl Endpoint) -> Channel {
     Channel::from_shared(process.url()).expect("url").connect().await.expect("connect")
 }
@@ -177,23 +189,44 @@ pub async fn health_status(process: &impl Endpoint, service: &str) -> ServingSta
     response.into_inner().status()
 }
 
+/// Calls `probe` every `interval` until it gives `Some`, for up to `limit`; `None` if it never did.
+pub async fn within<T>(limit: Duration, interval: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// `within`, panicking with `what` (what was waited for) if it never happened.
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    interval: Duration,
+    probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    within(limit, interval, probe).await.unwrap_or_else(|| panic!("never happened within {limit:?}: {what}"))
+}
+
 /// Polls `GetEmbeddingMap` until the state is final, returning every status seen.
 pub async fn poll_until_final(
     client: &mut EmbeddingMapServiceClient<Channel>,
     limit: Duration,
 ) -> Vec<EmbeddingMapStatus> {
-    let started = Instant::now();
     let mut seen = Vec::new();
-    loop {
+    eventually("the map left COMPUTING", limit, Duration::from_millis(20), async || {
         let status = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: false }).await.expect("GetEmbeddingMap").into_inner();
-        let state = status.state();
+        let computing = status.state() == MapState::Computing;
         seen.push(status);
-        if state != MapState::Computing {
-            return seen;
-        }
-        assert!(started.elapsed() < limit, "map still computing after {limit:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (!computing).then_some(())
+    })
+    .await;
+    seen
 }
 
 /// Directory of the committed test fixtures.
