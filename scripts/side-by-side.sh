@@ -28,7 +28,7 @@ real() { # name [make_real_corpora.py arguments]
   [ -f "$y" ] || y=
 }
 
-for name in "${@:-digits seed530 synth10k}"; do
+for name in "${@:-digits seed530 docs10k}"; do
   for corpus in $name; do
     peers=opentsne,sklearn peer_repeat=3
     case $corpus in
