@@ -69,8 +69,9 @@ pub fn pca_reduce(vectors: Array2<f32>, width: PcaWidth) -> Result<Array2<f32>, 
         return Ok(vectors);
     }
     let flat = vectors.as_standard_layout();
-    // Every axis is needed for the automatic choice (the noise level is the median eigenvalue).
-    let axes = if matches!(width, PcaWidth::Fixed(_)) { width.widest() } else { d };
+    // Every axis is needed for the automatic choice (the noise level is the median eigenvalue);
+    // with fewer rows than columns FAISS has only as many axes as rows.
+    let axes = if matches!(width, PcaWidth::Fixed(_)) { width.widest() } else { d }.min(n);
     let (projected, kept) =
         faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, axes, |v| width.choose(v, n))
             .map_err(|e| MapError::faiss("PCA", e))?;
@@ -106,6 +107,18 @@ pub fn random_initial_layout(points: usize, seed: u64) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn corpora_with_fewer_rows_than_columns_are_reduced_too() {
+        use super::{PcaWidth, pca_reduce};
+        // The seed's shape: fewer points (here 60) than dimensions (100).
+        let vectors = ndarray::Array2::from_shape_fn((60, 100), |(i, j)| ((i * 31 + j * 17) % 23) as f32 - 11.0);
+        for width in [PcaWidth::AboveNoise { min: 5, max: 8 }, PcaWidth::Fixed(8)] {
+            let reduced = pca_reduce(vectors.clone(), width).unwrap();
+            assert_eq!(reduced.nrows(), 60);
+            assert!((5..=8).contains(&reduced.ncols()), "{width:?}: {} columns", reduced.ncols());
+        }
+    }
+
     #[test]
     fn the_automatic_width_counts_components_above_the_noise_edge() {
         use super::PcaWidth;
