@@ -9,7 +9,10 @@ use end_to_end_tests::{api::*, start_embedding};
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
     let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
-    assert!(peers.join("node_modules/playwright-core").exists(), "run scripts/test.sh, which runs npm ci in tests/peers");
+    assert!(
+        peers.join("node_modules/playwright-core").exists(),
+        "run scripts/test.sh, which runs npm ci in tests/peers"
+    );
     // More iterations than the default keep the computing state on screen long enough to read.
     let embedding = start_embedding(&["--iterations", "4000"]);
     let dir = tempfile::tempdir().unwrap();

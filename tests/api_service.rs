@@ -34,23 +34,24 @@ async fn get_map(api: &ServiceProcess, etag: Option<&str>) -> reqwest::Response 
 /// Polls the map endpoint until 200, checking every 202 on the way; returns the 202 count.
 async fn wait_for_ready_map(api: &ServiceProcess) -> (reqwest::Response, usize) {
     let mut computing = 0;
-    let ready = eventually("the map became ready (200)", Duration::from_secs(120), Duration::from_millis(50), async || {
-        let response = get_map(api, None).await;
-        match response.status() {
-            StatusCode::OK => return Some(response),
-            StatusCode::ACCEPTED => {
-                assert!(response.headers().contains_key("retry-after"), "202 carries Retry-After");
-                let body: Value = response.json().await.unwrap();
-                assert_eq!(body["status"], "computing");
-                assert!(body["progress"]["total_iterations"].as_u64().unwrap() > 0, "{body}");
-                computing += 1;
+    let ready =
+        eventually("the map became ready (200)", Duration::from_secs(120), Duration::from_millis(50), async || {
+            let response = get_map(api, None).await;
+            match response.status() {
+                StatusCode::OK => return Some(response),
+                StatusCode::ACCEPTED => {
+                    assert!(response.headers().contains_key("retry-after"), "202 carries Retry-After");
+                    let body: Value = response.json().await.unwrap();
+                    assert_eq!(body["status"], "computing");
+                    assert!(body["progress"]["total_iterations"].as_u64().unwrap() > 0, "{body}");
+                    computing += 1;
+                }
+                StatusCode::SERVICE_UNAVAILABLE => assert!(response.headers().contains_key("retry-after")),
+                other => panic!("unexpected {other}: {:?}", response.text().await),
             }
-            StatusCode::SERVICE_UNAVAILABLE => assert!(response.headers().contains_key("retry-after")),
-            other => panic!("unexpected {other}: {:?}", response.text().await),
-        }
-        None
-    })
-    .await;
+            None
+        })
+        .await;
     (ready, computing)
 }
 
@@ -151,8 +152,12 @@ async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&st
     let mut items = ItemServiceClient::new(channel.clone());
     let item = || Some(pb::NewItem { id: 1, name: "one".into(), ..Default::default() });
     match method {
-        "ItemService/CreateItem" => items.create_item(wrap(pb::CreateItemRequest { item: item() }, token)).await.map(drop),
-        "ItemService/UpdateItem" => items.update_item(wrap(pb::UpdateItemRequest { item: item() }, token)).await.map(drop),
+        "ItemService/CreateItem" => {
+            items.create_item(wrap(pb::CreateItemRequest { item: item() }, token)).await.map(drop)
+        }
+        "ItemService/UpdateItem" => {
+            items.update_item(wrap(pb::UpdateItemRequest { item: item() }, token)).await.map(drop)
+        }
         "ItemService/GetItem" => items.get_item(wrap(pb::GetItemRequest { id: 1 }, token)).await.map(drop),
         "ItemService/ListItems" => items.list_items(wrap(pb::ListItemsRequest::default(), token)).await.map(drop),
         "ItemService/ImportItems" => items.import_items(wrap(pb::ImportItemsRequest::default(), token)).await.map(drop),
@@ -206,7 +211,13 @@ async fn every_admin_route_on_every_transport_requires_the_exact_token() {
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path} with {token:?}");
         }
-        let with_token = client.request(method.parse().unwrap(), http_url(&api, path)).bearer_auth(ADMIN_TOKEN).json(&json!({})).send().await.unwrap();
+        let with_token = client
+            .request(method.parse().unwrap(), http_url(&api, path))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
         assert_ne!(with_token.status(), StatusCode::UNAUTHORIZED, "{method} {path} with the token");
     }
     for method in GRPC_ADMIN_METHODS {
@@ -219,7 +230,8 @@ async fn every_admin_route_on_every_transport_requires_the_exact_token() {
         }
     }
     // Public routes need no token.
-    let event = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    let event =
+        client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
     assert_ne!(event.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(client.get(http_url(&api, "/livez")).send().await.unwrap().status(), StatusCode::OK);
     assert!(!api.log().contains(ADMIN_TOKEN), "the token never reaches the log");
@@ -235,11 +247,15 @@ async fn bad_input_gets_clear_errors_and_nothing_half_written() {
         client.post(&items_url).bearer_auth(ADMIN_TOKEN).header("content-type", content_type).body(body).send()
     };
     assert_eq!(post_raw("{\"id\": 1, \"name\": ", "application/json").await.unwrap().status(), StatusCode::BAD_REQUEST);
-    assert_eq!(post_raw("{\"id\": 1, \"name\": \"a\"}", "text/plain").await.unwrap().status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(
+        post_raw("{\"id\": 1, \"name\": \"a\"}", "text/plain").await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
     let huge = json!({ "id": 1, "name": "x".repeat(10_000) });
     let too_big = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&huge).send().await.unwrap();
     assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    let blank = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "" })).send().await.unwrap();
+    let blank =
+        client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "" })).send().await.unwrap();
     assert_eq!(blank.status(), StatusCode::BAD_REQUEST);
     let body: Value = blank.json().await.unwrap();
     assert_eq!(body["error"]["field"], "name", "{body}");
@@ -247,21 +263,51 @@ async fn bad_input_gets_clear_errors_and_nothing_half_written() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let delete = client.delete(http_url(&api, "/api/admin/items/1")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(delete.status(), StatusCode::METHOD_NOT_ALLOWED);
-    let no_item = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 77, "kind": "view" })).send().await.unwrap();
+    let no_item = client
+        .post(http_url(&api, "/api/events"))
+        .json(&json!({ "item_id": 77, "kind": "view" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(no_item.status(), StatusCode::NOT_FOUND);
-    let bad_kind = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 77, "kind": "like" })).send().await.unwrap();
+    let bad_kind = client
+        .post(http_url(&api, "/api/events"))
+        .json(&json!({ "item_id": 77, "kind": "like" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_kind.status(), StatusCode::BAD_REQUEST);
 
     // Names are data, never SQL.
     let hostile = "'); DROP TABLE items;--";
-    let created = client.post(&items_url).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 7, "name": hostile })).send().await.unwrap();
+    let created = client
+        .post(&items_url)
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "id": 7, "name": hostile }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let fetched: Value = client.get(http_url(&api, "/api/admin/items/7")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let fetched: Value = client
+        .get(http_url(&api, "/api/admin/items/7"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(fetched["name"], hostile);
 
     // One bad item in an import: nothing of it is stored.
     let import = json!({ "items": [{ "id": 100, "name": "fine" }, { "id": 101, "name": "" }] });
-    let rejected = client.post(http_url(&api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&import).send().await.unwrap();
+    let rejected = client
+        .post(http_url(&api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&import)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(rejected.status(), StatusCode::BAD_REQUEST);
     let body: Value = rejected.json().await.unwrap();
     assert_eq!(body["error"]["field"], "items[1].name");
@@ -271,12 +317,17 @@ async fn bad_input_gets_clear_errors_and_nothing_half_written() {
     // gRPC names the field too.
     let mut items = ItemServiceClient::new(grpc_channel(&api).await);
     let error = items
-        .create_item(admin(pb::CreateItemRequest { item: Some(pb::NewItem { id: 9, name: " ".into(), ..Default::default() }) }))
+        .create_item(admin(pb::CreateItemRequest {
+            item: Some(pb::NewItem { id: 9, name: " ".into(), ..Default::default() }),
+        }))
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument);
     assert!(error.message().contains("name"), "{error:?}");
-    assert_eq!(health_status(&api.address_of(GRPC), "").await, tonic_health::pb::health_check_response::ServingStatus::Serving);
+    assert_eq!(
+        health_status(&api.address_of(GRPC), "").await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,7 +341,13 @@ async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
     let api = Arc::new(start_api(&database, "http://127.0.0.1:9", &[]));
     let client = http_client();
     let items: Vec<Value> = (0..ITEMS).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
-    let imported = client.post(http_url(&api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&json!({ "items": items })).send().await.unwrap();
+    let imported = client
+        .post(http_url(&api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(imported.status(), StatusCode::OK);
     let channel = grpc_channel(&api).await;
 
@@ -302,10 +359,14 @@ async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
             let mut reads = 0usize;
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 if reader % 2 == 0 {
-                    let response = client.get(http_url(&api, "/api/admin/stats")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+                    let response =
+                        client.get(http_url(&api, "/api/admin/stats")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
                     assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
                 } else {
-                    StatsServiceClient::new(channel.clone()).get_item_stats(admin(pb::GetItemStatsRequest::default())).await.unwrap();
+                    StatsServiceClient::new(channel.clone())
+                        .get_item_stats(admin(pb::GetItemStatsRequest::default()))
+                        .await
+                        .unwrap();
                 }
                 reads += 1;
             }
@@ -329,15 +390,23 @@ async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
                     assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
                 } else {
                     let recorded = EventServiceClient::new(channel.clone())
-                        .record_event(pb::RecordEventRequest { item_id, kind: pb::EventKind::View.into(), client_key: key })
+                        .record_event(pb::RecordEventRequest {
+                            item_id,
+                            kind: pb::EventKind::View.into(),
+                            client_key: key,
+                        })
                         .await
                         .unwrap()
                         .into_inner();
                     assert!(recorded.created);
                 }
                 if n % 20 == 0 {
-                    let update = pb::NewItem { id: item_id, name: format!("item {item_id} by {writer}"), ..Default::default() };
-                    ItemServiceClient::new(channel.clone()).update_item(admin(pb::UpdateItemRequest { item: Some(update) })).await.unwrap();
+                    let update =
+                        pb::NewItem { id: item_id, name: format!("item {item_id} by {writer}"), ..Default::default() };
+                    ItemServiceClient::new(channel.clone())
+                        .update_item(admin(pb::UpdateItemRequest { item: Some(update) }))
+                        .await
+                        .unwrap();
                 }
             }
         }));
@@ -346,7 +415,8 @@ async fn concurrent_writers_and_readers_over_both_transports_lose_nothing() {
         writer.await.expect("a writer failed");
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let reads: usize = futures_util::future::join_all(readers).await.into_iter().map(|r| r.expect("a reader failed")).sum();
+    let reads: usize =
+        futures_util::future::join_all(readers).await.into_iter().map(|r| r.expect("a reader failed")).sum();
     assert!(reads > 0);
 
     let stats: Value = client
@@ -372,13 +442,20 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     let database = dir.path().join("locked.sqlite3");
     let api = start_api(&database, "http://127.0.0.1:9", &[]);
     let client = http_client();
-    let item = client.post(http_url(&api, "/api/admin/items")).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "one" })).send().await.unwrap();
+    let item = client
+        .post(http_url(&api, "/api/admin/items"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "id": 1, "name": "one" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(item.status(), StatusCode::CREATED);
 
     let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = 'held' WHERE id = 1;", Some(1000));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let blocked = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    let blocked =
+        client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(blocked.status(), StatusCode::SERVICE_UNAVAILABLE, "{:?}", blocked.text().await);
     assert!(blocked.headers().contains_key("retry-after"));
@@ -386,12 +463,18 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     assert!(waited >= Duration::from_millis(4000), "waited for busy_timeout first ({waited:?})");
 
     holder.wait().unwrap();
-    let after = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
+    let after =
+        client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();
     assert_eq!(after.status(), StatusCode::CREATED, "recovers once the lock is gone");
 }
 
 /// A gRPC-web call over HTTP/1.1, framed by hand as a browser client frames it.
-async fn grpc_web_call(api: &ServiceProcess, path: &str, message: &impl Message, token: Option<&str>) -> reqwest::Response {
+async fn grpc_web_call(
+    api: &ServiceProcess,
+    path: &str,
+    message: &impl Message,
+    token: Option<&str>,
+) -> reqwest::Response {
     grpc_web_call_on(api, GRPC, path, message, token).await
 }
 
@@ -442,7 +525,9 @@ async fn grpc_web_over_http1_with_cors_for_allowed_origins_only() {
     let map_path = "/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap";
     let page_refused = grpc_web_call_on(&api, HTTP, map_path, &pb::GetAdminMapRequest::default(), None).await;
     assert_eq!(page_refused.headers()["grpc-status"], "16", "{:?}", page_refused.headers());
-    let wrong = grpc_web_call_on(&api, HTTP, map_path, &pb::GetAdminMapRequest::default(), Some("wrong-token-0123456789")).await;
+    let wrong =
+        grpc_web_call_on(&api, HTTP, map_path, &pb::GetAdminMapRequest::default(), Some("wrong-token-0123456789"))
+            .await;
     assert_eq!(wrong.headers()["grpc-status"], "16");
 
     // CORS preflight: allowed origin gets the allow header, any other origin does not.
@@ -466,7 +551,13 @@ async fn sigterm_drops_readiness_first_and_finishes_in_flight_requests() {
     let database = dir.path().join("shutdown.sqlite3");
     let mut api = start_api(&database, "http://127.0.0.1:9", &["--readiness-drain", "1s"]);
     let client = http_client();
-    let item = client.post(http_url(&api, "/api/admin/items")).bearer_auth(ADMIN_TOKEN).json(&json!({ "id": 1, "name": "one" })).send().await.unwrap();
+    let item = client
+        .post(http_url(&api, "/api/admin/items"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "id": 1, "name": "one" }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(item.status(), StatusCode::CREATED);
 
     // An outside writer holds the lock for 2 s, so an event is in flight when SIGTERM arrives.

@@ -9,12 +9,7 @@
 //!
 //! Needs kubectl (for `kubectl kustomize`) and the venv scripts/test.sh makes.
 
-use std::{
-    collections::BTreeMap,
-    path::PathBuf,
-    process::Command,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
 use embeddingmap_proto::v1::{GetEmbeddingMapRequest, MapState};
 use end_to_end_tests::{EMBEDDING, Endpoint, ServiceProcess, api, binary, health_status, map_client, poll_until_final};
@@ -53,7 +48,10 @@ fn validate(yaml: &str, version: &str) -> (bool, String) {
         .arg(file.path())
         .output()
         .unwrap();
-    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+    (
+        output.status.success(),
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+    )
 }
 
 #[test]
@@ -101,19 +99,30 @@ fn workload(documents: &[Value], kind: &str, name: &str) -> Workload {
     let mut env = BTreeMap::new();
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let map_name = &source["configMapRef"]["name"];
-        let config = documents.iter().find(|d| d["kind"] == "ConfigMap" && &d["metadata"]["name"] == map_name).expect("configmap");
+        let config = documents
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && &d["metadata"]["name"] == map_name)
+            .expect("configmap");
         for (key, value) in config["data"].as_object().unwrap() {
             env.insert(key.clone(), value.as_str().unwrap().to_owned());
         }
     }
     for entry in container["env"].as_array().into_iter().flatten() {
-        env.insert(entry["name"].as_str().unwrap().to_owned(), entry["value"].as_str().unwrap_or("<from secret>").to_owned());
+        env.insert(
+            entry["name"].as_str().unwrap().to_owned(),
+            entry["value"].as_str().unwrap_or("<from secret>").to_owned(),
+        );
     }
     Workload { container, env }
 }
 
 fn container_ports(container: &Value) -> BTreeMap<String, u64> {
-    container["ports"].as_array().unwrap().iter().map(|p| (p["name"].as_str().unwrap().to_owned(), p["containerPort"].as_u64().unwrap())).collect()
+    container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_owned(), p["containerPort"].as_u64().unwrap()))
+        .collect()
 }
 
 fn listen_port(address: &str) -> u64 {
@@ -135,7 +144,11 @@ fn manifest_env_names_and_ports_match_the_binaries() {
         }
         let ports = container_ports(&workload.container);
         for (variable, port_name) in listens {
-            assert_eq!(listen_port(&workload.env[variable]), ports[port_name], "{name}: {variable} vs port {port_name}");
+            assert_eq!(
+                listen_port(&workload.env[variable]),
+                ports[port_name],
+                "{name}: {variable} vs port {port_name}"
+            );
         }
         for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
             let spec = &workload.container[probe];
@@ -238,8 +251,13 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
     map_service.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!probe(&embedding.container["readinessProbe"], &map_ports).await, "embedding readiness fails at shutdown");
-    assert!(!probe(&embedding.container["livenessProbe"], &map_ports).await, "and so does liveness: the process is going");
-    map_service.wait_exit(Duration::from_secs(20)).expect("embedding-service exits within terminationGracePeriodSeconds");
+    assert!(
+        !probe(&embedding.container["livenessProbe"], &map_ports).await,
+        "and so does liveness: the process is going"
+    );
+    map_service
+        .wait_exit(Duration::from_secs(20))
+        .expect("embedding-service exits within terminationGracePeriodSeconds");
     assert_eq!(
         all_probes(&api_workload.container, &api_ports).await,
         [true; 3],

@@ -2,9 +2,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use embeddingmap_proto::v1::{
-    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest,
-};
+use embeddingmap_proto::v1::{EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest};
 use end_to_end_tests::{
     corpus_files, digits_labels, eventually, fixtures_dir, health_status, knn10_accuracy, map_client, poll_until_final,
     start_embedding,
@@ -64,7 +62,8 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
 async fn watch_streams_progress_then_the_ready_map_and_ends() {
     let service = start_embedding(&[]);
     let mut client = map_client(&service).await;
-    let mut stream = client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner();
+    let mut stream =
+        client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner();
     let mut states = Vec::new();
     let mut last = None;
     while let Some(message) = tokio::time::timeout(LIMIT, stream.next()).await.expect("stream stalled") {
@@ -164,10 +163,21 @@ async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
         (vec!["--corpus".into(), path("garbage.npy").display().to_string()], "is not a valid .npy matrix"),
         (vec!["--corpus".into(), fixtures_dir().join("empty_flat.index").display().to_string()], "corpus is empty"),
         (vec!["--corpus".into(), fixtures_dir().join("clusters_hnsw.index").display().to_string()], "HNSW"),
-        (vec!["--corpus".into(), path("nan.npy").display().to_string()], "non-finite value (NaN or infinity) at row 3, column 1"),
-        (vec!["--corpus".into(), path("tiny.npy").display().to_string()], "corpus has 3 points; a map needs at least 7"),
         (
-            vec!["--corpus".into(), path("fine.npy").display().to_string(), "--ids".into(), ids_path.display().to_string()],
+            vec!["--corpus".into(), path("nan.npy").display().to_string()],
+            "non-finite value (NaN or infinity) at row 3, column 1",
+        ),
+        (
+            vec!["--corpus".into(), path("tiny.npy").display().to_string()],
+            "corpus has 3 points; a map needs at least 7",
+        ),
+        (
+            vec![
+                "--corpus".into(),
+                path("fine.npy").display().to_string(),
+                "--ids".into(),
+                ids_path.display().to_string(),
+            ],
             "has 240 ids for 20 corpus rows",
         ),
     ];

@@ -156,12 +156,23 @@ fn grpc_status(response: &reqwest::Response) -> Option<u16> {
 
 async fn create_items(api: &ServiceProcess, count: usize) {
     let items: Vec<_> = (0..count).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
-    let response = http_client().post(http_url(api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&json!({ "items": items })).send().await.unwrap();
+    let response = http_client()
+        .post(http_url(api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success());
 }
 
 /// Writers posting events with unique client keys until `stop`; returns the acknowledged keys.
-fn spawn_writers(api: &ServiceProcess, writers: usize, prefix: String, stop: Arc<AtomicBool>) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
+fn spawn_writers(
+    api: &ServiceProcess,
+    writers: usize,
+    prefix: String,
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(Vec<String>, usize)>> {
     (0..writers)
         .map(|writer| {
             let url = http_url(api, "/api/events");
@@ -234,13 +245,19 @@ async fn crash_safety(card: &mut Scorecard) {
     let unique: HashSet<&str> = stored.iter().copied().collect();
     row.operations += attempts;
     row.acknowledged_lost += acknowledged.iter().filter(|key| !unique.contains(key.as_str())).count();
-    row.check(unique.len() == stored.len(), format!("no event stored twice: {} stored, {} distinct", stored.len(), unique.len()));
+    row.check(
+        unique.len() == stored.len(),
+        format!("no event stored twice: {} stored, {} distinct", stored.len(), unique.len()),
+    );
     row.check(acknowledged.len() > 100, format!("the load was real: {} acknowledged", acknowledged.len()));
     let integrity = sqlite3(&database, "PRAGMA integrity_check;");
     row.check(integrity.trim() == "ok", format!("integrity_check says {integrity:?}"));
     // The counts kept beside the events agree with them.
     let views = sqlite3(&database, "SELECT sum(views) FROM item_stats;");
-    row.check(views.trim() == stored.len().to_string(), format!("item_stats counts {} views for {} events", views.trim(), stored.len()));
+    row.check(
+        views.trim() == stored.len().to_string(),
+        format!("item_stats counts {} views for {} events", views.trim(), stored.len()),
+    );
     count_kill(row, &start_api(&database, "http://127.0.0.1:9", &[]), ROUNDS).await;
 }
 
@@ -265,8 +282,10 @@ async fn downstream_faults(card: &mut Scorecard) {
     let frozen = map_status(&client, &api).await;
     let waited = started.elapsed();
     row.operations += 1;
-    let mut survived = row.check(frozen == Some(StatusCode::SERVICE_UNAVAILABLE), format!("503 while frozen, got {frozen:?}"));
-    survived &= row.check(waited < Duration::from_secs(4), format!("answered within the 2 s deadline plus margin ({waited:?})"));
+    let mut survived =
+        row.check(frozen == Some(StatusCode::SERVICE_UNAVAILABLE), format!("503 while frozen, got {frozen:?}"));
+    survived &= row
+        .check(waited < Duration::from_secs(4), format!("answered within the 2 s deadline plus margin ({waited:?})"));
     embedding.signal("CONT");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let thawed = map_status(&client, &api).await;
@@ -281,7 +300,8 @@ async fn downstream_faults(card: &mut Scorecard) {
         row.operations += 1;
         unavailable += usize::from(map_status(&client, &api).await == Some(StatusCode::SERVICE_UNAVAILABLE));
     }
-    let mut survived = row.check(unavailable == 20, format!("503 while the embedding service is gone: {unavailable} of 20"));
+    let mut survived =
+        row.check(unavailable == 20, format!("503 while the embedding service is gone: {unavailable} of 20"));
     let listen = format!("127.0.0.1:{port}");
     let _back = start_embedding(&["--listen", &listen]);
     let recovered = within(Duration::from_secs(120), Duration::from_millis(50), async || {
@@ -306,7 +326,8 @@ async fn downstream_faults(card: &mut Scorecard) {
         && body["status"] == "failed"
         && body["error"]["code"] == "map_failed"
         && body["error"]["message"].as_str().is_some_and(|message| message.contains("does not exist"));
-    let survived = row.check(reported, format!("a failed map: 500, map_failed, \"does not exist\"; got {status:?} {body}"));
+    let survived =
+        row.check(reported, format!("a failed map: 500, map_failed, \"does not exist\"; got {status:?} {body}"));
     row.fault(survived);
     // No connection was leaked by all of that: the api-service still answers and is ready.
     let ready = status_of(client.get(http_url(&api, "/readyz"))).await;
@@ -326,7 +347,8 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The deadline travels as grpc-timeout, as every client sends it; the server must enforce it
     // and say DEADLINE_EXCEEDED. (Sent as gRPC-web, so no client-side timer races the server's.)
-    let message = pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: "deadline".into() };
+    let message =
+        pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: "deadline".into() };
     let response = grpc_web_request(&api, GRPC, "/embeddingmap.api.v1.EventService/RecordEvent")
         .header("grpc-timeout", "200m")
         .body(grpc_web_frame(&prost::Message::encode_to_vec(&message)))
@@ -335,14 +357,16 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     row.operations += 1;
     let status = response.as_ref().ok().and_then(grpc_status);
     let deadline_exceeded = status == Some(Code::DeadlineExceeded as u16);
-    let mut survived = row.check(deadline_exceeded, format!("grpc-status 4 past the deadline, got {status:?}: {response:?}"));
+    let mut survived =
+        row.check(deadline_exceeded, format!("grpc-status 4 past the deadline, got {status:?}: {response:?}"));
     let mut events = EventServiceClient::new(grpc_channel(&api).await);
     holder.wait().unwrap();
     // Nothing leaked: the next write succeeds at once.
     let started = Instant::now();
     let mut refused = Vec::new();
     for n in 0..20 {
-        let request = pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: format!("after-{n}") };
+        let request =
+            pb::RecordEventRequest { item_id: 1, kind: pb::EventKind::View.into(), client_key: format!("after-{n}") };
         if let Err(error) = events.record_event(request).await {
             refused.push(error);
         }
@@ -350,20 +374,27 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     }
     let took = started.elapsed();
     survived &= row.check(refused.is_empty(), format!("writes after a cancelled one succeed, refused: {refused:?}"));
-    survived &= row.check(took < Duration::from_secs(2), format!("no connection left waiting on a dead transaction ({took:?})"));
+    survived &= row
+        .check(took < Duration::from_secs(2), format!("no connection left waiting on a dead transaction ({took:?})"));
     row.fault(survived);
 
     // A lock held past busy_timeout: retryable errors, then recovery by itself.
     let mut holder = hold_write_lock(&database, 7, no_change, None);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let post_event = || http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send();
+    let post_event =
+        || http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send();
     let busy = post_event().await;
     row.operations += 1;
-    let retryable = busy.as_ref().is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key("retry-after"));
+    let retryable = busy
+        .as_ref()
+        .is_ok_and(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE && r.headers().contains_key("retry-after"));
     let mut survived = row.check(retryable, format!("503 with Retry-After while locked, got {busy:?}"));
     holder.wait().unwrap();
     let after = post_event().await;
-    survived &= row.check(after.as_ref().is_ok_and(|r| r.status() == StatusCode::CREATED), format!("201 once unlocked, got {after:?}"));
+    survived &= row.check(
+        after.as_ref().is_ok_and(|r| r.status() == StatusCode::CREATED),
+        format!("201 once unlocked, got {after:?}"),
+    );
     row.fault(survived);
 
     // A long read transaction during writes: the WAL is bounded again once it ends.
@@ -376,7 +407,8 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
             let mut refused = 0;
             for n in 0..1500 {
                 let body = json!({ "item_id": n % 10, "kind": "search", "client_key": format!("{prefix}{n}") });
-                refused += usize::from(!client.post(&url).json(&body).send().await.is_ok_and(|r| r.status().is_success()));
+                refused +=
+                    usize::from(!client.post(&url).json(&body).send().await.is_ok_and(|r| r.status().is_success()));
             }
             refused
         }
@@ -387,7 +419,8 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     refused += write_burst("free-").await;
     let after = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     row.operations += 3000;
-    let mut survived = row.check(refused == 0, format!("every write of the bursts succeeds, {refused} of 3000 did not"));
+    let mut survived =
+        row.check(refused == 0, format!("every write of the bursts succeeds, {refused} of 3000 did not"));
     // Once the reader is gone a checkpoint completes, and the WAL is cut back to its size limit.
     survived &= row.check(during > (8 << 20), format!("the held reader let the WAL grow ({during} bytes)"));
     survived &= row.check(after <= (8 << 20), format!("WAL still {after} bytes after the reader ended (was {during})"));
@@ -434,10 +467,19 @@ async fn hostile_input(card: &mut Scorecard) {
     tried(post(b"{\"id\": 5, \"name\": \"\xff\xfe\"}".to_vec(), "application/json").await, &[400], "invalid UTF-8");
     tried(post(b"{\"id\": NaN, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "NaN");
     tried(post(b"{\"id\": 1e400, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "infinite number");
-    tried(post(b"{\"id\": 9223372036854775808, \"name\": \"n\"}".to_vec(), "application/json").await, &[400], "id out of range");
-    let path_id = client.get(http_url(&api, "/api/admin/items/99999999999999999999")).bearer_auth(ADMIN_TOKEN).send().await;
+    tried(
+        post(b"{\"id\": 9223372036854775808, \"name\": \"n\"}".to_vec(), "application/json").await,
+        &[400],
+        "id out of range",
+    );
+    let path_id =
+        client.get(http_url(&api, "/api/admin/items/99999999999999999999")).bearer_auth(ADMIN_TOKEN).send().await;
     tried(http_status(path_id), &[400], "path id out of range");
-    let event = client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": -1, "kind": "view", "client_key": "k\u{0}" })).send().await;
+    let event = client
+        .post(http_url(&api, "/api/events"))
+        .json(&json!({ "item_id": -1, "kind": "view", "client_key": "k\u{0}" }))
+        .send()
+        .await;
     tried(http_status(event), &[400], "NUL in a client key");
 
     // Header flood: too many or too large headers are refused by the HTTP layer.
@@ -458,7 +500,8 @@ async fn hostile_input(card: &mut Scorecard) {
         }
     };
     let garbage_frame = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", vec![7, 1, 2]).await;
-    let clear = matches!(garbage_frame, Ok((http, grpc)) if (400..500).contains(&http) || grpc.is_some_and(|code| code != 0));
+    let clear =
+        matches!(garbage_frame, Ok((http, grpc)) if (400..500).contains(&http) || grpc.is_some_and(|code| code != 0));
     row.bad_input(clear, format!("garbage frame: got {garbage_frame:?}, expected a 4xx or a gRPC error"));
     let mut tried_grpc = |answer: Result<(u16, Option<u16>), String>, expected: Code, what: &str| {
         let clear = matches!(answer, Ok((_, Some(code))) if code == expected as u16);
@@ -468,7 +511,8 @@ async fn hostile_input(card: &mut Scorecard) {
     tried_grpc(garbage_proto, Code::Internal, "garbage protobuf");
     let unknown = grpc_web("/embeddingmap.api.v1.ItemService/DropTables", grpc_web_frame(&[])).await;
     tried_grpc(unknown, Code::Unimplemented, "unknown method");
-    let big = pb::ImportItemsRequest { items: vec![pb::NewItem { id: 1, name: "x".repeat(100_000), ..Default::default() }] };
+    let big =
+        pb::ImportItemsRequest { items: vec![pb::NewItem { id: 1, name: "x".repeat(100_000), ..Default::default() }] };
     let mut items_client = ItemServiceClient::new(grpc_channel(&api).await);
     let answer = items_client.import_items(admin(big)).await.map(drop);
     let clear = matches!(&answer, Err(error) if error.code() == Code::ResourceExhausted);
@@ -495,7 +539,8 @@ async fn shutdown_under_load(card: &mut Scorecard) {
     let exit = api.wait_exit(Duration::from_secs(15));
     stop.store(true, Ordering::Relaxed);
     let (acknowledged, attempts) = join_writers(writers).await;
-    let stored: HashSet<String> = sqlite3(&database, "SELECT client_key FROM events;").lines().map(str::to_owned).collect();
+    let stored: HashSet<String> =
+        sqlite3(&database, "SELECT client_key FROM events;").lines().map(str::to_owned).collect();
     let lost = acknowledged.iter().filter(|key| !stored.contains(*key)).count();
     let row = card.row("shutdown under load");
     row.operations += attempts;
@@ -515,9 +560,16 @@ async fn shutdown_under_load(card: &mut Scorecard) {
 const FILE_WRITES: &str = "trace=open,openat,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,truncate,link,linkat,symlink,symlinkat";
 
 /// Starts `binary` under `strace -f`, recording its file-changing calls in `trace`.
-fn start_traced(binary_name: &str, trace: &std::path::Path, args: &[&str], env: &[(&str, &str)], labels: &[&str]) -> ServiceProcess {
+fn start_traced(
+    binary_name: &str,
+    trace: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    labels: &[&str],
+) -> ServiceProcess {
     let program = binary(binary_name);
-    let mut traced = vec!["-f", "-qq", "-e", FILE_WRITES, "-o", trace.to_str().unwrap(), "--", program.to_str().unwrap()];
+    let mut traced =
+        vec!["-f", "-qq", "-e", FILE_WRITES, "-o", trace.to_str().unwrap(), "--", program.to_str().unwrap()];
     traced.extend_from_slice(args);
     ServiceProcess::start_listening(std::path::Path::new("strace"), &traced, env, labels)
 }
@@ -556,7 +608,8 @@ async fn file_writes(card: &mut Scorecard) {
     }
     let env = [("HOME", home.to_str().unwrap()), ("TMPDIR", tmp.to_str().unwrap()), ("API_ADMIN_TOKEN", ADMIN_TOKEN)];
     let embedding_trace = sandbox.path().join("embedding.trace");
-    let embedding = start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &[EMBEDDING]);
+    let embedding =
+        start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &[EMBEDDING]);
     let database = data.join("api.sqlite3");
     let api_trace = sandbox.path().join("api.trace");
     let embedding_url = embedding.url();
@@ -566,7 +619,8 @@ async fn file_writes(card: &mut Scorecard) {
     let writers = spawn_writers(&api, 2, "sandbox".into(), stop.clone());
     let client = http_client();
     let map_ready = async || (map_status(&client, &api).await == Some(StatusCode::OK)).then_some(());
-    eventually("the map became ready under strace", Duration::from_secs(60), Duration::from_millis(100), map_ready).await;
+    eventually("the map became ready under strace", Duration::from_secs(60), Duration::from_millis(100), map_ready)
+        .await;
     stop.store(true, Ordering::Relaxed);
     let (_, operations) = join_writers(writers).await;
     stop_traced(api);
@@ -578,7 +632,8 @@ async fn file_writes(card: &mut Scorecard) {
         .collect();
     written.sort();
     written.dedup();
-    let outside: Vec<&String> = written.iter().filter(|path| !path.starts_with(data.to_str().unwrap()) && *path != "/dev/null").collect();
+    let outside: Vec<&String> =
+        written.iter().filter(|path| !path.starts_with(data.to_str().unwrap()) && *path != "/dev/null").collect();
     let row = card.row("file writes (strace)");
     row.operations += operations;
     row.writes_outside_data += outside.len();

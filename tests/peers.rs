@@ -22,11 +22,7 @@ fn python() -> PathBuf {
 fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) -> String {
     let output = Command::new(program).arg(peers_dir().join(script)).args(args).output().expect("start the peer");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "{script} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "{script} failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     stdout
 }
 
@@ -45,7 +41,11 @@ async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
 
     let python_says = run_peer(&python(), "grpcio_peer.py", &[descriptors, &grpc_address, ADMIN_TOKEN]);
     assert!(python_says.contains("python grpcio peer: ok (1797 points)"), "{python_says}");
-    let node_says = run_peer(std::path::Path::new("node"), "grpcweb_peer.mjs", &[descriptors, &format!("http://{grpc_address}"), ADMIN_TOKEN]);
+    let node_says = run_peer(
+        std::path::Path::new("node"),
+        "grpcweb_peer.mjs",
+        &[descriptors, &format!("http://{grpc_address}"), ADMIN_TOKEN],
+    );
     assert!(node_says.contains("grpc-web peer: ok (1797 points)"), "{node_says}");
 }
 
@@ -56,7 +56,11 @@ async fn python_stock_reflection_client_lists_and_calls_both_services() {
     let api = start_api(&dir.path().join("reflection.sqlite3"), &embedding.url(), &[]);
 
     let embedding_address = embedding.url().trim_start_matches("http://").to_owned();
-    let says = run_peer(&python(), "reflection_peer.py", &[&embedding_address, "embeddingmap.v1.EmbeddingMapService", "GetEmbeddingMap"]);
+    let says = run_peer(
+        &python(),
+        "reflection_peer.py",
+        &[&embedding_address, "embeddingmap.v1.EmbeddingMapService", "GetEmbeddingMap"],
+    );
     assert!(says.contains("reflection peer: ok (MAP_STATE_"), "{says}");
 
     let api_address = api.address_of(GRPC).to_string();

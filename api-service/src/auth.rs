@@ -49,7 +49,13 @@ mod tests {
         let token = AdminToken::new("correct-horse-battery").unwrap();
         assert!(token.check(Some("Bearer correct-horse-battery")).is_ok());
         assert!(token.check(Some("bearer correct-horse-battery")).is_ok());
-        for wrong in ["Bearer Correct-horse-battery", "Bearer correct-horse-batter", "correct-horse-battery", "Basic correct-horse-battery", ""] {
+        for wrong in [
+            "Bearer Correct-horse-battery",
+            "Bearer correct-horse-batter",
+            "correct-horse-battery",
+            "Basic correct-horse-battery",
+            "",
+        ] {
             assert!(token.check(Some(wrong)).is_err(), "{wrong:?} passed");
         }
         assert!(token.check(None).is_err());

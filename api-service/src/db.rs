@@ -59,9 +59,7 @@ pub fn is_busy(error: &sqlx::Error) -> bool {
 
 /// Milliseconds since the Unix epoch, the timestamps stored in the tables.
 pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A stored timestamp as a protobuf one.

@@ -74,13 +74,19 @@ impl ApiError {
         use ErrorKind as K;
         let row = |grpc, http, name, retryable| K { grpc, http, name, retryable };
         match self {
-            ApiError::InvalidArgument { .. } => row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false),
+            ApiError::InvalidArgument { .. } => {
+                row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false)
+            }
             ApiError::MalformedJson(_) => row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "malformed_json", false),
             ApiError::UnsupportedMediaType => {
                 row(Code::InvalidArgument, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", false)
             }
-            ApiError::PayloadTooLarge => row(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false),
-            ApiError::MethodNotAllowed => row(Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false),
+            ApiError::PayloadTooLarge => {
+                row(Code::ResourceExhausted, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", false)
+            }
+            ApiError::MethodNotAllowed => {
+                row(Code::Unimplemented, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", false)
+            }
             ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
             ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
@@ -88,7 +94,9 @@ impl ApiError {
             ApiError::EmbeddingUnavailable(_) => {
                 row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "embedding_unavailable", true)
             }
-            ApiError::MapFailed { .. } => row(Code::FailedPrecondition, StatusCode::INTERNAL_SERVER_ERROR, "map_failed", false),
+            ApiError::MapFailed { .. } => {
+                row(Code::FailedPrecondition, StatusCode::INTERNAL_SERVER_ERROR, "map_failed", false)
+            }
             ApiError::Internal(_) => row(Code::Internal, StatusCode::INTERNAL_SERVER_ERROR, "internal", false),
         }
     }

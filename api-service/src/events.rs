@@ -71,7 +71,8 @@ pub async fn record(pool: &SqlitePool, event: &NewEvent) -> Result<Recorded, Api
     }
     let mut tx = db::write_transaction(pool).await?;
     if let Some(key) = client_key
-        && let Some(row) = sqlx::query("SELECT id FROM events WHERE client_key = ?").bind(key).fetch_optional(&mut *tx).await?
+        && let Some(row) =
+            sqlx::query("SELECT id FROM events WHERE client_key = ?").bind(key).fetch_optional(&mut *tx).await?
     {
         return Ok(Recorded { event_id: row.try_get("id")?, created: false });
     }
@@ -79,14 +80,15 @@ pub async fn record(pool: &SqlitePool, event: &NewEvent) -> Result<Recorded, Api
     if exists.is_none() {
         return Err(ApiError::not_found(format!("item {}", event.item_id)));
     }
-    let event_id: i64 = sqlx::query("INSERT INTO events (item_id, kind, client_key, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-        .bind(event.item_id)
-        .bind(event.kind.code())
-        .bind(client_key)
-        .bind(db::now_millis())
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("id")?;
+    let event_id: i64 =
+        sqlx::query("INSERT INTO events (item_id, kind, client_key, created_at) VALUES (?, ?, ?, ?) RETURNING id")
+            .bind(event.item_id)
+            .bind(event.kind.code())
+            .bind(client_key)
+            .bind(db::now_millis())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
     let (views, searches) = match event.kind {
         EventKind::View => (1, 0),
         EventKind::Search => (0, 1),

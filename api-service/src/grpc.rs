@@ -58,14 +58,20 @@ impl pb::item_service_server::ItemService for Api {
         Ok(Response::new(self.0.items.get(request.get_ref().id).await?.into()))
     }
 
-    async fn list_items(&self, request: Request<pb::ListItemsRequest>) -> Result<Response<pb::ListItemsResponse>, Status> {
+    async fn list_items(
+        &self,
+        request: Request<pb::ListItemsRequest>,
+    ) -> Result<Response<pb::ListItemsResponse>, Status> {
         self.admin(&request)?;
         let request = request.into_inner();
         let (page, next_page_token) = self.0.items.list(request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListItemsResponse { items: page.into_iter().map(Into::into).collect(), next_page_token }))
     }
 
-    async fn import_items(&self, request: Request<pb::ImportItemsRequest>) -> Result<Response<pb::ImportItemsResponse>, Status> {
+    async fn import_items(
+        &self,
+        request: Request<pb::ImportItemsRequest>,
+    ) -> Result<Response<pb::ImportItemsResponse>, Status> {
         self.admin(&request)?;
         let batch: Vec<NewItem> = request.into_inner().items.into_iter().map(NewItem::from).collect();
         let (created, updated) = self.0.items.import(&batch).await?;
@@ -75,7 +81,10 @@ impl pb::item_service_server::ItemService for Api {
 
 #[tonic::async_trait]
 impl pb::event_service_server::EventService for Api {
-    async fn record_event(&self, request: Request<pb::RecordEventRequest>) -> Result<Response<pb::RecordEventResponse>, Status> {
+    async fn record_event(
+        &self,
+        request: Request<pb::RecordEventRequest>,
+    ) -> Result<Response<pb::RecordEventResponse>, Status> {
         let request = request.into_inner();
         let event = NewEvent {
             item_id: request.item_id,
@@ -89,7 +98,10 @@ impl pb::event_service_server::EventService for Api {
 
 #[tonic::async_trait]
 impl pb::stats_service_server::StatsService for Api {
-    async fn get_item_stats(&self, request: Request<pb::GetItemStatsRequest>) -> Result<Response<pb::GetItemStatsResponse>, Status> {
+    async fn get_item_stats(
+        &self,
+        request: Request<pb::GetItemStatsRequest>,
+    ) -> Result<Response<pb::GetItemStatsResponse>, Status> {
         self.admin(&request)?;
         let request = request.into_inner();
         let stats = events::stats(&self.0.pool, &request.item_ids, request.limit).await?;
@@ -101,7 +113,10 @@ type AdminStream = Pin<Box<dyn Stream<Item = Result<pb::AdminMapStatus, Status>>
 
 #[tonic::async_trait]
 impl pb::admin_map_service_server::AdminMapService for Api {
-    async fn get_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Result<Response<pb::AdminMapStatus>, Status> {
+    async fn get_embedding_map(
+        &self,
+        request: Request<pb::GetAdminMapRequest>,
+    ) -> Result<Response<pb::AdminMapStatus>, Status> {
         self.admin(&request)?;
         let view = self.0.map.view().await?;
         Ok(Response::new(view.into_admin_status(request.get_ref().omit_points)))
@@ -109,7 +124,10 @@ impl pb::admin_map_service_server::AdminMapService for Api {
 
     type WatchEmbeddingMapStream = AdminStream;
 
-    async fn watch_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Result<Response<AdminStream>, Status> {
+    async fn watch_embedding_map(
+        &self,
+        request: Request<pb::GetAdminMapRequest>,
+    ) -> Result<Response<AdminStream>, Status> {
         self.admin(&request)?;
         let omit_points = request.get_ref().omit_points;
         let upstream = self.0.map.watch().await?;

@@ -70,7 +70,9 @@ where
 fn oversized_is_resource_exhausted(mut response: Response<Body>) -> Response<Body> {
     let headers = response.headers_mut();
     let oversized = headers.get("grpc-status").is_some_and(|v| v == "11")
-        && headers.get("grpc-message").is_some_and(|v| v.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
+        && headers
+            .get("grpc-message")
+            .is_some_and(|v| v.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
     if oversized {
         headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
     }

@@ -107,7 +107,8 @@ async fn update_item(
     Path(id): Path<String>,
     JsonBody(fields): JsonBody<ItemFields>,
 ) -> Result<Json<items::Item>, ApiError> {
-    let item = NewItem { id: parse_id(&id)?, name: fields.name, category: fields.category, attributes: fields.attributes };
+    let item =
+        NewItem { id: parse_id(&id)?, name: fields.name, category: fields.category, attributes: fields.attributes };
     let item = state.items.update(&item).await?;
     Ok(Json(item))
 }
@@ -135,12 +136,18 @@ pub(crate) struct ImportBody {
     pub(crate) items: Vec<NewItem>,
 }
 
-async fn import_items(State(state): State<AppState>, JsonBody(body): JsonBody<ImportBody>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn import_items(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ImportBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     let (created, updated) = state.items.import(&body.items).await?;
     Ok(Json(json!({ "created": created, "updated": updated })))
 }
 
-async fn record_event(State(state): State<AppState>, JsonBody(event): JsonBody<NewEvent>) -> Result<Response, ApiError> {
+async fn record_event(
+    State(state): State<AppState>,
+    JsonBody(event): JsonBody<NewEvent>,
+) -> Result<Response, ApiError> {
     let recorded = events::record(&state.pool, &event).await?;
     let status = if recorded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(recorded)).into_response())

@@ -48,7 +48,12 @@ pub struct Item {
 
 impl From<pb::NewItem> for NewItem {
     fn from(item: pb::NewItem) -> Self {
-        NewItem { id: item.id, name: item.name, category: item.category, attributes: item.attributes.into_iter().collect() }
+        NewItem {
+            id: item.id,
+            name: item.name,
+            category: item.category,
+            attributes: item.attributes.into_iter().collect(),
+        }
     }
 }
 
@@ -213,7 +218,9 @@ impl ItemStore {
         }
         for (index, item) in items.iter().enumerate() {
             item.validate().map_err(|error| match error {
-                ApiError::InvalidArgument { field, reason } => ApiError::invalid(format!("items[{index}].{field}"), reason),
+                ApiError::InvalidArgument { field, reason } => {
+                    ApiError::invalid(format!("items[{index}].{field}"), reason)
+                }
                 other => other,
             })?;
         }
@@ -221,7 +228,11 @@ impl ItemStore {
         let (mut created, mut updated) = (0, 0);
         let mut tx = db::write_transaction(&self.pool).await?;
         for item in items {
-            if exists(&mut tx, item.id).await? { updated += 1 } else { created += 1 }
+            if exists(&mut tx, item.id).await? {
+                updated += 1
+            } else {
+                created += 1
+            }
             upsert(&mut tx, item, now).await?;
         }
         self.commit(tx).await?;

@@ -1,5 +1,5 @@
-use clap::Parser;
 use api_service::config::Config;
+use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -85,9 +85,10 @@ impl MapGateway {
             return Ok(cached.clone());
         }
         let full = self.fetch(false).await?;
-        let map = full.map.filter(|_| full.state == MapState::Ready as i32).ok_or_else(|| {
-            ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into())
-        })?;
+        let map = full
+            .map
+            .filter(|_| full.state == MapState::Ready as i32)
+            .ok_or_else(|| ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into()))?;
         let labels = self.items.labels().await?;
         let joined = Arc::new(JoinedMap::new(map, &labels, etag));
         *cache = Some(joined.clone());

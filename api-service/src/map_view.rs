@@ -142,10 +142,14 @@ impl MapView {
     /// gRPC and gRPC-web: the state as data (a failed map is a successful call that says so).
     pub fn into_admin_status(self, omit_points: bool) -> api_pb::AdminMapStatus {
         match self {
-            MapView::Computing(progress) => {
-                api_pb::AdminMapStatus { state: MapState::Computing.into(), progress: Some(progress), ..Default::default() }
+            MapView::Computing(progress) => api_pb::AdminMapStatus {
+                state: MapState::Computing.into(),
+                progress: Some(progress),
+                ..Default::default()
+            },
+            MapView::Ready(joined) if omit_points => {
+                api_pb::AdminMapStatus { points: Vec::new(), ..joined.status.clone() }
             }
-            MapView::Ready(joined) if omit_points => api_pb::AdminMapStatus { points: Vec::new(), ..joined.status.clone() },
             MapView::Ready(joined) => joined.status.clone(),
             MapView::Failed(failure) => {
                 api_pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }

@@ -23,7 +23,16 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
-    admin_page, auth::AdminToken, config::Config, grpc_conventions::GrpcConventionsLayer, db, grpc::{self, Api}, http, items::ItemStore, map_gateway::MapGateway, state::AppState,
+    admin_page,
+    auth::AdminToken,
+    config::Config,
+    db,
+    grpc::{self, Api},
+    grpc_conventions::GrpcConventionsLayer,
+    http,
+    items::ItemStore,
+    map_gateway::MapGateway,
+    state::AppState,
 };
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
@@ -43,8 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let state = AppState { pool: pool.clone(), items, map, token, ready: Arc::new(AtomicBool::new(false)) };
 
-    let grpc_listener = TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
-    let http_listener = TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
+    let grpc_listener =
+        TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
+    let http_listener =
+        TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
     let (grpc_address, http_address) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
@@ -70,7 +81,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
-    let servers = async { tokio::try_join!(async { grpc.await.context("gRPC server") }, async { http.await.context("HTTP server") }) };
+    let servers = async {
+        tokio::try_join!(async { grpc.await.context("gRPC server") }, async { http.await.context("HTTP server") })
+    };
     tokio::pin!(servers);
     tokio::select! {
         result = &mut servers => { result?; return Ok(()) }
@@ -102,9 +115,11 @@ fn grpc_server(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
-    let (reflection, reflection_v1alpha) =
-        service_kit::reflection::services(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
-            .context("cannot build the reflection services")?;
+    let (reflection, reflection_v1alpha) = service_kit::reflection::services(&[
+        embeddingmap_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ])
+    .context("cannot build the reflection services")?;
     let (limit_in, limit_out) = (config.max_body_bytes, config.max_response_bytes);
     macro_rules! sized {
         ($server:expr) => {

@@ -17,7 +17,8 @@ async fn every_pooled_connection_reports_wal_and_busy_timeout() {
         let timeout: i64 = sqlx::query("PRAGMA busy_timeout").fetch_one(&mut **connection).await.unwrap().get(0);
         let synchronous: i64 = sqlx::query("PRAGMA synchronous").fetch_one(&mut **connection).await.unwrap().get(0);
         let foreign_keys: i64 = sqlx::query("PRAGMA foreign_keys").fetch_one(&mut **connection).await.unwrap().get(0);
-        let wal_limit: i64 = sqlx::query("PRAGMA journal_size_limit").fetch_one(&mut **connection).await.unwrap().get(0);
+        let wal_limit: i64 =
+            sqlx::query("PRAGMA journal_size_limit").fetch_one(&mut **connection).await.unwrap().get(0);
         assert_eq!((mode.as_str(), timeout, synchronous, foreign_keys), ("wal", 5000, 1, 1));
         assert_eq!(wal_limit as u64, db::WAL_SIZE_LIMIT);
     }
@@ -30,10 +31,12 @@ async fn a_deferred_read_then_write_is_what_begin_immediate_avoids() {
     // with IMMEDIATE the second writer waits (busy_timeout) instead of failing at once.
     let dir = tempfile::tempdir().unwrap();
     let pool = db::open(&dir.path().join("immediate.sqlite3"), 2).await.unwrap();
-    sqlx::query("INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'a', '', '{}', 0, 0)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'a', '', '{}', 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let mut first = db::write_transaction(&pool).await.unwrap();
     let release = tokio::spawn(async move {
         sqlx::query("UPDATE items SET name = 'b' WHERE id = 1").execute(&mut *first).await.unwrap();

@@ -56,10 +56,7 @@ impl CorpusSource {
             CorpusSource::FaissIndex(path) => load_faiss_index(path)?,
             CorpusSource::Npy { vectors, ids } => {
                 let matrix = read_npy_matrix(open(vectors)?, vectors)?;
-                let ids = ids
-                    .as_ref()
-                    .map(|path| read_npy_ids(open(path)?, path, matrix.nrows()))
-                    .transpose()?;
+                let ids = ids.as_ref().map(|path| read_npy_ids(open(path)?, path, matrix.nrows())).transpose()?;
                 (matrix, ids)
             }
         };
@@ -134,9 +131,7 @@ fn open(path: &Path) -> Result<BufReader<File>, MapError> {
         // Opening a directory succeeds on Linux; reading it is what fails.
         Ok(file) if file.metadata().is_ok_and(|m| m.is_dir()) => Err(unreadable("it is a directory".into())),
         Ok(file) => Ok(BufReader::new(file)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(MapError::CorpusMissing { path: path.to_owned() })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MapError::CorpusMissing { path: path.to_owned() }),
         Err(e) => Err(unreadable(e.to_string())),
     }
 }
@@ -182,11 +177,17 @@ fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) 
     }
     let start = prefix.len();
     prefix.resize(start + header_len, 0);
-    reader.read_exact(&mut prefix[start..]).map_err(|e| corrupt(path, format, format!("the .npy header is cut short: {e}")))?;
+    reader
+        .read_exact(&mut prefix[start..])
+        .map_err(|e| corrupt(path, format, format!("the .npy header is cut short: {e}")))?;
     let header = &prefix[start..];
     let count = |byte: u8| header.iter().filter(|&&b| b == byte).count();
     if count(b'[') > 0 || count(b'{') > 1 || count(b'(') > 1 {
-        return Err(corrupt(path, format, "the .npy header is not a plain array's (structured or nested dtypes are not supported)"));
+        return Err(corrupt(
+            path,
+            format,
+            "the .npy header is not a plain array's (structured or nested dtypes are not supported)",
+        ));
     }
     Ok(std::io::Cursor::new(prefix).chain(reader))
 }
@@ -203,12 +204,7 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, Ma
     let order = npy.order();
     let values: Vec<f32> = match type_str(&npy).as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(|e| corrupt(path, FORMAT, e))?,
-        "<f8" => npy
-            .into_vec::<f64>()
-            .map_err(|e| corrupt(path, FORMAT, e))?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
+        "<f8" => npy.into_vec::<f64>().map_err(|e| corrupt(path, FORMAT, e))?.into_iter().map(|v| v as f32).collect(),
         other => return Err(corrupt(path, FORMAT, format!("expected float32 or float64 values, found dtype {other}"))),
     };
     let shape = (rows, columns);
@@ -269,8 +265,8 @@ fn load_faiss_index(path: &Path) -> Result<(Array2<f32>, Option<Vec<i64>>), MapE
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
     let rows = contents.vectors.len().checked_div(contents.dimensions).unwrap_or(0);
-    let vectors = Array2::from_shape_vec((rows, contents.dimensions), contents.vectors)
-        .map_err(|e| corrupt(path, FORMAT, e))?;
+    let vectors =
+        Array2::from_shape_vec((rows, contents.dimensions), contents.vectors).map_err(|e| corrupt(path, FORMAT, e))?;
     if let Some(ids) = &contents.ids
         && ids.len() != rows
     {
@@ -319,7 +315,10 @@ mod tests {
 
     /// A float32 `.npy` file of `shape` whose data section holds `values` as written.
     fn npy(fortran: bool, shape: (usize, usize), values: &[f32]) -> Vec<u8> {
-        let dict = format!("{{'descr': '<f4', 'fortran_order': {}, 'shape': {shape:?}, }}", if fortran { "True" } else { "False" });
+        let dict = format!(
+            "{{'descr': '<f4', 'fortran_order': {}, 'shape': {shape:?}, }}",
+            if fortran { "True" } else { "False" }
+        );
         let mut header = dict.into_bytes();
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(b' ');

@@ -23,7 +23,9 @@ pub enum MapError {
     #[error("corpus is empty: it holds no vectors to map")]
     EmptyCorpus,
 
-    #[error("corpus has a non-finite value (NaN or infinity) at row {row}, column {column}: clean the vectors and restart")]
+    #[error(
+        "corpus has a non-finite value (NaN or infinity) at row {row}, column {column}: clean the vectors and restart"
+    )]
     NonFinite { row: usize, column: usize },
 
     #[error("corpus has {points} points; a map needs at least {needed}")]
@@ -49,5 +51,4 @@ impl MapError {
     pub fn faiss(step: &'static str, error: impl std::fmt::Display) -> Self {
         MapError::Faiss { step, reason: error.to_string() }
     }
-
 }

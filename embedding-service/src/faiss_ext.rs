@@ -84,17 +84,10 @@ pub fn read_flat_contents(index: &IndexImpl) -> Result<Option<FlatContents>, Str
         }
         let dimensions = usize::try_from(faiss_sys::faiss_Index_d(inner)).unwrap_or(0);
         let total = usize::try_from(faiss_sys::faiss_Index_ntotal(inner)).unwrap_or(0);
-        let len = total
-            .checked_mul(dimensions)
-            .ok_or_else(|| format!("index claims {total} x {dimensions} values"))?;
+        let len = total.checked_mul(dimensions).ok_or_else(|| format!("index claims {total} x {dimensions} values"))?;
         let mut vectors = vec![0f32; len];
         if total > 0 {
-            check(faiss_sys::faiss_Index_reconstruct_n(
-                inner,
-                0,
-                total as i64,
-                vectors.as_mut_ptr(),
-            ))?;
+            check(faiss_sys::faiss_Index_reconstruct_n(inner, 0, total as i64, vectors.as_mut_ptr()))?;
         }
         Ok(Some(FlatContents { ids, vectors, dimensions }))
     }

@@ -102,9 +102,10 @@ impl<F: Read + Seek> Walk<'_, F> {
     /// Moves past `count` items of `width` bytes, refusing counts the file cannot hold.
     fn skip(&mut self, count: u64, width: u64, what: &str) -> Result<(), String> {
         let left = self.len.saturating_sub(self.at);
-        let bytes = count.checked_mul(width).filter(|&b| b <= left).ok_or_else(|| {
-            format!("the {what} claims {count} entries of {width} bytes but {left} bytes remain")
-        })?;
+        let bytes = count
+            .checked_mul(width)
+            .filter(|&b| b <= left)
+            .ok_or_else(|| format!("the {what} claims {count} entries of {width} bytes but {left} bytes remain"))?;
         self.at += bytes;
         self.file.seek(SeekFrom::Start(self.at)).map_err(|e| format!("seeking past the {what}: {e}"))?;
         Ok(())

@@ -23,9 +23,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_not_serving(&reporter).await;
-    let (reflection, reflection_v1alpha) =
-        service_kit::reflection::services(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
-            .context("cannot build the reflection services")?;
+    let (reflection, reflection_v1alpha) = service_kit::reflection::services(&[
+        embeddingmap_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ])
+    .context("cannot build the reflection services")?;
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;

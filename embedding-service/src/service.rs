@@ -2,10 +2,7 @@
 
 use std::pin::Pin;
 
-use embeddingmap_proto::v1::{
-    self as pb,
-    embedding_map_service_server::EmbeddingMapService,
-};
+use embeddingmap_proto::v1::{self as pb, embedding_map_service_server::EmbeddingMapService};
 use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};

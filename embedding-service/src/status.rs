@@ -16,10 +16,18 @@ const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub enum MapStatus {
-    Computing { phase: Phase, iteration: u32, total_iterations: u32, point_count: u64 },
+    Computing {
+        phase: Phase,
+        iteration: u32,
+        total_iterations: u32,
+        point_count: u64,
+    },
     /// The finished map, built once and shared; each answer clones it into its message.
     Ready(Arc<pb::EmbeddingMap>),
-    Failed { message: String, phase: Phase },
+    Failed {
+        message: String,
+        phase: Phase,
+    },
 }
 
 impl MapStatus {
@@ -88,12 +96,8 @@ pub struct StatusPublisher {
 /// A fresh status pair: COMPUTING in the loading phase, clocked from now.
 pub fn status_channel(total_iterations: u32) -> (StatusPublisher, StatusBoard) {
     let started = Instant::now();
-    let (sender, receiver) = watch::channel(MapStatus::Computing {
-        phase: Phase::Loading,
-        iteration: 0,
-        total_iterations,
-        point_count: 0,
-    });
+    let (sender, receiver) =
+        watch::channel(MapStatus::Computing { phase: Phase::Loading, iteration: 0, total_iterations, point_count: 0 });
     (StatusPublisher { sender, last_progress: Mutex::new(started) }, StatusBoard { receiver, started })
 }
 

@@ -14,5 +14,4 @@ pub mod embeddingmap {
 pub use embeddingmap::{api::v1 as api, v1};
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/embeddingmap_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/embeddingmap_descriptor.bin"));

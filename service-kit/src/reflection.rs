@@ -8,10 +8,17 @@ use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 #[allow(clippy::type_complexity)]
 pub fn services(
     descriptor_sets: &[&'static [u8]],
-) -> Result<(v1::ServerReflectionServer<impl v1::ServerReflection>, v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>), Error>
-{
+) -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    Error,
+> {
     let builder = || {
-        descriptor_sets.iter().fold(Builder::configure(), |builder, set| builder.register_encoded_file_descriptor_set(set))
+        descriptor_sets
+            .iter()
+            .fold(Builder::configure(), |builder, set| builder.register_encoded_file_descriptor_set(set))
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

@@ -30,8 +30,16 @@ async fn main() {
     let embedding = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
     let api = Arc::new(start_api(&dir.path().join("bench.sqlite3"), &embedding.url(), &[]));
     let client = http_client();
-    let items: Vec<_> = (0..MAP_POINTS).map(|id| json!({ "id": id, "name": format!("item {id}"), "category": (id % 50).to_string() })).collect();
-    let response = client.post(http_url(&api, "/api/admin/items/import")).bearer_auth(ADMIN_TOKEN).json(&json!({ "items": items })).send().await.unwrap();
+    let items: Vec<_> = (0..MAP_POINTS)
+        .map(|id| json!({ "id": id, "name": format!("item {id}"), "category": (id % 50).to_string() }))
+        .collect();
+    let response = client
+        .post(http_url(&api, "/api/admin/items/import"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "items": items }))
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success());
 
     // Event writes over HTTP.
@@ -55,13 +63,19 @@ async fn main() {
 
     // The ceiling: the same transaction, in process, one connection, no network.
     let pool = api_service::db::open(&dir.path().join("ceiling.sqlite3"), 1).await.unwrap();
-    sqlx::query("INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'one', '', '{}', 0, 0)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'one', '', '{}', 0, 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let started = Instant::now();
     for n in 0..CLIENTS * EVENTS_PER_CLIENT {
-        let event = api_service::events::NewEvent { item_id: 1, kind: api_service::events::EventKind::View, client_key: Some(n.to_string()) };
+        let event = api_service::events::NewEvent {
+            item_id: 1,
+            kind: api_service::events::EventKind::View,
+            client_key: Some(n.to_string()),
+        };
         api_service::events::record(&pool, &event).await.unwrap();
     }
     let ceiling_seconds = started.elapsed().as_secs_f64();
@@ -69,7 +83,9 @@ async fn main() {
     // The plain ceiling: the sqlite3 shell running the same statements, one transaction each.
     let plain = dir.path().join("plain.sqlite3");
     std::fs::copy(dir.path().join("ceiling.sqlite3"), &plain).unwrap();
-    let mut script = String::from("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;\n");
+    let mut script = String::from(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;\n",
+    );
     for n in 0..CLIENTS * EVENTS_PER_CLIENT {
         script.push_str(&format!(
             "BEGIN IMMEDIATE; SELECT id FROM events WHERE client_key = 'p{n}'; SELECT 1 FROM items WHERE id = 1; \
@@ -91,7 +107,8 @@ async fn main() {
 
     // The READY map endpoint.
     loop {
-        let response = client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let response =
+            client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         if response.status() == 200 {
             break;
         }
@@ -102,7 +119,8 @@ async fn main() {
     let mut bytes = 0;
     for _ in 0..MAP_REQUESTS {
         let started = Instant::now();
-        let response = client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        let response =
+            client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
         etag = response.headers()["etag"].to_str().unwrap().to_owned();
         bytes = response.bytes().await.unwrap().len();
         full.push(started.elapsed());
@@ -122,12 +140,29 @@ async fn main() {
     }
 
     println!("api-service benchmark (2-core machine, release build)");
-    println!("  event writes, {CLIENTS} HTTP clients:   {:>8.0} events/s ({events} events in {http_seconds:.2} s)", events / http_seconds);
-    println!("  same transaction, sqlx, 1 connection:  {:>8.0} events/s ({events} events in {ceiling_seconds:.2} s)", events / ceiling_seconds);
-    println!("  same statements, sqlite3 shell:        {:>8.0} events/s ({events} events in {plain_seconds:.2} s)", events / plain_seconds);
+    println!(
+        "  event writes, {CLIENTS} HTTP clients:   {:>8.0} events/s ({events} events in {http_seconds:.2} s)",
+        events / http_seconds
+    );
+    println!(
+        "  same transaction, sqlx, 1 connection:  {:>8.0} events/s ({events} events in {ceiling_seconds:.2} s)",
+        events / ceiling_seconds
+    );
+    println!(
+        "  same statements, sqlite3 shell:        {:>8.0} events/s ({events} events in {plain_seconds:.2} s)",
+        events / plain_seconds
+    );
     println!("  HTTP / sqlite3 shell (the ceiling):     {:>8.2}", plain_seconds / http_seconds);
-    println!("  READY map, {MAP_POINTS} points, {bytes} bytes: p50 {:.2} ms, p99 {:.2} ms", percentile(&mut full, 0.5), percentile(&mut full, 0.99));
-    println!("  READY map, If-None-Match (304):        p50 {:.2} ms, p99 {:.2} ms", percentile(&mut not_modified, 0.5), percentile(&mut not_modified, 0.99));
+    println!(
+        "  READY map, {MAP_POINTS} points, {bytes} bytes: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut full, 0.5),
+        percentile(&mut full, 0.99)
+    );
+    println!(
+        "  READY map, If-None-Match (304):        p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&mut not_modified, 0.5),
+        percentile(&mut not_modified, 0.99)
+    );
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {

@@ -60,7 +60,11 @@ pub fn grpc_web_frame(message: &[u8]) -> Vec<u8> {
 }
 
 pub async fn grpc_channel(api: &ServiceProcess) -> Channel {
-    Channel::from_shared(format!("http://{}", api.address_of(GRPC))).unwrap().connect().await.expect("connect to api gRPC")
+    Channel::from_shared(format!("http://{}", api.address_of(GRPC)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to api gRPC")
 }
 
 /// A request carrying `authorization: Bearer <token>`.

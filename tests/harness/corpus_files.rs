@@ -17,12 +17,8 @@ pub fn write_ids(path: &Path, ids: &[i64]) -> PathBuf {
 
 fn write_npy<T: npyz::AutoSerialize + Copy>(path: &Path, shape: &[u64], values: &[T]) -> PathBuf {
     let file = std::io::BufWriter::new(std::fs::File::create(path).expect("create npy"));
-    let mut writer = npyz::WriteOptions::<T>::new()
-        .default_dtype()
-        .shape(shape)
-        .writer(file)
-        .begin_nd()
-        .expect("npy header");
+    let mut writer =
+        npyz::WriteOptions::<T>::new().default_dtype().shape(shape).writer(file).begin_nd().expect("npy header");
     writer.extend(values.iter().copied()).expect("npy data");
     writer.finish().expect("npy finish");
     path.to_owned()

@@ -76,12 +76,7 @@ impl ServiceProcess {
         let log_path = log_dir.path().join("service.log");
         let log_file = std::fs::File::create(&log_path).expect("log file");
         let mut command = Command::new(binary);
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file);
+        command.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(log_file);
         for (key, value) in env {
             command.env(key, value);
         }
@@ -220,7 +215,11 @@ pub async fn poll_until_final(
 ) -> Vec<EmbeddingMapStatus> {
     let mut seen = Vec::new();
     eventually("the map left COMPUTING", limit, Duration::from_millis(20), async || {
-        let status = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: false }).await.expect("GetEmbeddingMap").into_inner();
+        let status = client
+            .get_embedding_map(GetEmbeddingMapRequest { omit_points: false })
+            .await
+            .expect("GetEmbeddingMap")
+            .into_inner();
         let computing = status.state() == MapState::Computing;
         seen.push(status);
         (!computing).then_some(())

@@ -138,7 +138,9 @@ fn read_labels(path: &PathBuf) -> anyhow::Result<Vec<i64>> {
     let npy = npyz::NpyFile::new(&bytes[..])?;
     let labels = match npy.dtype() {
         npyz::DType::Plain(ts) if ts.to_string() == "<i8" => npy.into_vec::<i64>()?,
-        npyz::DType::Plain(ts) if ts.to_string() == "<i4" => npy.into_vec::<i32>()?.into_iter().map(i64::from).collect(),
+        npyz::DType::Plain(ts) if ts.to_string() == "<i4" => {
+            npy.into_vec::<i32>()?.into_iter().map(i64::from).collect()
+        }
         other => anyhow::bail!("labels must be int32 or int64, found {other:?}"),
     };
     Ok(labels)

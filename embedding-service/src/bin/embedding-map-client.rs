@@ -39,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
             status
         }
         Command::Watch => {
-            let mut stream = client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: true }).await?.into_inner();
+            let mut stream =
+                client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: true }).await?.into_inner();
             let mut last = EmbeddingMapStatus::default();
             while let Some(status) = stream.next().await {
                 last = status?;

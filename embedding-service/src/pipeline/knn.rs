@@ -17,7 +17,9 @@ pub enum KnnMethod {
     Exact,
     Hnsw,
     /// k-means cells; each cell's points are searched exactly among its `probes` nearest cells.
-    Cells { probes: usize },
+    Cells {
+        probes: usize,
+    },
 }
 
 impl KnnMethod {
@@ -91,9 +93,8 @@ pub fn nearest_neighbors_and_cells(
         .chunks_exact(k + 1)
         .enumerate()
         .map(|(row, found)| {
-            neighbor_list(row, found, k).ok_or_else(|| {
-                faiss_error(format!("point {row} got fewer than {k} neighbours; use --knn exact"))
-            })
+            neighbor_list(row, found, k)
+                .ok_or_else(|| faiss_error(format!("point {row} got fewer than {k} neighbours; use --knn exact")))
         })
         .collect::<Result<_, _>>()?;
     Ok((neighbors, None))
@@ -141,10 +142,7 @@ fn search_exact(base: &[f32], queries: &[f32], d: usize, k: usize, threads: usiz
 
 /// Runs `job(0..workers)` on as many named threads, each with single-threaded FAISS, and returns
 /// the results in worker order; a panicking worker becomes an error.
-fn on_workers<T: Send>(
-    workers: usize,
-    job: impl Fn(usize) -> Result<T, MapError> + Sync,
-) -> Result<Vec<T>, MapError> {
+fn on_workers<T: Send>(workers: usize, job: impl Fn(usize) -> Result<T, MapError> + Sync) -> Result<Vec<T>, MapError> {
     let job = &job;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -158,10 +156,7 @@ fn on_workers<T: Send>(
                     .map_err(faiss_error)
             })
             .collect::<Result<_, _>>()?;
-        handles
-            .into_iter()
-            .map(|handle| handle.join().map_err(|_| faiss_error("a search worker panicked"))?)
-            .collect()
+        handles.into_iter().map(|handle| handle.join().map_err(|_| faiss_error("a search worker panicked"))?).collect()
     })
 }
 
@@ -216,7 +211,9 @@ fn search_cells(
     let assignment: Vec<usize> = assignment
         .iter()
         .enumerate()
-        .map(|(row, cell)| cell.get().map(|c| c as usize).ok_or_else(|| faiss_error(format!("point {row} has no k-means cell"))))
+        .map(|(row, cell)| {
+            cell.get().map(|c| c as usize).ok_or_else(|| faiss_error(format!("point {row} has no k-means cell")))
+        })
         .collect::<Result<_, _>>()?;
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); cells];
     for (row, &cell) in assignment.iter().enumerate() {

@@ -27,7 +27,10 @@ pub fn l2_normalized(mut normalized: Array2<f32>) -> Array2<f32> {
 pub enum PcaWidth {
     Fixed(usize),
     /// Twice the components that stand above the noise floor, within `min..=max`.
-    AboveNoise { min: usize, max: usize },
+    AboveNoise {
+        min: usize,
+        max: usize,
+    },
 }
 
 impl PcaWidth {

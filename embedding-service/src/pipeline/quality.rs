@@ -120,7 +120,8 @@ mod tests {
     #[test]
     fn label_accuracy_counts_points_whose_neighbours_share_their_label() {
         // Two far-apart groups of 20 with their own labels, then one group relabelled half-half.
-        let points: Vec<[f32; 2]> = (0..40).map(|i| [if i < 20 { 0.0 } else { 100.0 } + i as f32 * 0.01, 0.0]).collect();
+        let points: Vec<[f32; 2]> =
+            (0..40).map(|i| [if i < 20 { 0.0 } else { 100.0 } + i as f32 * 0.01, 0.0]).collect();
         let labels: Vec<i64> = (0..40).map(|i| i64::from(i >= 20)).collect();
         assert_eq!(knn_label_accuracy(&points, &labels).unwrap(), 1.0);
         let mixed: Vec<i64> = (0..40).map(|i| if i < 20 { 0 } else { i % 2 }).collect();

@@ -246,7 +246,10 @@ mod tests {
         assert!(matches!(large.knn, KnnMethod::Cells { .. }));
         let chosen = settings(&["--knn", "exact", "--gradient", "barnes-hut", "--learning-rate", "7"]);
         let chosen = chosen.resolve(100_000, 384).unwrap();
-        assert_eq!((chosen.knn, chosen.gradient, chosen.learning_rate), (KnnMethod::Exact, GradientMethod::BarnesHut, 7.0));
+        assert_eq!(
+            (chosen.knn, chosen.gradient, chosen.learning_rate),
+            (KnnMethod::Exact, GradientMethod::BarnesHut, 7.0)
+        );
     }
 
     #[test]
