@@ -18,6 +18,8 @@ use embeddingmap_proto::v1::Phase;
 /// 10-NN preservation and label accuracy. The defaults score 0.4266 and 0.4375; the schedule
 /// before them (PCA to 50, 400 iterations, rate N / 4) scored 0.3844 and 0.4083, and fails.
 const OPENTSNE_PRESERVATION: f64 = 0.4005;
+// A measured score that happens to be close to log10(e).
+#[allow(clippy::approx_constant)]
 const OPENTSNE_LABEL_ACCURACY: f64 = 0.4342;
 /// Preservation is the target, held to the tolerance; label accuracy over 38 labels of
 /// about 30 rows each moves by a point between good maps, so it gets twice that.
