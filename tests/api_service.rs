@@ -69,6 +69,23 @@ async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embeddin
     let etag = ready.headers()["etag"].to_str().unwrap().to_owned();
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "ready");
+    // What the map used, as the embedding service reports it: both rates, the exaggeration and
+    // its iterations, the neighbours, the PCA width the corpus got.
+    let parameters = &body["parameters"];
+    assert_eq!(
+        (parameters["iterations"].as_u64(), parameters["exaggeration_iterations"].as_u64()),
+        (Some(500), Some(250))
+    );
+    assert_eq!(parameters["early_exaggeration"], 12.0);
+    assert_eq!(
+        (parameters["learning_rate"].as_f64(), parameters["final_learning_rate"].as_f64()),
+        (Some(1797.0 / 12.0), Some(1797.0))
+    );
+    assert_eq!((parameters["neighbors"].as_u64(), parameters["pca_dimensions"].as_u64()), (Some(90), Some(64)));
+    assert_eq!(
+        (&parameters["knn_method"], &parameters["initialization"]),
+        (&Value::from("exact"), &Value::from("pca"))
+    );
     let points = body["points"].as_array().unwrap();
     assert_eq!(points.len(), 1797);
     let labels = digits_labels();
