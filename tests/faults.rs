@@ -156,13 +156,7 @@ fn grpc_status(response: &reqwest::Response) -> Option<u16> {
 
 async fn create_items(api: &ServiceProcess, count: usize) {
     let items: Vec<_> = (0..count).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
-    let response = http_client()
-        .post(http_url(api, "/api/admin/items/import"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "items": items }))
-        .send()
-        .await
-        .unwrap();
+    let response = admin_post(api, "/api/admin/items/import", &json!({ "items": items })).await;
     assert!(response.status().is_success());
 }
 

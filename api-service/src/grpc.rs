@@ -16,6 +16,9 @@ use crate::{
 
 pub struct Api(pub AppState);
 
+/// Every handler's answer.
+type Reply<T> = Result<Response<T>, Status>;
+
 /// Largest admin map request: the message is one flag, so a few bytes; a larger body is refused
 /// before it is read whole.
 const ADMIN_MAP_REQUEST_BYTES: usize = 1024;
@@ -41,37 +44,31 @@ fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
 
 #[tonic::async_trait]
 impl pb::item_service_server::ItemService for Api {
-    async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Result<Response<pb::Item>, Status> {
+    async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Reply<pb::Item> {
         self.admin(&request)?;
         let item = self.0.items.create(&new_item(request.into_inner().item)?).await?;
         Ok(Response::new(item.into()))
     }
 
-    async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Result<Response<pb::Item>, Status> {
+    async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Reply<pb::Item> {
         self.admin(&request)?;
         let item = self.0.items.update(&new_item(request.into_inner().item)?).await?;
         Ok(Response::new(item.into()))
     }
 
-    async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
+    async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Reply<pb::Item> {
         self.admin(&request)?;
         Ok(Response::new(self.0.items.get(request.get_ref().id).await?.into()))
     }
 
-    async fn list_items(
-        &self,
-        request: Request<pb::ListItemsRequest>,
-    ) -> Result<Response<pb::ListItemsResponse>, Status> {
+    async fn list_items(&self, request: Request<pb::ListItemsRequest>) -> Reply<pb::ListItemsResponse> {
         self.admin(&request)?;
         let request = request.into_inner();
         let (page, next_page_token) = self.0.items.list(request.page_size, &request.page_token).await?;
         Ok(Response::new(pb::ListItemsResponse { items: page.into_iter().map(Into::into).collect(), next_page_token }))
     }
 
-    async fn import_items(
-        &self,
-        request: Request<pb::ImportItemsRequest>,
-    ) -> Result<Response<pb::ImportItemsResponse>, Status> {
+    async fn import_items(&self, request: Request<pb::ImportItemsRequest>) -> Reply<pb::ImportItemsResponse> {
         self.admin(&request)?;
         let batch: Vec<NewItem> = request.into_inner().items.into_iter().map(NewItem::from).collect();
         let (created, updated) = self.0.items.import(&batch).await?;
@@ -81,10 +78,7 @@ impl pb::item_service_server::ItemService for Api {
 
 #[tonic::async_trait]
 impl pb::event_service_server::EventService for Api {
-    async fn record_event(
-        &self,
-        request: Request<pb::RecordEventRequest>,
-    ) -> Result<Response<pb::RecordEventResponse>, Status> {
+    async fn record_event(&self, request: Request<pb::RecordEventRequest>) -> Reply<pb::RecordEventResponse> {
         let request = request.into_inner();
         let event = NewEvent {
             item_id: request.item_id,
@@ -98,10 +92,7 @@ impl pb::event_service_server::EventService for Api {
 
 #[tonic::async_trait]
 impl pb::stats_service_server::StatsService for Api {
-    async fn get_item_stats(
-        &self,
-        request: Request<pb::GetItemStatsRequest>,
-    ) -> Result<Response<pb::GetItemStatsResponse>, Status> {
+    async fn get_item_stats(&self, request: Request<pb::GetItemStatsRequest>) -> Reply<pb::GetItemStatsResponse> {
         self.admin(&request)?;
         let request = request.into_inner();
         let stats = events::stats(&self.0.pool, &request.item_ids, request.limit).await?;
@@ -113,10 +104,7 @@ type AdminStream = Pin<Box<dyn Stream<Item = Result<pb::AdminMapStatus, Status>>
 
 #[tonic::async_trait]
 impl pb::admin_map_service_server::AdminMapService for Api {
-    async fn get_embedding_map(
-        &self,
-        request: Request<pb::GetAdminMapRequest>,
-    ) -> Result<Response<pb::AdminMapStatus>, Status> {
+    async fn get_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Reply<pb::AdminMapStatus> {
         self.admin(&request)?;
         let view = self.0.map.view().await?;
         Ok(Response::new(view.into_admin_status(request.get_ref().omit_points)))
@@ -124,10 +112,7 @@ impl pb::admin_map_service_server::AdminMapService for Api {
 
     type WatchEmbeddingMapStream = AdminStream;
 
-    async fn watch_embedding_map(
-        &self,
-        request: Request<pb::GetAdminMapRequest>,
-    ) -> Result<Response<AdminStream>, Status> {
+    async fn watch_embedding_map(&self, request: Request<pb::GetAdminMapRequest>) -> Reply<AdminStream> {
         self.admin(&request)?;
         let omit_points = request.get_ref().omit_points;
         let upstream = self.0.map.watch().await?;

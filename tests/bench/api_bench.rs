@@ -33,13 +33,7 @@ async fn main() {
     let items: Vec<_> = (0..MAP_POINTS)
         .map(|id| json!({ "id": id, "name": format!("item {id}"), "category": (id % 50).to_string() }))
         .collect();
-    let response = client
-        .post(http_url(&api, "/api/admin/items/import"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({ "items": items }))
-        .send()
-        .await
-        .unwrap();
+    let response = admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await;
     assert!(response.status().is_success());
 
     // Event writes over HTTP.

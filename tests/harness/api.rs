@@ -80,6 +80,17 @@ pub fn admin<T>(message: T) -> Request<T> {
     authorized(message, ADMIN_TOKEN)
 }
 
+/// POSTs `body` as JSON to an admin route of the HTTP port, with the admin token.
+pub async fn admin_post(api: &ServiceProcess, path: &str, body: &serde_json::Value) -> reqwest::Response {
+    http_client().post(http_url(api, path)).bearer_auth(ADMIN_TOKEN).json(body).send().await.unwrap()
+}
+
+/// GETs an admin route of the HTTP port with the admin token; its JSON body.
+pub async fn admin_get_json(api: &ServiceProcess, path: &str) -> serde_json::Value {
+    let response = http_client().get(http_url(api, path)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
@@ -91,12 +102,6 @@ pub async fn import_digits(api: &ServiceProcess) {
         .enumerate()
         .map(|(id, label)| serde_json::json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
         .collect();
-    let response = http_client()
-        .post(http_url(api, "/api/admin/items/import"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&serde_json::json!({ "items": items }))
-        .send()
-        .await
-        .unwrap();
+    let response = admin_post(api, "/api/admin/items/import", &serde_json::json!({ "items": items })).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK, "{:?}", response.text().await);
 }
