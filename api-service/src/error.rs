@@ -71,8 +71,7 @@ impl ApiError {
 
     /// The mapping table: every variant's row.
     fn kind(&self) -> ErrorKind {
-        use ErrorKind as K;
-        let row = |grpc, http, name, retryable| K { grpc, http, name, retryable };
+        let row = |grpc, http, name, retryable| ErrorKind { grpc, http, name, retryable };
         match self {
             ApiError::InvalidArgument { .. } => {
                 row(Code::InvalidArgument, StatusCode::BAD_REQUEST, "invalid_argument", false)
