@@ -12,7 +12,8 @@ use crate::error::MapError;
 /// Smallest perplexity a clamped run may use; a corpus too small even for it fails.
 pub const MIN_PERPLEXITY: f64 = 2.0;
 
-/// Below this many points Barnes-Hut beats FFT interpolation (whose grid cost does not shrink).
+/// Below this many points Barnes-Hut is used: it scores a little higher there, though FFT
+/// interpolation is faster at every size measured (README).
 pub const FFT_MIN_POINTS: usize = 5_000;
 
 /// The automatic PCA width's bounds: at most N / `ROWS_PER_PCA_DIMENSION` within these.
