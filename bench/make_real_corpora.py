@@ -158,8 +158,7 @@ def first_paragraph(doc):
 
 def group_of(module: str) -> str:
     """`scipy.stats._distn` -> `scipy.stats`; stdlib `email.mime.text` -> `email`."""
-    parts = [p for p in module.split(".") if not p.startswith("_") or p == "__init__"]
-    parts = [p for p in parts if p != "__init__"]
+    parts = [p for p in module.split(".") if not p.startswith("_")]
     if not parts:
         return ""
     if parts[0] in LIBRARIES and len(parts) > 1 and parts[0] != "matplotlib":
@@ -177,7 +176,7 @@ def docstrings():
     for root, library in roots:
         for path in sorted(root.rglob("*.py")):
             rel = path.relative_to(root).as_posix()
-            if skip.search(rel) or (library is None and "/" not in rel and not rel.endswith(".py")):
+            if skip.search(rel):
                 continue
             module = rel[:-3].replace("/", ".")
             module = f"{library}.{module}" if library else module

@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 packages=(-p embeddingmap-proto -p service-kit -p embedding-service -p api-service -p end-to-end-tests)
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+# A rustup toolchain may lack the components; add them only then (a distribution's cargo has them
+# as packages, and no rustup).
+cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 cargo fmt --check "${packages[@]}"
 cargo fmt --check --manifest-path fuzz/Cargo.toml
 cargo clippy --locked --all-targets "${packages[@]}" -- -D warnings

@@ -135,15 +135,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
         let ErrorKind { http: status, name, retryable, .. } = self.kind();
-        let field = match &self {
-            ApiError::InvalidArgument { field, .. } => Some(field.clone()),
-            _ => None,
-        };
-        let mut body = serde_json::json!({ "error": { "code": name, "message": self.to_string(), "field": field } });
-        // A failed map is still the map's answer: it says its state and the phase that failed.
-        if let ApiError::MapFailed { phase, .. } = &self {
-            body["status"] = "failed".into();
-            body["error"]["phase"] = phase.as_str().into();
+        let mut body = serde_json::json!({ "error": { "code": name, "message": self.to_string(), "field": null } });
+        // What some errors say beyond their row: the field at fault; for a failed map, which is
+        // still the map's answer, its state and the phase that failed.
+        match &self {
+            ApiError::InvalidArgument { field, .. } => body["error"]["field"] = field.as_str().into(),
+            ApiError::MapFailed { phase, .. } => {
+                body["status"] = "failed".into();
+                body["error"]["phase"] = phase.as_str().into();
+            }
+            _ => {}
         }
         let mut response = (status, Json(body)).into_response();
         if retryable {

@@ -54,8 +54,10 @@ fn nearest_others(flat: &[f32], d: usize) -> Result<Vec<usize>, MapError> {
 /// space (no PCA): what preservation is measured against. Flat `n x K`.
 pub fn input_neighbors(vectors: Array2<f32>) -> Result<Vec<usize>, MapError> {
     let d = vectors.ncols();
-    let normalized = prepare::l2_normalized(vectors).as_standard_layout().to_owned();
-    nearest_others(normalized.as_slice().expect("standard layout"), d)
+    let normalized = prepare::l2_normalized(vectors);
+    // Loaded corpora are already in row order, so this borrows rather than copies.
+    let rows = normalized.as_standard_layout();
+    nearest_others(rows.as_slice().expect("standard layout"), d)
 }
 
 /// 10-NN preservation: for each point, the share of its `K` nearest input neighbours (from
