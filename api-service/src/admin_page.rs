@@ -2,6 +2,8 @@
 //! The page itself is public; everything it shows comes over gRPC-web with the admin token,
 //! served on this same port under the service's own path.
 
+use std::time::Duration;
+
 use axum::{
     Json, Router,
     extract::Path,
@@ -15,7 +17,7 @@ use tonic::server::NamedService;
 use tonic_web::GrpcWebLayer;
 use tower::ServiceBuilder;
 
-use crate::{grpc::Api, grpc_conventions::GrpcConventionsLayer, state::AppState};
+use crate::{auth::AdminToken, grpc::Api, grpc_conventions::GrpcConventionsLayer, state::AppState};
 
 #[derive(rust_embed::Embed)]
 #[folder = "../admin-ui/dist/"]
@@ -29,10 +31,19 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
 
 /// The page, its config, and the one gRPC service it calls (`grpc::admin_map_service`), as
 /// gRPC-web on this same origin (so the page needs no CORS), inside the same gRPC layers as on the
-/// gRPC port. `grpc_web_url` overrides where the page sends its calls.
-pub fn routes(grpc_web_url: String, map_service: AdminMapServiceServer<Api>) -> Router<AppState> {
+/// gRPC port (the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
+pub fn routes(
+    grpc_web_url: String,
+    map_service: AdminMapServiceServer<Api>,
+    token: &AdminToken,
+    request_timeout: Duration,
+) -> Router<AppState> {
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
-    let map_service = ServiceBuilder::new().layer(GrpcWebLayer::new()).layer(GrpcConventionsLayer).service(map_service);
+    let map_service = ServiceBuilder::new()
+        .layer(GrpcWebLayer::new())
+        .layer(GrpcConventionsLayer::new(request_timeout))
+        .layer(token.admin_only())
+        .service(map_service);
     Router::new()
         .route_service(&format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME), map_service)
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))

@@ -1,43 +1,49 @@
-//! The admin bearer token, checked in constant time on every admin route of every transport.
+//! The admin bearer token, checked in constant time on every admin route of every transport:
+//! by `admin_only` before a gRPC call's body is read, by `http::require_admin` before an HTTP
+//! body is read, and again in each gRPC handler so no handler depends on how it is mounted.
 
-use std::sync::Arc;
+use embeddingmap_proto::api::{
+    admin_map_service_server::AdminMapServiceServer, item_service_server::ItemServiceServer,
+    stats_service_server::StatsServiceServer,
+};
+use service_kit::bearer::{BearerToken, RequireBearerLayer};
+use tonic::server::NamedService;
 
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-
-use crate::error::ApiError;
+use crate::{error::ApiError, grpc::Api};
 
 #[derive(Clone)]
-pub struct AdminToken {
-    // Compared as digests, so neither the content nor the length leaks through timing.
-    digest: Arc<[u8; 32]>,
-}
+pub struct AdminToken(BearerToken);
 
 impl AdminToken {
     pub fn new(token: &str) -> anyhow::Result<Self> {
-        anyhow::ensure!(token.len() >= 16, "the admin token must be at least 16 characters");
-        Ok(AdminToken { digest: Arc::new(Sha256::digest(token.as_bytes()).into()) })
+        BearerToken::new(token).map(AdminToken).map_err(|e| anyhow::anyhow!("the admin token: {e}"))
     }
 
     /// Checks a gRPC call's `authorization` metadata.
-    ///
-    /// Called first thing in each admin handler rather than in an interceptor: an interceptor
-    /// answers before the request body is read, and HTTP/1.1 gRPC-web clients then see the
-    /// connection reset under their upload (EPIPE) instead of UNAUTHENTICATED.
     pub fn check_grpc<T>(&self, request: &tonic::Request<T>) -> Result<(), ApiError> {
         self.check(request.metadata().get("authorization").and_then(|v| v.to_str().ok()))
     }
 
     /// Accepts `Bearer <token>` (scheme in any case, token exactly).
     pub fn check(&self, authorization: Option<&str>) -> Result<(), ApiError> {
-        let presented = authorization
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .ok_or(ApiError::Unauthenticated)?;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if bool::from(digest.ct_eq(&*self.digest)) { Ok(()) } else { Err(ApiError::Unauthenticated) }
+        if self.0.accepts(authorization) { Ok(()) } else { Err(ApiError::Unauthenticated) }
     }
+
+    /// The layer that refuses an admin gRPC call without the token before its body is read.
+    pub fn admin_only(&self) -> RequireBearerLayer {
+        RequireBearerLayer::new(self.0.clone(), is_admin_path)
+    }
+}
+
+/// Every gRPC service but events (public), health and reflection is admin-only.
+fn is_admin_path(path: &str) -> bool {
+    let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    [
+        <ItemServiceServer<Api> as NamedService>::NAME,
+        <StatsServiceServer<Api> as NamedService>::NAME,
+        <AdminMapServiceServer<Api> as NamedService>::NAME,
+    ]
+    .contains(&service)
 }
 
 #[cfg(test)]
@@ -45,20 +51,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_exact_token_passes() {
-        let token = AdminToken::new("correct-horse-battery").unwrap();
-        assert!(token.check(Some("Bearer correct-horse-battery")).is_ok());
-        assert!(token.check(Some("bearer correct-horse-battery")).is_ok());
-        for wrong in [
-            "Bearer Correct-horse-battery",
-            "Bearer correct-horse-batter",
-            "correct-horse-battery",
-            "Basic correct-horse-battery",
-            "",
-        ] {
-            assert!(token.check(Some(wrong)).is_err(), "{wrong:?} passed");
-        }
-        assert!(token.check(None).is_err());
-        assert!(AdminToken::new("short").is_err());
+    fn admin_services_are_guarded_and_public_ones_are_not() {
+        assert!(is_admin_path("/embeddingmap.api.v1.ItemService/ImportItems"));
+        assert!(is_admin_path("/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap"));
+        assert!(!is_admin_path("/embeddingmap.api.v1.EventService/RecordEvent"));
+        assert!(!is_admin_path("/grpc.health.v1.Health/Check"));
+        assert!(!is_admin_path("/embeddingmap.api.v1.ItemServiceX/ImportItems"));
     }
 }

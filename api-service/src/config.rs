@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use service_kit::{LogFormat, parse_duration};
 
+service_kit::connection_args!("API_");
+
 #[derive(Clone, Parser)]
 #[command(name = "api-service", version, about)]
 pub struct Config {
@@ -45,6 +47,10 @@ pub struct Config {
     #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
 
+    /// Bearer token the embedding service requires (its `--auth-token`), if it has one.
+    #[arg(long, env = "API_EMBEDDING_TOKEN", hide_env_values = true)]
+    pub embedding_token: Option<String>,
+
     /// Connect timeout towards the embedding service.
     #[arg(long, env = "API_EMBEDDING_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub embedding_connect_timeout: Duration,
@@ -61,7 +67,8 @@ pub struct Config {
     #[arg(long, env = "API_MAX_RESPONSE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_response_bytes: usize,
 
-    /// Requests served at once per transport; more wait.
+    /// Requests served at once per transport (one budget for the gRPC port, one for the HTTP
+    /// port); more wait.
     #[arg(long, env = "API_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub concurrency_limit: usize,
 
@@ -73,6 +80,9 @@ pub struct Config {
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 
     #[arg(long, env = "API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -87,6 +97,7 @@ impl std::fmt::Debug for Config {
             .field("database", &self.database)
             .field("embedding_url", &self.embedding_url)
             .field("admin_token", &"<redacted>")
+            .field("embedding_token", &self.embedding_token.as_ref().map(|_| "<redacted>"))
             .field("cors_origins", &self.cors_origins)
             .finish_non_exhaustive()
     }

@@ -1,11 +1,12 @@
 //! Two places where tonic's status codes differ from the gRPC spec, corrected in one layer that
 //! sits inside gRPC-web translation:
 //!
-//! - Deadlines. tonic enforces `grpc-timeout` in its outermost layer and answers CANCELLED
-//!   ("Timeout expired"), as plain gRPC even to gRPC-web callers. The spec says
-//!   DEADLINE_EXCEEDED, the status clients retry on, so the deadline is enforced here a little
-//!   earlier (95 %). Dropping the handler's future rolls back its transaction and returns its
-//!   pooled connection.
+//! - Deadlines. tonic's own server enforces `grpc-timeout` in its outermost layer and answers
+//!   CANCELLED ("Timeout expired"), as plain gRPC even to gRPC-web callers. The spec says
+//!   DEADLINE_EXCEEDED, the status clients retry on, so the deadline (the caller's, capped by the
+//!   server's request timeout) is enforced here, a little early (95 %) so that it fires before
+//!   any outer HTTP timeout. Dropping the handler's future rolls back its transaction and returns
+//!   its pooled connection.
 //! - Oversized messages. tonic rejects a request over the decoding limit with OUT_OF_RANGE; the
 //!   spec says RESOURCE_EXHAUSTED.
 
@@ -20,20 +21,30 @@ use axum::http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-#[derive(Clone, Copy, Default)]
-pub struct GrpcConventionsLayer;
+#[derive(Clone, Copy)]
+pub struct GrpcConventionsLayer {
+    /// The deadline of a call that sets none, and the longest any call may ask for.
+    server_timeout: Duration,
+}
+
+impl GrpcConventionsLayer {
+    pub fn new(server_timeout: Duration) -> Self {
+        GrpcConventionsLayer { server_timeout }
+    }
+}
 
 impl<S> Layer<S> for GrpcConventionsLayer {
     type Service = GrpcConventions<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcConventions { inner }
+        GrpcConventions { inner, server_timeout: self.server_timeout }
     }
 }
 
 #[derive(Clone)]
 pub struct GrpcConventions<S> {
     inner: S,
+    server_timeout: Duration,
 }
 
 impl<S> Service<Request<Body>> for GrpcConventions<S>
@@ -50,17 +61,14 @@ where
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let deadline = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let asked = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
+        let deadline = asked.map_or(self.server_timeout, |asked| asked.min(self.server_timeout)).mul_f64(0.95);
         let response = self.inner.call(request);
         Box::pin(async move {
-            let result = match deadline {
-                None => response.await,
-                Some(deadline) => match tokio::time::timeout(deadline.mul_f64(0.95), response).await {
-                    Ok(result) => result,
-                    Err(_) => return Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
-                },
-            };
-            result.map(oversized_is_resource_exhausted)
+            match tokio::time::timeout(deadline, response).await {
+                Ok(result) => result.map(oversized_is_resource_exhausted),
+                Err(_) => Ok(Status::deadline_exceeded("deadline exceeded").into_http()),
+            }
         })
     }
 }

@@ -8,7 +8,10 @@ use std::{sync::Arc, time::Duration};
 use embeddingmap_proto::v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::{Channel, Endpoint},
+};
 
 use crate::{
     error::ApiError,
@@ -22,6 +25,8 @@ pub struct MapGateway {
     /// Names and categories; its version is part of the ETag, so a joined map is never stale.
     items: ItemStore,
     cache: Arc<Mutex<Option<Arc<JoinedMap>>>>,
+    /// `Bearer <token>` for an embedding service that requires one.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl MapGateway {
@@ -32,8 +37,13 @@ impl MapGateway {
         connect_timeout: Duration,
         call_timeout: Duration,
         max_message_bytes: usize,
+        token: Option<&str>,
         items: ItemStore,
     ) -> anyhow::Result<Self> {
+        let authorization = token
+            .map(|token| MetadataValue::try_from(format!("Bearer {token}")))
+            .transpose()
+            .map_err(|_| anyhow::anyhow!("the embedding token must be printable ASCII"))?;
         let channel = Endpoint::from_shared(url.to_owned())?
             .connect_timeout(connect_timeout)
             .timeout(call_timeout)
@@ -42,6 +52,7 @@ impl MapGateway {
             client: EmbeddingMapServiceClient::new(channel).max_decoding_message_size(max_message_bytes),
             items,
             cache: Arc::new(Mutex::new(None)),
+            authorization,
         })
     }
 
@@ -63,7 +74,7 @@ impl MapGateway {
     }
 
     async fn fetch(&self, omit_points: bool) -> Result<pb::EmbeddingMapStatus, ApiError> {
-        let request = pb::GetEmbeddingMapRequest { omit_points };
+        let request = self.request(pb::GetEmbeddingMapRequest { omit_points });
         Ok(self.client.clone().get_embedding_map(request).await.map_err(unavailable)?.into_inner())
     }
 
@@ -71,10 +82,18 @@ impl MapGateway {
     pub async fn watch(&self) -> Result<tonic::Streaming<pb::EmbeddingMapStatus>, ApiError> {
         let mut client = self.client.clone();
         Ok(client
-            .watch_embedding_map(pb::WatchEmbeddingMapRequest { omit_points: true })
+            .watch_embedding_map(self.request(pb::WatchEmbeddingMapRequest { omit_points: true }))
             .await
             .map_err(unavailable)?
             .into_inner())
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(authorization) = &self.authorization {
+            request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        request
     }
 
     async fn joined(&self, summary: &pb::EmbeddingMap) -> Result<Arc<JoinedMap>, ApiError> {

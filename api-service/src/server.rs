@@ -15,9 +15,10 @@ use embeddingmap_proto::api::{
     event_service_server::EventServiceServer, item_service_server::ItemServiceServer,
     stats_service_server::StatsServiceServer,
 };
+use service_kit::listener::{self, ConnectionLimits};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -35,6 +36,8 @@ use crate::{
     state::AppState,
 };
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
 /// `api-service http listening on ADDR` once bound.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.embedding_connect_timeout,
         config.embedding_timeout,
         config.max_response_bytes,
+        config.embedding_token.as_deref(),
         items.clone(),
     )?;
     let state = AppState { pool: pool.clone(), items, map, token, ready: Arc::new(AtomicBool::new(false)) };
@@ -60,33 +64,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let grpc = grpc_server(&config, &state, health_service, grpc_listener, shutdown.clone())?;
+    let grpc_service = grpc_service(&config, &state, health_service)?;
     let admin_page = admin_page::routes(
         config.admin_grpc_web_url.clone(),
         grpc::admin_map_service(&state, config.max_response_bytes),
+        &state.token,
+        config.request_timeout,
     );
-    let http_app = http::router(state.clone(), config.max_body_bytes, admin_page).layer(
-        ServiceBuilder::new()
-            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                config.request_timeout,
-            ))
-            .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
-            .layer(cors(&config.cors_origins)?),
-    );
-    let http = axum::serve(http_listener, http_app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Layered around the whole router, so the concurrency budget is one per transport (a
+    // `Router::layer` would give each route its own).
+    let http_service = ServiceBuilder::new()
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            config.request_timeout,
+        ))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
+        .layer(cors(&config.cors_origins)?)
+        .service(http::router(state.clone(), config.max_body_bytes, admin_page));
+    let limits = ConnectionLimits::from(&config.connections);
+    let grpc = listener::serve("grpc", grpc_listener, grpc_service, limits.clone(), shutdown.clone());
+    let http = listener::serve("http", http_listener, http_service, limits, shutdown.clone());
 
     state.ready.store(true, Ordering::Release);
     tracing::info!(grpc = %grpc_address, http = %http_address, database = %config.database.display(), "serving");
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
-    let servers = async {
-        tokio::try_join!(async { grpc.await.context("gRPC server") }, async { http.await.context("HTTP server") })
-    };
+    let servers = async { tokio::join!(grpc, http) };
     tokio::pin!(servers);
     tokio::select! {
-        result = &mut servers => { result?; return Ok(()) }
+        _ = &mut servers => return Ok(()),
         _ = service_kit::shutdown::wait_for_signal() => {}
     }
     // Readiness drops first so load balancers stop sending; then connections drain.
@@ -98,9 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     shutdown.cancel();
     match tokio::time::timeout(config.shutdown_grace, servers).await {
-        Ok(result) => {
-            result?;
-        }
+        Ok(_) => {}
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open requests"),
     }
     pool.close().await;
@@ -108,13 +113,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn grpc_server(
+/// The gRPC port's one service: gRPC and gRPC-web (HTTP/1.1 too), one concurrency budget, admin
+/// calls refused before their bodies are read, each service's messages sized to it.
+fn grpc_service(
     config: &Config,
     state: &AppState,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = Result<(), tonic::transport::Error>>> {
+) -> anyhow::Result<
+    impl tower::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = axum::http::Response<
+            impl http_body::Body<Data = bytes::Bytes, Error = impl Into<BoxError>> + Send + 'static,
+        >,
+        Error = impl Into<BoxError>,
+        Future = impl Send + 'static,
+    > + Clone
+    + Send
+    + 'static,
+> {
     let (reflection, reflection_v1alpha) = service_kit::reflection::services(&[
         embeddingmap_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -127,21 +143,21 @@ fn grpc_server(
         };
     }
     let api = || Api(state.clone());
-    let router = tonic::transport::Server::builder()
-        .accept_http1(true)
-        .timeout(config.request_timeout)
-        .concurrency_limit_per_connection(config.concurrency_limit)
-        .layer(cors(&config.cors_origins)?)
-        .layer(tonic_web::GrpcWebLayer::new())
-        .layer(GrpcConventionsLayer)
-        .add_service(health_service)
+    let routes = Routes::new(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(sized!(EventServiceServer::new(api())))
         .add_service(sized!(ItemServiceServer::new(api())))
         .add_service(sized!(StatsServiceServer::new(api())))
-        .add_service(grpc::admin_map_service(state, limit_out));
-    Ok(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned()))
+        .add_service(grpc::admin_map_service(state, limit_out))
+        .prepare();
+    Ok(ServiceBuilder::new()
+        .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
+        .layer(cors(&config.cors_origins)?)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(GrpcConventionsLayer::new(config.request_timeout))
+        .layer(state.token.admin_only())
+        .service(routes))
 }
 
 /// CORS for browsers: only the configured origins, and the gRPC trailers exposed so gRPC-web

@@ -7,7 +7,9 @@ use service_kit::{LogFormat, parse_duration};
 
 use crate::pipeline::MapSettings;
 
-#[derive(Debug, Clone, Parser)]
+service_kit::connection_args!("EMBEDDING_");
+
+#[derive(Clone, Parser)]
 #[command(name = "embedding-service", version, about)]
 pub struct Config {
     /// Address the gRPC server binds; port 0 picks a free port (printed at start).
@@ -26,10 +28,19 @@ pub struct Config {
     #[command(flatten)]
     pub map: MapSettings,
 
-    /// Largest gRPC message the server sends or accepts; a READY map of N points takes about
-    /// 17 bytes per point.
+    /// Largest gRPC message the server sends; a READY map of N points takes about 17 bytes per
+    /// point. (Requests are a few bytes; larger ones are refused unread.)
     #[arg(long, env = "EMBEDDING_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Bearer token every call but gRPC health must carry (the api-service's
+    /// `--embedding-token`). Without one the service is open to whoever can reach it: keep it
+    /// behind the NetworkPolicy in `deploy/`.
+    #[arg(long, env = "EMBEDDING_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 
     /// How long in-flight calls may run after SIGTERM before the server stops anyway.
     #[arg(long, env = "EMBEDDING_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
@@ -38,6 +49,19 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "EMBEDDING_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl std::fmt::Debug for Config {
+    // Written by hand so the token never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("corpus", &self.corpus)
+            .field("ids", &self.ids)
+            .field("map", &self.map)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,25 @@
 //! Boot order and lifecycle: start the map job, bind, serve, drain on a signal.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
+use service_kit::{
+    bearer::{BearerToken, RequireBearerLayer},
+    listener::{self, ConnectionLimits},
+    shutdown, spawn_named,
+};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::transport::Server;
+use tonic::service::Routes;
+use tower::ServiceBuilder;
 
-use service_kit::{shutdown, spawn_named};
-
-use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, status};
+use crate::{
+    config::Config,
+    corpus::CorpusSource,
+    health, job,
+    ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
+    service::MapService,
+    status,
+};
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -36,17 +44,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tasks = TaskTracker::new();
     spawn_named(&tasks, "map-readiness", health::follow_map_readiness(board.clone(), reporter.clone()), &shutdown);
 
-    let map_service = EmbeddingMapServiceServer::new(MapService::new(board, shutdown.clone()))
+    let map_service = EmbeddingMapServiceServer::new(MapService::new(board.clone(), shutdown.clone()))
         .max_encoding_message_size(config.max_message_bytes)
-        .max_decoding_message_size(config.max_message_bytes);
-    let server = Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(map_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .max_decoding_message_size(MAP_REQUEST_BYTES);
+    let routes = Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha);
+    let routes = routes
+        .add_service(
+            ServiceBuilder::new().layer(ReadyAnswersLayer::new(board, config.max_message_bytes)).service(map_service),
+        )
+        .prepare();
+    let auth = config
+        .auth_token
+        .as_deref()
+        .map(|token| BearerToken::new(token).map_err(|e| anyhow::anyhow!("--auth-token: {e}")))
+        .transpose()?
+        .map(|token| RequireBearerLayer::new(token, |path| !path.starts_with("/grpc.health.v1.Health/")));
+    let service = ServiceBuilder::new().option_layer(auth).service(routes);
+    let limits = ConnectionLimits::from(&config.connections);
+    let server = listener::serve("grpc", listener, service, limits, shutdown.clone());
 
     health::set_serving(&reporter).await;
     tracing::info!(%address, "serving gRPC");
@@ -54,7 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.context("gRPC server failed"),
+        _ = &mut server => return Ok(()),
         _ = shutdown::wait_for_signal() => {}
     }
     // Readiness drops first, then connections drain within the grace period.
@@ -62,7 +77,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     shutdown.cancel();
     tasks.close();
     match tokio::time::timeout(config.shutdown_grace, server).await {
-        Ok(result) => result.context("gRPC server failed while draining")?,
+        Ok(()) => {}
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open calls"),
     }
     tasks.wait().await;

@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use embeddingmap_proto::v1::{self as pb, MapState, Phase};
+use prost::Message;
 use tokio::sync::watch;
 
 /// How often optimisation progress is published at most; phase changes always are.
@@ -22,8 +24,8 @@ pub enum MapStatus {
         total_iterations: u32,
         point_count: u64,
     },
-    /// The finished map, built once and shared; each answer clones it into its message.
-    Ready(Arc<pb::EmbeddingMap>),
+    /// The finished map, encoded once and shared by every answer.
+    Ready(Arc<ReadyMap>),
     Failed {
         message: String,
         phase: Phase,
@@ -49,20 +51,41 @@ impl MapStatus {
                 }),
                 ..Default::default()
             },
-            MapStatus::Ready(map) => {
-                let map = if omit_points {
-                    pb::EmbeddingMap { points: Vec::new(), ..pb::EmbeddingMap::clone(map) }
-                } else {
-                    pb::EmbeddingMap::clone(map)
-                };
-                pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() }
-            }
+            MapStatus::Ready(map) => map.to_proto(omit_points),
             MapStatus::Failed { message, phase } => pb::EmbeddingMapStatus {
                 state: MapState::Failed.into(),
                 failure: Some(pb::Failure { message: message.clone(), phase: (*phase).into() }),
                 ..Default::default()
             },
         }
+    }
+}
+
+/// A READY map as answers carry it: the whole `EmbeddingMapStatus` message encoded once with its
+/// points and once without. `ready_answers` sends these bytes as they are (no copy per answer);
+/// the few answers built as messages decode them.
+#[derive(Debug)]
+pub struct ReadyMap {
+    with_points: Bytes,
+    summary: Bytes,
+}
+
+impl ReadyMap {
+    pub fn new(map: pb::EmbeddingMap) -> Self {
+        let status =
+            |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
+        let summary = pb::EmbeddingMap { points: Vec::new(), ..map.clone() };
+        ReadyMap { with_points: status(map).encode_to_vec().into(), summary: status(summary).encode_to_vec().into() }
+    }
+
+    /// The encoded `EmbeddingMapStatus`; cloning it shares the bytes.
+    pub fn encoded(&self, omit_points: bool) -> Bytes {
+        if omit_points { self.summary.clone() } else { self.with_points.clone() }
+    }
+
+    fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
+        // Encoded by `new` from a valid message, so it decodes.
+        pb::EmbeddingMapStatus::decode(self.encoded(omit_points)).unwrap_or_default()
     }
 }
 
@@ -76,6 +99,14 @@ pub struct StatusBoard {
 impl StatusBoard {
     pub fn current(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
         self.receiver.borrow().to_proto(self.started, omit_points)
+    }
+
+    /// The encoded answer while the map is READY.
+    pub fn encoded_ready(&self, omit_points: bool) -> Option<Bytes> {
+        match &*self.receiver.borrow() {
+            MapStatus::Ready(map) => Some(map.encoded(omit_points)),
+            _ => None,
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<MapStatus> {
@@ -128,7 +159,7 @@ impl StatusPublisher {
     }
 
     pub fn ready(&self, map: pb::EmbeddingMap) {
-        self.sender.send_replace(MapStatus::Ready(Arc::new(map)));
+        self.sender.send_replace(MapStatus::Ready(Arc::new(ReadyMap::new(map))));
     }
 
     pub fn failed(&self, message: String) {
@@ -197,5 +228,8 @@ mod tests {
         assert_eq!(board.current(false).map.unwrap().points.len(), 1);
         let summary = board.current(true).map.unwrap();
         assert_eq!((summary.points.len(), summary.count), (0, 1));
+        let shared = board.encoded_ready(false).unwrap();
+        assert_eq!(shared.as_ptr(), board.encoded_ready(false).unwrap().as_ptr(), "answers share one encoding");
+        assert_eq!(pb::EmbeddingMapStatus::decode(shared).unwrap(), board.current(false));
     }
 }

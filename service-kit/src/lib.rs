@@ -1,6 +1,8 @@
 //! Lifecycle pieces both services share: the shutdown signal, logging, named background tasks
 //! and duration flags.
 
+pub mod bearer;
+pub mod listener;
 pub mod reflection;
 pub mod shutdown;
 

@@ -1,0 +1,166 @@
+//! READY maps answered from their shared encoding.
+//!
+//! tonic encodes every answer into a fresh buffer, so each `GetEmbeddingMap` of a READY map would
+//! copy the whole map (about 2 MB at 100k points), and a client that opens many calls and never
+//! reads them would hold a copy per call. This layer, in front of the generated service, answers
+//! `GetEmbeddingMap` and `WatchEmbeddingMap` on a READY map itself: the response body is a 5-byte
+//! gRPC frame header followed by the map's encoded bytes, shared by reference, then the OK
+//! trailers. Everything else (a map still computing or failed, a compressed request) passes
+//! through to tonic.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use embeddingmap_proto::v1::{self as pb, embedding_map_service_server::EmbeddingMapServiceServer};
+use futures_util::stream;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body as HttpBody, Frame};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use prost::Message;
+use tonic::{Status, body::Body, server::NamedService};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::{service::MapService, status::StatusBoard};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Largest request accepted for either call: the message is one flag.
+pub const MAP_REQUEST_BYTES: usize = 1024;
+
+#[derive(Clone)]
+pub struct ReadyAnswersLayer {
+    board: StatusBoard,
+    max_message_bytes: usize,
+}
+
+impl ReadyAnswersLayer {
+    pub fn new(board: StatusBoard, max_message_bytes: usize) -> Self {
+        ReadyAnswersLayer { board, max_message_bytes }
+    }
+}
+
+impl<S> Layer<S> for ReadyAnswersLayer {
+    type Service = ReadyAnswers<S>;
+
+    fn layer(&self, inner: S) -> ReadyAnswers<S> {
+        ReadyAnswers { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct ReadyAnswers<S> {
+    inner: S,
+    layer: ReadyAnswersLayer,
+}
+
+impl<S: NamedService> NamedService for ReadyAnswers<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+fn method_path(method: &str) -> String {
+    format!("/{}/{method}", <EmbeddingMapServiceServer<MapService> as NamedService>::NAME)
+}
+
+impl<S, B> Service<Request<B>> for ReadyAnswers<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        // Readiness is awaited on the clone that serves the call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let path = request.uri().path();
+        let streaming = if path == method_path("GetEmbeddingMap") {
+            false
+        } else if path == method_path("WatchEmbeddingMap") {
+            true
+        } else {
+            return Box::pin(inner.oneshot(request.map(Body::new)));
+        };
+        if self.layer.board.encoded_ready(true).is_none() {
+            return Box::pin(inner.oneshot(request.map(Body::new)));
+        }
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let Ok(collected) = Limited::new(body, MAP_REQUEST_BYTES + 5).collect().await else {
+                return Ok(Status::resource_exhausted("the request is larger than a map request can be").into_http());
+            };
+            let bytes = collected.to_bytes();
+            let answer = omit_points(&bytes, streaming)
+                .and_then(|omit| layer.board.encoded_ready(omit))
+                .filter(|message| message.len() <= layer.max_message_bytes);
+            match answer {
+                Some(message) => Ok(grpc_answer(message)),
+                // Not READY any more, compressed, or malformed: tonic answers (and explains).
+                None => inner.oneshot(Request::from_parts(parts, Body::new(Full::new(bytes)))).await,
+            }
+        })
+    }
+}
+
+/// The request's `omit_points`, if it is one uncompressed, well-formed gRPC message.
+fn omit_points(frame: &[u8], streaming: bool) -> Option<bool> {
+    let (&[compressed, l0, l1, l2, l3], message) = frame.split_first_chunk::<5>()?;
+    if compressed != 0 || u32::from_be_bytes([l0, l1, l2, l3]) as usize != message.len() {
+        return None;
+    }
+    if streaming {
+        pb::WatchEmbeddingMapRequest::decode(message).ok().map(|r| r.omit_points)
+    } else {
+        pb::GetEmbeddingMapRequest::decode(message).ok().map(|r| r.omit_points)
+    }
+}
+
+/// One gRPC message (`message`, shared, not copied) and the OK trailers.
+fn grpc_answer(message: Bytes) -> Response<Body> {
+    let mut header = BytesMut::with_capacity(5);
+    header.put_u8(0);
+    header.put_u32(message.len() as u32);
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let frames = [Frame::data(header.freeze()), Frame::data(message), Frame::trailers(trailers)];
+    let body = StreamBody::new(stream::iter(frames.map(Ok::<_, std::convert::Infallible>)));
+    let mut response = Response::new(Body::new(body));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(message);
+        frame
+    }
+
+    #[test]
+    fn only_well_formed_uncompressed_requests_are_answered_here() {
+        let omit = pb::GetEmbeddingMapRequest { omit_points: true }.encode_to_vec();
+        assert_eq!(omit_points(&framed(&omit), false), Some(true));
+        assert_eq!(omit_points(&framed(&[]), true), Some(false));
+        let mut compressed = framed(&omit);
+        compressed[0] = 1;
+        assert_eq!(omit_points(&compressed, false), None);
+        assert_eq!(omit_points(&framed(&omit)[..5], false), None, "length disagrees with the body");
+        assert_eq!(omit_points(&[0, 0], false), None);
+        assert_eq!(omit_points(&framed(&[0xff, 0xff]), false), None, "not a message");
+    }
+}
