@@ -32,6 +32,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
 
+#[path = "faults/connections.rs"]
+mod connections;
+
 #[derive(Default)]
 struct Row {
     operations: usize,
@@ -45,6 +48,8 @@ struct Row {
     failed_checks: usize,
     /// What went wrong, in words, listed under the table.
     problems: Vec<String>,
+    /// Measurements the area is judged by (peak memory, timings), listed under the table.
+    figures: Vec<String>,
 }
 
 impl Row {
@@ -130,6 +135,11 @@ impl Scorecard {
         }
         let totals: Vec<String> = self.regressions().iter().map(|(name, count)| format!("{name}: {count}")).collect();
         text += &format!("{}\n", totals.join("; "));
+        for (area, r) in &self.0 {
+            for figure in &r.figures {
+                text += &format!("{area}: {figure}\n");
+            }
+        }
         for (area, r) in &self.0 {
             for problem in &r.problems {
                 text += &format!("{area}: {problem}\n");
@@ -646,6 +656,9 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     downstream_faults(&mut local).await;
     deadlines_and_locks(&mut local).await;
     hostile_input(&mut local).await;
+    connections::unauthenticated_uploads(&mut local).await;
+    connections::slow_and_idle_connections(&mut local).await;
+    connections::unread_map_calls(&mut local).await;
     shutdown_under_load(&mut local).await;
     file_writes(&mut local).await;
     // Printed, and kept in artifacts/ so the test command can show it after cargo's captured output.

@@ -61,13 +61,13 @@ macro_rules! connection_args {
 
             /// A new connection must send a request's headers within this, or is closed.
             #[arg(long, env = concat!($prefix, "HEADER_READ_TIMEOUT"), default_value = "10s",
-                          value_parser = $crate::parse_duration)]
+                                  value_parser = $crate::parse_duration)]
             pub header_read_timeout: std::time::Duration,
 
             /// A connection with no request in flight for this long is closed (an open stream is
             /// a request in flight, so a quiet watch is never cut).
             #[arg(long, env = concat!($prefix, "IDLE_TIMEOUT"), default_value = "120s",
-                          value_parser = $crate::parse_duration)]
+                                  value_parser = $crate::parse_duration)]
             pub idle_timeout: std::time::Duration,
 
             /// HTTP/2 streams a client may open at once on one connection (advertised; more are
@@ -78,7 +78,7 @@ macro_rules! connection_args {
             /// HTTP/2 keepalive ping interval; a peer that does not answer within the same time
             /// again is dropped.
             #[arg(long, env = concat!($prefix, "HTTP2_KEEPALIVE"), default_value = "30s",
-                          value_parser = $crate::parse_duration)]
+                                  value_parser = $crate::parse_duration)]
             pub http2_keepalive: std::time::Duration,
 
             /// HTTP/2 streams a client may reset before the server reads them, and streams the
@@ -260,9 +260,13 @@ impl Connection {
         self.last_active_ms.fetch_max(since, Ordering::AcqRel);
     }
 
+    /// When to look at this connection again: the first request's deadline, or when it will have
+    /// been idle for the timeout (while a request is in flight, one timeout from now).
     fn idle_deadline(&self, limits: &ConnectionLimits) -> Instant {
         if self.requests.load(Ordering::Acquire) == 0 {
             self.accepted + limits.header_read_timeout
+        } else if self.in_flight.load(Ordering::Acquire) > 0 {
+            Instant::now() + limits.idle_timeout
         } else {
             self.last_active() + limits.idle_timeout
         }
