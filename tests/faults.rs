@@ -34,6 +34,8 @@ use tonic::Code;
 
 #[path = "faults/connections.rs"]
 mod connections;
+#[path = "faults/replays.rs"]
+mod replays;
 
 #[derive(Default)]
 struct Row {
@@ -659,6 +661,8 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     connections::unauthenticated_uploads(&mut local).await;
     connections::slow_and_idle_connections(&mut local).await;
     connections::unread_map_calls(&mut local).await;
+    replays::reused_keys(&mut local).await;
+    replays::etags_across_restarts(&mut local).await;
     shutdown_under_load(&mut local).await;
     file_writes(&mut local).await;
     // Printed, and kept in artifacts/ so the test command can show it after cargo's captured output.

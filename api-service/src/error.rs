@@ -44,6 +44,9 @@ pub enum ApiError {
     #[error("{what} already exists")]
     AlreadyExists { what: String },
 
+    #[error("{field} was already used for a different event; send a new unique key (a UUID) per event")]
+    KeyReused { field: &'static str },
+
     #[error("missing or invalid admin token")]
     Unauthenticated,
 
@@ -88,6 +91,7 @@ impl ApiError {
             }
             ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
             ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
+            ApiError::KeyReused { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "key_reused", false),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
             ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
             ApiError::EmbeddingUnavailable(_) => {
@@ -140,6 +144,7 @@ impl IntoResponse for ApiError {
         // still the map's answer, its state and the phase that failed.
         match &self {
             ApiError::InvalidArgument { field, .. } => body["error"]["field"] = field.as_str().into(),
+            ApiError::KeyReused { field } => body["error"]["field"] = (*field).into(),
             ApiError::MapFailed { phase, .. } => {
                 body["status"] = "failed".into();
                 body["error"]["phase"] = phase.as_str().into();

@@ -44,7 +44,7 @@ pub struct NewEvent {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Recorded {
     pub event_id: i64,
-    /// False when the client key had been recorded before.
+    /// False when this event (same key, item and kind) had been recorded before.
     pub created: bool,
 }
 
@@ -70,11 +70,21 @@ pub async fn record(pool: &SqlitePool, event: &NewEvent) -> Result<Recorded, Api
         return Err(ApiError::invalid("client_key", format!("at most {MAX_CLIENT_KEY_CHARS} characters, no NUL")));
     }
     let mut tx = db::write_transaction(pool).await?;
+    // A key names one event: the same event retried gets the original answer; another event under
+    // a used key is refused, never silently answered with the first one's id.
     if let Some(key) = client_key
-        && let Some(row) =
-            sqlx::query("SELECT id FROM events WHERE client_key = ?").bind(key).fetch_optional(&mut *tx).await?
+        && let Some(row) = sqlx::query("SELECT id, item_id, kind FROM events WHERE client_key = ?")
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?
     {
-        return Ok(Recorded { event_id: row.try_get("id")?, created: false });
+        let same_event =
+            row.try_get::<i64, _>("item_id")? == event.item_id && row.try_get::<i64, _>("kind")? == event.kind.code();
+        return if same_event {
+            Ok(Recorded { event_id: row.try_get("id")?, created: false })
+        } else {
+            Err(ApiError::KeyReused { field: "client_key" })
+        };
     }
     let exists = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(event.item_id).fetch_optional(&mut *tx).await?;
     if exists.is_none() {

@@ -4,11 +4,6 @@ use std::collections::{BTreeMap, HashMap};
 
 use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
-
 use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
 
 use crate::{db, error::ApiError};
@@ -104,12 +99,12 @@ impl NewItem {
     }
 }
 
-/// Items in the database, plus a version that every committed item write bumps, so views built
-/// from items (the joined map and its ETag) know when they are stale.
+/// Items in the database, and their version (`items_version`), which every item write bumps in
+/// its own transaction, so views built from items (the joined map and its ETag) know when they
+/// are stale, also across restarts and replicas.
 #[derive(Clone)]
 pub struct ItemStore {
     pool: SqlitePool,
-    version: Arc<AtomicU64>,
 }
 
 const COLUMNS: &str = "id, name, category, attributes, created_at, updated_at";
@@ -128,19 +123,18 @@ fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
 
 impl ItemStore {
     pub fn new(pool: SqlitePool) -> Self {
-        ItemStore { pool, version: Arc::new(AtomicU64::new(0)) }
+        ItemStore { pool }
     }
 
-    /// Bumped after every committed item write.
-    pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+    /// The committed items' version.
+    pub async fn version(&self) -> Result<i64, ApiError> {
+        Ok(sqlx::query("SELECT version FROM items_version WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?)
     }
 
-    /// Commits `tx` and marks the items as changed.
-    async fn commit(&self, tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
-        self.version.fetch_add(1, Ordering::Release);
-        Ok(())
+    /// Marks the items as changed and commits `tx`.
+    async fn commit(&self, mut tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE items_version SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+        tx.commit().await
     }
 
     pub async fn create(&self, item: &NewItem) -> Result<Item, ApiError> {
@@ -191,16 +185,22 @@ impl ItemStore {
             }
             n => n,
         };
+        // No token: from the first id, i64::MIN included (so no "after" bound at all).
         let after = if page_token.is_empty() {
-            i64::MIN
+            None
         } else {
-            page_token.parse::<i64>().map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?
+            Some(
+                page_token
+                    .parse::<i64>()
+                    .map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?,
+            )
         };
-        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"))
-            .bind(after)
-            .bind(i64::from(page_size) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"))
+                .bind(after)
+                .bind(i64::from(page_size) + 1)
+                .fetch_all(&self.pool)
+                .await?;
         let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() > page_size as usize {
             items.truncate(page_size as usize);

@@ -1,11 +1,12 @@
 //! The embedding service as the admin routes see it: its status turned into a `MapView`, READY
 //! maps joined to the items' names and categories. A joined map (its JSON and its protobuf) is
-//! built once per (corpus fingerprint, computation, items version) and shared by every request
+//! built once per (corpus fingerprint, parameters, items version) and shared by every request
 //! after.
 
 use std::{sync::Arc, time::Duration};
 
 use embeddingmap_proto::v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient};
+use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tonic::{
@@ -97,7 +98,7 @@ impl MapGateway {
     }
 
     async fn joined(&self, summary: &pb::EmbeddingMap) -> Result<Arc<JoinedMap>, ApiError> {
-        let version = self.items.version();
+        let version = self.items.version().await?;
         let etag = etag(summary, version);
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == etag) {
@@ -119,12 +120,13 @@ fn unavailable(status: tonic::Status) -> ApiError {
     ApiError::EmbeddingUnavailable(format!("{:?}: {}", status.code(), status.message()))
 }
 
-fn etag(summary: &pb::EmbeddingMap, items_version: u64) -> String {
+/// The map's identity (its corpus and parameters, which determine its points) and the items'
+/// persisted version; no clock, so two embedding replicas' identical maps share an ETag and a
+/// restart cannot make an old ETag match new content.
+fn etag(summary: &pb::EmbeddingMap, items_version: i64) -> String {
     let mut hasher = Sha256::new();
     hasher.update(summary.corpus_fingerprint.as_bytes());
-    let computed = summary.computed_at.unwrap_or_default();
-    hasher.update(computed.seconds.to_le_bytes());
-    hasher.update(computed.nanos.to_le_bytes());
+    hasher.update(summary.parameters.clone().unwrap_or_default().encode_to_vec());
     hasher.update(items_version.to_le_bytes());
     format!("\"{}\"", &format!("{:x}", hasher.finalize())[..32])
 }
