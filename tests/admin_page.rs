@@ -38,6 +38,8 @@ async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
     assert_eq!(seen["drawn"], 1797, "{seen}");
     assert_eq!(seen["afterToggle"].as_u64().unwrap() + seen["threes"].as_u64().unwrap(), 1797);
     assert_eq!(seen["searchCount"], "1 match");
+    assert_eq!((seen["downloads"].as_u64(), seen["reloadDownloads"].as_u64()), (Some(1), Some(1)), "{seen}");
+    assert_eq!(seen["violations"], serde_json::json!([]), "no CSP violations: {seen}");
     for shot in ["admin-computing.png", "admin-ready.png", "admin-density.png"] {
         assert!(artifacts.join(shot).metadata().unwrap().len() > 1000, "{shot} saved");
     }

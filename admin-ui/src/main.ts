@@ -137,8 +137,9 @@ async function follow(token: string, baseUrl: string) {
   let retry = 1000;
   while (mine === session) {
     try {
-      // After a map is shown, watch its summary only, and fetch points when it changes.
-      for await (const status of client.watchEmbeddingMap({ omitPoints: shownKey !== "" }, { headers })) {
+      // The watch carries summaries only; the points are fetched once per map (one download per
+      // page load, and one per new map after).
+      for await (const status of client.watchEmbeddingMap({ omitPoints: true }, { headers })) {
         if (mine !== session) return;
         retry = 1000;
         if (status.state === MapState.COMPUTING) showComputing(status);

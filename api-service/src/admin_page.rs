@@ -38,6 +38,7 @@ pub fn routes(
     token: &AdminToken,
     request_timeout: Duration,
 ) -> Router<AppState> {
+    let csp = content_security_policy(&grpc_web_url);
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
     let map_service = ServiceBuilder::new()
         .layer(GrpcWebLayer::new())
@@ -47,12 +48,31 @@ pub fn routes(
     Router::new()
         .route_service(&format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME), map_service)
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
-        .route("/admin/", get(|| async { asset("index.html") }))
+        .route(
+            "/admin/",
+            get({
+                let csp = csp.clone();
+                || async move { asset("index.html", csp) }
+            }),
+        )
         .route("/admin/config.json", get(move || async move { Json(config) }))
-        .route("/admin/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }))
+        .route("/admin/{*path}", get(|Path(path): Path<String>| async move { asset(&path, csp) }))
 }
 
-fn asset(path: &str) -> Response {
+/// The page loads its own scripts and styles only, calls only its gRPC-web endpoint, and may not
+/// be framed (clickjacking) or have its base URL or form targets changed.
+fn content_security_policy(grpc_web_url: &str) -> HeaderValue {
+    let origin = grpc_web_url.split('/').take(3).collect::<Vec<_>>().join("/");
+    let connect = if grpc_web_url.is_empty() { "'self'".to_owned() } else { format!("'self' {origin}") };
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src {connect}; \
+         base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    );
+    // A URL with characters a header cannot hold falls back to the page's own origin.
+    HeaderValue::from_str(&policy).unwrap_or_else(|_| content_security_policy(""))
+}
+
+fn asset(path: &str, csp: HeaderValue) -> Response {
     match Assets::get(path) {
         Some(file) => {
             let mut response = file.data.into_owned().into_response();
@@ -61,6 +81,8 @@ fn asset(path: &str) -> Response {
                 headers.insert(header::CONTENT_TYPE, mime);
             }
             headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(header::CONTENT_SECURITY_POLICY, csp);
+            headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
             // Vite names assets by content hash; index.html must be revalidated.
             let cache = if path.starts_with("assets/") { "public, max-age=31536000, immutable" } else { "no-cache" };
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));

@@ -72,6 +72,20 @@ pub struct Config {
     #[arg(long, env = "API_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub concurrency_limit: usize,
 
+    /// Events a client may record per second (token bucket); 0 turns the limit off. Over it: 429
+    /// with Retry-After (gRPC RESOURCE_EXHAUSTED).
+    #[arg(long, env = "API_EVENT_RATE_LIMIT", default_value_t = 0.0)]
+    pub event_rate_limit: f64,
+
+    /// Events a client may send at once before the rate applies; 0 means one second's worth.
+    #[arg(long, env = "API_EVENT_RATE_BURST", default_value_t = 0)]
+    pub event_rate_burst: u32,
+
+    /// Proxies whose `X-Forwarded-For` names the client for the rate limit (comma-separated
+    /// addresses); from anyone else the header is ignored.
+    #[arg(long, env = "API_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// After SIGTERM, how long to keep accepting requests with /readyz at 503 before closing the
     /// listeners. Use when nothing else (a Kubernetes preStop hook) delays SIGTERM.
     #[arg(long, env = "API_READINESS_DRAIN", default_value = "0s", value_parser = parse_duration)]

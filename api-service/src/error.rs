@@ -47,6 +47,9 @@ pub enum ApiError {
     #[error("{field} was already used for a different event; send a new unique key (a UUID) per event")]
     KeyReused { field: &'static str },
 
+    #[error("too many events from this client; retry after the delay given")]
+    RateLimited,
+
     #[error("missing or invalid admin token")]
     Unauthenticated,
 
@@ -92,6 +95,7 @@ impl ApiError {
             ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
             ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
             ApiError::KeyReused { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "key_reused", false),
+            ApiError::RateLimited => row(Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS, "rate_limited", true),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
             ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
             ApiError::EmbeddingUnavailable(_) => {

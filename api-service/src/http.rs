@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{FromRequest, Path, Query, Request, State, rejection::JsonRejection},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
@@ -12,6 +12,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
+use tonic::transport::server::TcpConnectInfo;
 
 use crate::{
     error::ApiError,
@@ -32,7 +33,7 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/api/events", post(record_event))
+        .route("/api/events", post(record_event).route_layer(middleware::from_fn_with_state(state.clone(), limit_rate)))
         .merge(admin)
         .merge(admin_page)
         .fallback(|| async { ApiError::not_found("route") })
@@ -45,6 +46,19 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
 async fn require_admin(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let header = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     match state.token.check(header) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Public writes over the per-client rate limit are refused before their bodies are read.
+async fn limit_rate(
+    State(state): State<AppState>,
+    Extension(peer): Extension<TcpConnectInfo>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.rate_limit.check(peer.remote_addr.map(|a| a.ip()), request.headers()) {
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),
     }

@@ -33,6 +33,7 @@ use crate::{
     http,
     items::ItemStore,
     map_gateway::MapGateway,
+    rate_limit::RateLimiter,
     state::AppState,
 };
 
@@ -54,7 +55,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.embedding_token.as_deref(),
         items.clone(),
     )?;
-    let state = AppState { pool: pool.clone(), items, map, token, ready: Arc::new(AtomicBool::new(false)) };
+    let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
+    let state = AppState { pool: pool.clone(), items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
 
     let grpc_listener =
         TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;

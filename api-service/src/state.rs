@@ -7,7 +7,7 @@ use std::sync::{
 
 use sqlx::SqlitePool;
 
-use crate::{auth::AdminToken, items::ItemStore, map_gateway::MapGateway};
+use crate::{auth::AdminToken, items::ItemStore, map_gateway::MapGateway, rate_limit::RateLimiter};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +16,8 @@ pub struct AppState {
     pub items: ItemStore,
     pub map: MapGateway,
     pub token: AdminToken,
+    /// Per-client limit on public writes (off unless configured).
+    pub rate_limit: RateLimiter,
     /// Set once the database is open and migrated; cleared when shutdown begins.
     pub ready: Arc<AtomicBool>,
 }

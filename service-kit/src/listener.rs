@@ -29,6 +29,7 @@ use hyper_util::{
 };
 use tokio::{net::TcpListener, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tonic::transport::server::TcpConnectInfo;
 use tower::Service;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -61,13 +62,13 @@ macro_rules! connection_args {
 
             /// A new connection must send a request's headers within this, or is closed.
             #[arg(long, env = concat!($prefix, "HEADER_READ_TIMEOUT"), default_value = "10s",
-                                  value_parser = $crate::parse_duration)]
+                                          value_parser = $crate::parse_duration)]
             pub header_read_timeout: std::time::Duration,
 
             /// A connection with no request in flight for this long is closed (an open stream is
             /// a request in flight, so a quiet watch is never cut).
             #[arg(long, env = concat!($prefix, "IDLE_TIMEOUT"), default_value = "120s",
-                                  value_parser = $crate::parse_duration)]
+                                          value_parser = $crate::parse_duration)]
             pub idle_timeout: std::time::Duration,
 
             /// HTTP/2 streams a client may open at once on one connection (advertised; more are
@@ -78,7 +79,7 @@ macro_rules! connection_args {
             /// HTTP/2 keepalive ping interval; a peer that does not answer within the same time
             /// again is dropped.
             #[arg(long, env = concat!($prefix, "HTTP2_KEEPALIVE"), default_value = "30s",
-                                  value_parser = $crate::parse_duration)]
+                                          value_parser = $crate::parse_duration)]
             pub http2_keepalive: std::time::Duration,
 
             /// HTTP/2 streams a client may reset before the server reads them, and streams the
@@ -156,8 +157,10 @@ pub async fn serve<S, B>(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Where each request came from, for tonic's `Request::remote_addr` and axum's extractors.
+        let peer = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
         let service =
-            TowerToHyperService::new(TrackRequests { inner: service.clone(), connection: connection.clone() });
+            TowerToHyperService::new(TrackRequests { inner: service.clone(), connection: connection.clone(), peer });
         let io = TokioIo::new(stream);
         let builder = builder.clone();
         let (registry, shutdown, limits) = (registry.clone(), shutdown.clone(), limits.clone());
@@ -282,6 +285,7 @@ impl Connection {
 struct TrackRequests<S> {
     inner: S,
     connection: Arc<Connection>,
+    peer: TcpConnectInfo,
 }
 
 /// Held while a request is in flight.
@@ -316,7 +320,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.peer.clone());
         let guard = InFlight::start(&self.connection);
         let response = self.inner.call(request);
         Box::pin(async move {

@@ -291,3 +291,50 @@ pub async fn unread_map_calls(card: &mut Scorecard) {
     let answer = client.get_embedding_map(pb_v1::GetEmbeddingMapRequest { omit_points: true }).await;
     row.check(answer.is_ok(), format!("serves after the unread calls: {answer:?}"));
 }
+
+/// One client flooding public writes meets its rate limit; another client, told apart by the
+/// address a trusted proxy forwards, is not slowed.
+pub async fn event_flood(card: &mut Scorecard) {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("flood.sqlite3");
+    let limits = ["--event-rate-limit", "50", "--event-rate-burst", "50", "--trusted-proxies", "127.0.0.1"];
+    let api = start_api(&database, "http://127.0.0.1:9", &limits);
+    create_items(&api, 1).await;
+    let client = http_client();
+    let event = |from: &'static str, n: usize| {
+        client
+            .post(http_url(&api, "/api/events"))
+            .header("x-forwarded-for", from)
+            .json(&json!({ "item_id": 0, "kind": "view", "client_key": format!("{from}-{n}") }))
+            .send()
+    };
+    let started = Instant::now();
+    let (mut accepted, mut limited, mut other) = (0, 0, Vec::new());
+    for n in 0..300 {
+        match event("192.0.2.1", n).await {
+            Ok(response) if response.status().is_success() => accepted += 1,
+            Ok(response) if response.status() == 429 && response.headers().contains_key("retry-after") => limited += 1,
+            answer => other.push(format!("{answer:?}")),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let neighbour = event("192.0.2.2", 0).await.map(|r| r.status().as_u16());
+    let row = card.row("hostile connections");
+    row.operations += 301;
+    row.figures.push(format!(
+        "300 events from one client in {elapsed:.1} s at a limit of 50/s (burst 50): {accepted} recorded, {limited} \
+         answered 429 with Retry-After; another client meanwhile: {neighbour:?}"
+    ));
+    let allowed = 50.0 + 50.0 * elapsed;
+    row.check(other.is_empty(), format!("flood answers other than 2xx or 429: {other:?}"));
+    row.check(
+        accepted >= 50 && f64::from(accepted) <= allowed + 1.0,
+        format!("{accepted} events recorded, expected 50 to {allowed:.0}"),
+    );
+    row.check(matches!(neighbour, Ok(201)), format!("another client was slowed: {neighbour:?}"));
+    let stored = sqlite3(&database, "SELECT count(*) FROM events;");
+    row.check(
+        stored.trim() == (accepted + 1).to_string(),
+        format!("{stored} events stored for {} recorded", accepted + 1),
+    );
+}

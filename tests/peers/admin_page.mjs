@@ -17,7 +17,25 @@ const browser = await chromium.launch(launchOptions);
 try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   const state = () => page.evaluate(() => window.__adminMap.state);
-  await page.goto(pageUrl);
+  // Content-Security-Policy violations and page errors, and the map calls the page makes.
+  const violations = [];
+  page.on("console", (message) => {
+    if (/Content Security Policy|Refused to/i.test(message.text())) violations.push(message.text());
+  });
+  page.on("pageerror", (error) => violations.push(String(error)));
+  const mapCalls = [];
+  page.on("request", (request) => {
+    const method = request.url().split("/").pop();
+    if (method === "GetEmbeddingMap") mapCalls.push(method);
+    // A watch that asks for points (omit_points unset: no field 1 = 1 in its message) downloads the map too.
+    if (method === "WatchEmbeddingMap") {
+      const body = [...(request.postDataBuffer() ?? [])];
+      mapCalls.push(body.slice(-2).join(",") === "8,1" ? "WatchEmbeddingMap(summary)" : "WatchEmbeddingMap(points)");
+    }
+  });
+  const response = await page.goto(pageUrl);
+  const csp = response.headers()["content-security-policy"] ?? "";
+  check(csp.includes("frame-ancestors 'none'"), `the page's CSP is ${JSON.stringify(csp)}`);
 
   // A wrong token: the 401 message, and back to the sign-in form.
   await page.fill("#token", "not-the-admin-token-0000");
@@ -41,6 +59,8 @@ try {
   const drawn = await page.evaluate(() => window.__adminMap.drawnPoints);
   check(drawn === total, `drew ${drawn} of ${total} points`);
   await page.screenshot({ path: `${artifacts}/admin-ready.png` });
+  const downloads = mapCalls.filter((method) => !method.endsWith("(summary)")).length;
+  check(downloads === 1, `the page downloaded the map ${downloads} times (calls: ${mapCalls.join(", ")})`);
 
   // Hover a point and read its name.
   await page.locator("#map").scrollIntoViewIfNeeded();
@@ -75,7 +95,16 @@ try {
   await page.waitForTimeout(100);
   await page.screenshot({ path: `${artifacts}/admin-density.png` });
 
-  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount }));
+  // A reload signs in from the session and downloads the map once more, once.
+  mapCalls.length = 0;
+  await page.reload();
+  await page.waitForFunction(() => window.__adminMap.state === "ready" && window.__adminMap.drawnPoints > 0, null, { timeout: 30000 });
+  await page.waitForTimeout(300);
+  const reloadDownloads = mapCalls.filter((method) => !method.endsWith("(summary)")).length;
+  check(reloadDownloads === 1, `after a reload the page downloaded the map ${reloadDownloads} times`);
+  check(violations.length === 0, `CSP violations or page errors: ${violations.join(" | ")}`);
+
+  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount, csp, downloads, reloadDownloads, violations }));
 } finally {
   await browser.close();
 }
