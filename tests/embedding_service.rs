@@ -4,6 +4,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use embeddingmap_proto::v1::{EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest};
 use end_to_end_tests::{
+    api::{ADMIN_TOKEN, http_client, http_url, start_api},
     corpus_files, digits_labels, eventually, fixtures_dir, health_status, knn10_accuracy, map_client, poll_until_final,
     start_embedding,
 };
@@ -224,4 +225,40 @@ async fn sigterm_during_the_computation_exits_within_two_seconds() {
     let (status, took) = service.wait_exit(Duration::from_secs(2)).expect("still running 2 s after SIGTERM");
     assert!(status.success(), "clean exit, got {status:?} after {took:?}");
     assert!(service.log().contains("SIGTERM"), "the log names the signal");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_only_health_answers_without_it_and_the_api_service_sends_it() {
+    const TOKEN: &str = "embedding-token-0123456789";
+    let service = start_embedding(&["--auth-token", TOKEN]);
+    let mut client = map_client(&service).await;
+    for (presented, expected) in [(None, false), (Some("Bearer wrong-token-0123456789"), false), (Some(TOKEN), true)] {
+        let mut request = tonic::Request::new(GetEmbeddingMapRequest { omit_points: true });
+        if let Some(token) = presented {
+            let value = if token.starts_with("Bearer") { token.to_owned() } else { format!("Bearer {token}") };
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        let answer = client.get_embedding_map(request).await;
+        match expected {
+            true => assert!(answer.is_ok(), "{answer:?}"),
+            false => assert_eq!(answer.unwrap_err().code(), tonic::Code::Unauthenticated, "{presented:?}"),
+        }
+    }
+    assert_eq!(health_status(&service, "").await, ServingStatus::Serving, "probes need no token");
+
+    // The api-service with the token reaches the map; without it, it reports the refusal.
+    let dir = tempfile::tempdir().unwrap();
+    let status = async |extra: &[&str]| {
+        let api = start_api(&dir.path().join("token.sqlite3"), &service.url(), extra);
+        http_client()
+            .get(http_url(&api, "/api/admin/embedding-map"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert!([200, 202].contains(&status(&["--embedding-token", TOKEN]).await));
+    assert_eq!(status(&[]).await, 503);
 }

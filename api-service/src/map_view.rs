@@ -50,19 +50,29 @@ impl JoinedMap {
                 api_pb::MapPoint { id: point.id, x: point.x, y: point.y, name, category }
             })
             .collect();
-        let json_points: Vec<_> = points
-            .iter()
-            .map(|p| {
-                let known = labels.contains_key(&p.id);
-                json!({
-                    "id": p.id, "x": p.x, "y": p.y,
-                    "name": known.then_some(&p.name), "category": known.then_some(&p.category),
-                })
-            })
-            .collect();
+        // Serialised straight from borrowed points: a `serde_json::Value` per point would cost
+        // several hundred bytes each (over 100 MB at 200k points) for a moment.
+        #[derive(serde::Serialize)]
+        struct JsonPoint<'a> {
+            id: i64,
+            x: f32,
+            y: f32,
+            name: Option<&'a str>,
+            category: Option<&'a str>,
+        }
+        let json_points = points.iter().map(|p| {
+            let known = labels.contains_key(&p.id);
+            JsonPoint {
+                id: p.id,
+                x: p.x,
+                y: p.y,
+                name: known.then_some(p.name.as_str()),
+                category: known.then_some(p.category.as_str()),
+            }
+        });
         let parameters = map.parameters.clone().unwrap_or_default();
         let computed_at = map.computed_at.unwrap_or_default();
-        let body = json!({
+        let mut body = json!({
             "status": "ready",
             "count": map.count,
             "corpus_fingerprint": map.corpus_fingerprint,
@@ -81,8 +91,15 @@ impl JoinedMap {
                 "gradient_method": parameters.gradient_method,
                 "initialization": parameters.initialization,
             },
-            "points": json_points,
-        });
+        })
+        .to_string();
+        // The points go last: the object's closing brace is replaced by `,"points":[...]}`.
+        body.pop();
+        body.push_str(",\"points\":");
+        let mut body = body.into_bytes();
+        // Serialising plain numbers and strings into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut body, &SerializeIter::new(json_points));
+        body.push(b'}');
         let status = api_pb::AdminMapStatus {
             state: MapState::Ready.into(),
             count: map.count,
@@ -92,7 +109,22 @@ impl JoinedMap {
             points,
             ..Default::default()
         };
-        JoinedMap { etag, json: Bytes::from(body.to_string()), status }
+        JoinedMap { etag, json: Bytes::from(body), status }
+    }
+}
+
+/// A sequence serialised as a JSON array from an iterator, without collecting it first.
+struct SerializeIter<I>(std::cell::Cell<Option<I>>);
+
+impl<I> SerializeIter<I> {
+    fn new(items: I) -> Self {
+        SerializeIter(std::cell::Cell::new(Some(items)))
+    }
+}
+
+impl<I: Iterator<Item = T>, T: serde::Serialize> serde::Serialize for SerializeIter<I> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.take().into_iter().flatten())
     }
 }
 

@@ -61,14 +61,12 @@ macro_rules! connection_args {
             pub max_connections: usize,
 
             /// A new connection must send a request's headers within this, or is closed.
-            #[arg(long, env = concat!($prefix, "HEADER_READ_TIMEOUT"), default_value = "10s",
-                                          value_parser = $crate::parse_duration)]
+            #[arg(long, env = concat!($prefix, "HEADER_READ_TIMEOUT"), default_value = "10s", value_parser = $crate::parse_duration)]
             pub header_read_timeout: std::time::Duration,
 
             /// A connection with no request in flight for this long is closed (an open stream is
             /// a request in flight, so a quiet watch is never cut).
-            #[arg(long, env = concat!($prefix, "IDLE_TIMEOUT"), default_value = "120s",
-                                          value_parser = $crate::parse_duration)]
+            #[arg(long, env = concat!($prefix, "IDLE_TIMEOUT"), default_value = "120s", value_parser = $crate::parse_duration)]
             pub idle_timeout: std::time::Duration,
 
             /// HTTP/2 streams a client may open at once on one connection (advertised; more are
@@ -78,8 +76,7 @@ macro_rules! connection_args {
 
             /// HTTP/2 keepalive ping interval; a peer that does not answer within the same time
             /// again is dropped.
-            #[arg(long, env = concat!($prefix, "HTTP2_KEEPALIVE"), default_value = "30s",
-                                          value_parser = $crate::parse_duration)]
+            #[arg(long, env = concat!($prefix, "HTTP2_KEEPALIVE"), default_value = "30s", value_parser = $crate::parse_duration)]
             pub http2_keepalive: std::time::Duration,
 
             /// HTTP/2 streams a client may reset before the server reads them, and streams the
@@ -106,8 +103,7 @@ macro_rules! connection_args {
     };
 }
 
-/// How long a connection asked to close (idle, or at shutdown with nothing in flight) may take
-/// to say goodbye before it is dropped.
+/// How long a connection closed for being idle may take to say goodbye before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `service` on `listener` until `shutdown`, then lets open connections finish (the caller
@@ -167,10 +163,13 @@ pub async fn serve<S, B>(
         connections.spawn(async move {
             let served = builder.serve_connection(io, service);
             tokio::pin!(served);
-            // Runs the connection to its end, closing it when idle, evicted or at shutdown.
-            let mut closing: Option<Instant> = None;
+            // Runs the connection to its end, closing it when idle, evicted or at shutdown. At
+            // shutdown its requests may finish (the caller's grace period bounds that); an idle
+            // close has `CLOSE_GRACE` to say goodbye.
+            let mut closing_idle: Option<Instant> = None;
+            let mut draining = false;
             loop {
-                let deadline = match closing {
+                let deadline = match closing_idle {
                     Some(since) => since + CLOSE_GRACE,
                     None => connection.idle_deadline(&limits),
                 };
@@ -178,19 +177,21 @@ pub async fn serve<S, B>(
                     _ = served.as_mut() => break,
                     // Evicted connections have nothing in flight: dropping them loses no request.
                     _ = connection.evicted.cancelled() => break,
-                    _ = shutdown.cancelled(), if closing.is_none() => {
-                        served.as_mut().graceful_shutdown();
-                        closing = Some(Instant::now());
+                    _ = shutdown.cancelled(), if !draining => {
+                        draining = true;
+                        if closing_idle.is_none() {
+                            served.as_mut().graceful_shutdown();
+                        }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
-                        if closing.is_some() || connection.requests.load(Ordering::Acquire) == 0 {
+                        if closing_idle.is_some() || connection.requests.load(Ordering::Acquire) == 0 {
                             // No complete request headers in time (slow or absent), or too slow
                             // to close: drop it.
                             break;
                         }
-                        if connection.is_idle_past(limits.idle_timeout) {
+                        if !draining && connection.is_idle_past(limits.idle_timeout) {
                             served.as_mut().graceful_shutdown();
-                            closing = Some(Instant::now());
+                            closing_idle = Some(Instant::now());
                         }
                     }
                 }
