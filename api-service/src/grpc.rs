@@ -80,7 +80,8 @@ impl pb::item_service_server::ItemService for Api {
 impl pb::event_service_server::EventService for Api {
     async fn record_event(&self, request: Request<pb::RecordEventRequest>) -> Reply<pb::RecordEventResponse> {
         let peer = request.remote_addr().map(|address| address.ip());
-        self.0.rate_limit.check(peer, &request.metadata().clone().into_headers())?;
+        let forwarded = request.metadata().get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok());
+        self.0.rate_limit.check(peer, forwarded)?;
         let request = request.into_inner();
         let event = NewEvent {
             item_id: request.item_id,

@@ -58,7 +58,8 @@ async fn limit_rate(
     request: Request,
     next: Next,
 ) -> Response {
-    match state.rate_limit.check(peer.remote_addr.map(|a| a.ip()), request.headers()) {
+    let forwarded = request.headers().get_all("x-forwarded-for").iter().next_back().and_then(|v| v.to_str().ok());
+    match state.rate_limit.check(peer.remote_addr.map(|a| a.ip()), forwarded) {
         Ok(()) => next.run(request).await,
         Err(error) => error.into_response(),
     }

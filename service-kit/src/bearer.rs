@@ -6,8 +6,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use futures_util::future::{Either, Ready, ready};
+use futures_util::future::{BoxFuture, Either, ready};
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
@@ -76,25 +77,47 @@ pub struct RequireBearer<S> {
     layer: RequireBearerLayer,
 }
 
+/// A refused request's body is read (and dropped) before the answer when it declares at most this
+/// many bytes: an HTTP/1.1 connection whose request body is left unread is closed, and a client
+/// still writing its small body would see that close (EPIPE) instead of the refusal. Larger or
+/// unsized bodies are not read at all.
+const DRAIN_REFUSED_BYTES: u64 = 64 * 1024;
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireBearer<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Data: Send,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Default + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response<ResBody>, S::Error>>>;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response<ResBody>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if (self.layer.guarded)(request.uri().path()) && !self.layer.token.accepts_request(&request) {
-            let refusal = tonic::Status::unauthenticated("missing or wrong bearer token").into_http();
-            return Either::Right(ready(Ok(refusal)));
+        if !(self.layer.guarded)(request.uri().path()) || self.layer.token.accepts_request(&request) {
+            return Either::Left(self.inner.call(request));
         }
-        Either::Left(self.inner.call(request))
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let refusal = || Ok(tonic::Status::unauthenticated("missing or wrong bearer token").into_http());
+        match declared {
+            Some(length) if length <= DRAIN_REFUSED_BYTES => Either::Right(Box::pin(async move {
+                let _ = http_body_util::Limited::new(request.into_body(), DRAIN_REFUSED_BYTES as usize).collect().await;
+                refusal()
+            })),
+            _ => Either::Right(Box::pin(ready(refusal()))),
+        }
     }
 }
 
