@@ -12,12 +12,11 @@ use axum::{
     routing::get,
 };
 
-use embeddingmap_proto::api::admin_map_service_server::AdminMapServiceServer;
 use tonic::server::NamedService;
 use tonic_web::GrpcWebLayer;
 use tower::ServiceBuilder;
 
-use crate::{auth::AdminToken, grpc::Api, grpc_conventions::GrpcConventionsLayer, state::AppState};
+use crate::{auth::AdminToken, grpc::AdminMapService, grpc_conventions::GrpcConventionsLayer, state::AppState};
 
 #[derive(rust_embed::Embed)]
 #[folder = "../admin-ui/dist/"]
@@ -34,7 +33,7 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
 /// gRPC port (the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
 pub fn routes(
     grpc_web_url: String,
-    map_service: AdminMapServiceServer<Api>,
+    map_service: AdminMapService,
     token: &AdminToken,
     request_timeout: Duration,
 ) -> Router<AppState> {
@@ -46,7 +45,7 @@ pub fn routes(
         .layer(token.admin_only())
         .service(map_service);
     Router::new()
-        .route_service(&format!("/{}/{{*method}}", <AdminMapServiceServer<Api> as NamedService>::NAME), map_service)
+        .route_service(&format!("/{}/{{*method}}", <AdminMapService as NamedService>::NAME), map_service)
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route(
             "/admin/",

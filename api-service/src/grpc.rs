@@ -5,12 +5,15 @@ use std::pin::Pin;
 
 use embeddingmap_proto::api::{self as pb, admin_map_service_server::AdminMapServiceServer};
 use futures_util::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use service_kit::ready_answers::{MAP_REQUEST_BYTES, ReadyAnswers, ReadyAnswersLayer};
+use tonic::{Request, Response, Status, server::NamedService};
+use tower::Layer;
 
 use crate::{
     error::ApiError,
     events::{self, EventKind, NewEvent},
     items::NewItem,
+    map_gateway::MapGateway,
     state::AppState,
 };
 
@@ -21,15 +24,22 @@ type Reply<T> = Result<Response<T>, Status>;
 
 /// Largest admin map request: the message is one flag, so a few bytes; a larger body is refused
 /// before it is read whole.
-const ADMIN_MAP_REQUEST_BYTES: usize = 1024;
+const ADMIN_MAP_REQUEST_BYTES: usize = MAP_REQUEST_BYTES;
 
 /// The admin map service, built here once for both ports that serve it: the gRPC port (gRPC and
-/// gRPC-web) and the HTTP port (gRPC-web for the admin page), so both have the same limits.
-pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMapServiceServer<Api> {
-    AdminMapServiceServer::new(Api(state.clone()))
+/// gRPC-web) and the HTTP port (gRPC-web for the admin page), so both have the same limits. READY
+/// maps are answered from their shared encoding in front of the generated service.
+pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMapService {
+    let server = AdminMapServiceServer::new(Api(state.clone()))
         .max_decoding_message_size(ADMIN_MAP_REQUEST_BYTES)
-        .max_encoding_message_size(max_response_bytes)
+        .max_encoding_message_size(max_response_bytes);
+    let name = <AdminMapServiceServer<Api> as NamedService>::NAME;
+    let ready =
+        ReadyAnswersLayer::new(state.map.clone(), name, "GetEmbeddingMap", "WatchEmbeddingMap", max_response_bytes);
+    ready.layer(server)
 }
+
+pub type AdminMapService = ReadyAnswers<AdminMapServiceServer<Api>, MapGateway>;
 
 impl Api {
     /// Every admin handler starts here; the end-to-end auth table holds each one to it.

@@ -15,6 +15,7 @@ use embeddingmap_proto::{
     api as api_pb,
     v1::{self as pb, MapState, Phase},
 };
+use prost::Message;
 use serde_json::json;
 
 use crate::error::{ApiError, RETRY_AFTER_SECONDS};
@@ -32,7 +33,10 @@ pub struct JoinedMap {
     pub etag: String,
     /// `{"status":"ready","points":[...],...}`.
     pub json: Bytes,
-    pub status: api_pb::AdminMapStatus,
+    /// The `AdminMapStatus` message encoded with its points and without; gRPC answers send these
+    /// bytes as they are (`service_kit::ready_answers`).
+    with_points: Bytes,
+    summary: Bytes,
 }
 
 /// `PHASE_NEAREST_NEIGHBORS` -> `nearest_neighbors`, as HTTP JSON names phases.
@@ -109,7 +113,18 @@ impl JoinedMap {
             points,
             ..Default::default()
         };
-        JoinedMap { etag, json: Bytes::from(body), status }
+        let summary = api_pb::AdminMapStatus { points: Vec::new(), ..status.clone() };
+        JoinedMap {
+            etag,
+            json: Bytes::from(body),
+            with_points: status.encode_to_vec().into(),
+            summary: summary.encode_to_vec().into(),
+        }
+    }
+
+    /// The encoded `AdminMapStatus`; cloning it shares the bytes.
+    pub fn encoded(&self, omit_points: bool) -> Bytes {
+        if omit_points { self.summary.clone() } else { self.with_points.clone() }
     }
 }
 
@@ -179,10 +194,8 @@ impl MapView {
                 progress: Some(progress),
                 ..Default::default()
             },
-            MapView::Ready(joined) if omit_points => {
-                api_pb::AdminMapStatus { points: Vec::new(), ..joined.status.clone() }
-            }
-            MapView::Ready(joined) => joined.status.clone(),
+            // Encoded by `JoinedMap::new` from a valid message, so it decodes.
+            MapView::Ready(joined) => api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default(),
             MapView::Failed(failure) => {
                 api_pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }
             }

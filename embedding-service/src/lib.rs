@@ -9,7 +9,6 @@ mod faiss_layout;
 pub mod health;
 pub mod job;
 pub mod pipeline;
-pub mod ready_answers;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -5,21 +5,15 @@ use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceSer
 use service_kit::{
     bearer::{BearerToken, RequireBearerLayer},
     listener::{self, ConnectionLimits},
+    ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
     shutdown, spawn_named,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::service::Routes;
+use tonic::{server::NamedService, service::Routes};
 use tower::ServiceBuilder;
 
-use crate::{
-    config::Config,
-    corpus::CorpusSource,
-    health, job,
-    ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
-    service::MapService,
-    status,
-};
+use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, status};
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -48,11 +42,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(config.max_message_bytes)
         .max_decoding_message_size(MAP_REQUEST_BYTES);
     let routes = Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha);
-    let routes = routes
-        .add_service(
-            ServiceBuilder::new().layer(ReadyAnswersLayer::new(board, config.max_message_bytes)).service(map_service),
-        )
-        .prepare();
+    let ready_answers = ReadyAnswersLayer::new(
+        board,
+        <EmbeddingMapServiceServer<MapService> as NamedService>::NAME,
+        "GetEmbeddingMap",
+        "WatchEmbeddingMap",
+        config.max_message_bytes,
+    );
+    let routes = routes.add_service(ServiceBuilder::new().layer(ready_answers).service(map_service)).prepare();
     let auth = config
         .auth_token
         .as_deref()

@@ -62,7 +62,7 @@ impl MapStatus {
 }
 
 /// A READY map as answers carry it: the whole `EmbeddingMapStatus` message encoded once with its
-/// points and once without. `ready_answers` sends these bytes as they are (no copy per answer);
+/// points and once without. `service_kit::ready_answers` sends these bytes as they are (no copy per answer);
 /// the few answers built as messages decode them.
 #[derive(Debug)]
 pub struct ReadyMap {
@@ -115,6 +115,12 @@ impl StatusBoard {
 
     pub fn started(&self) -> Instant {
         self.started
+    }
+}
+
+impl service_kit::ready_answers::ReadyMaps for StatusBoard {
+    async fn encoded_ready(&self, omit_points: bool) -> Result<Option<Bytes>, tonic::Status> {
+        Ok(StatusBoard::encoded_ready(self, omit_points))
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod bearer;
 pub mod listener;
+pub mod ready_answers;
 pub mod reflection;
 pub mod shutdown;
 

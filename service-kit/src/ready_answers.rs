@@ -1,12 +1,12 @@
-//! READY maps answered from their shared encoding.
+//! READY maps answered from their shared encoding, for both services' map calls.
 //!
 //! tonic encodes every answer into a fresh buffer, so each `GetEmbeddingMap` of a READY map would
 //! copy the whole map (about 2 MB at 100k points), and a client that opens many calls and never
 //! reads them would hold a copy per call. This layer, in front of the generated service, answers
-//! `GetEmbeddingMap` and `WatchEmbeddingMap` on a READY map itself: the response body is a 5-byte
-//! gRPC frame header followed by the map's encoded bytes, shared by reference, then the OK
-//! trailers. Everything else (a map still computing or failed, a compressed request) passes
-//! through to tonic.
+//! the get and watch calls of a READY map itself: the response body is a 5-byte gRPC frame header
+//! followed by the map's encoded bytes, shared by reference, then the OK trailers. Everything else
+//! (a map still computing or failed, an error, a compressed request) passes through to tonic.
+//! Both services' map requests are one message shape: `bool omit_points = 1`.
 
 use std::{
     pin::Pin,
@@ -14,7 +14,6 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use embeddingmap_proto::v1::{self as pb, embedding_map_service_server::EmbeddingMapServiceServer};
 use futures_util::stream;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame};
@@ -23,49 +22,67 @@ use prost::Message;
 use tonic::{Status, body::Body, server::NamedService};
 use tower::{Layer, Service, ServiceExt};
 
-use crate::{service::MapService, status::StatusBoard};
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Largest request accepted for either call: the message is one flag.
+/// Largest map request accepted: the message is one flag.
 pub const MAP_REQUEST_BYTES: usize = 1024;
 
+/// Where the encoded READY answer comes from.
+pub trait ReadyMaps: Clone + Send + Sync + 'static {
+    /// The whole encoded reply message while a map is READY (with or without its points); `None`
+    /// lets the service answer; an error is the answer (so a slow upstream is not asked twice).
+    fn encoded_ready(&self, omit_points: bool) -> impl Future<Output = Result<Option<Bytes>, Status>> + Send;
+}
+
+/// Both services' map request messages.
+#[derive(Clone, PartialEq, prost::Message)]
+struct MapRequest {
+    #[prost(bool, tag = "1")]
+    omit_points: bool,
+}
+
 #[derive(Clone)]
-pub struct ReadyAnswersLayer {
-    board: StatusBoard,
+pub struct ReadyAnswersLayer<M> {
+    maps: M,
+    /// The unary call's and the watch's paths (`/package.Service/Method`).
+    get_path: String,
+    watch_path: String,
     max_message_bytes: usize,
 }
 
-impl ReadyAnswersLayer {
-    pub fn new(board: StatusBoard, max_message_bytes: usize) -> Self {
-        ReadyAnswersLayer { board, max_message_bytes }
+impl<M: ReadyMaps> ReadyAnswersLayer<M> {
+    /// For the service named `service`, whose unary and watch calls are `get` and `watch`.
+    pub fn new(maps: M, service: &str, get: &str, watch: &str, max_message_bytes: usize) -> Self {
+        ReadyAnswersLayer {
+            maps,
+            get_path: format!("/{service}/{get}"),
+            watch_path: format!("/{service}/{watch}"),
+            max_message_bytes,
+        }
     }
 }
 
-impl<S> Layer<S> for ReadyAnswersLayer {
-    type Service = ReadyAnswers<S>;
+impl<S, M: Clone> Layer<S> for ReadyAnswersLayer<M> {
+    type Service = ReadyAnswers<S, M>;
 
-    fn layer(&self, inner: S) -> ReadyAnswers<S> {
+    fn layer(&self, inner: S) -> ReadyAnswers<S, M> {
         ReadyAnswers { inner, layer: self.clone() }
     }
 }
 
 #[derive(Clone)]
-pub struct ReadyAnswers<S> {
+pub struct ReadyAnswers<S, M> {
     inner: S,
-    layer: ReadyAnswersLayer,
+    layer: ReadyAnswersLayer<M>,
 }
 
-impl<S: NamedService> NamedService for ReadyAnswers<S> {
+impl<S: NamedService, M> NamedService for ReadyAnswers<S, M> {
     const NAME: &'static str = S::NAME;
 }
 
-fn method_path(method: &str) -> String {
-    format!("/{}/{method}", <EmbeddingMapServiceServer<MapService> as NamedService>::NAME)
-}
-
-impl<S, B> Service<Request<B>> for ReadyAnswers<S>
+impl<S, M, B> Service<Request<B>> for ReadyAnswers<S, M>
 where
+    M: ReadyMaps,
     S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send,
@@ -84,14 +101,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let path = request.uri().path();
-        let streaming = if path == method_path("GetEmbeddingMap") {
-            false
-        } else if path == method_path("WatchEmbeddingMap") {
-            true
-        } else {
-            return Box::pin(inner.oneshot(request.map(Body::new)));
-        };
-        if self.layer.board.encoded_ready(true).is_none() {
+        if path != self.layer.get_path && path != self.layer.watch_path {
             return Box::pin(inner.oneshot(request.map(Body::new)));
         }
         let layer = self.layer.clone();
@@ -101,9 +111,14 @@ where
                 return Ok(Status::resource_exhausted("the request is larger than a map request can be").into_http());
             };
             let bytes = collected.to_bytes();
-            let answer = omit_points(&bytes, streaming)
-                .and_then(|omit| layer.board.encoded_ready(omit))
-                .filter(|message| message.len() <= layer.max_message_bytes);
+            let answer = match omit_points(&bytes) {
+                Some(omit) => match layer.maps.encoded_ready(omit).await {
+                    Ok(answer) => answer,
+                    Err(status) => return Ok(status.into_http()),
+                },
+                None => None,
+            };
+            let answer = answer.filter(|message| message.len() <= layer.max_message_bytes);
             match answer {
                 Some(message) => Ok(grpc_answer(message)),
                 // Not READY any more, compressed, or malformed: tonic answers (and explains).
@@ -114,16 +129,12 @@ where
 }
 
 /// The request's `omit_points`, if it is one uncompressed, well-formed gRPC message.
-fn omit_points(frame: &[u8], streaming: bool) -> Option<bool> {
+fn omit_points(frame: &[u8]) -> Option<bool> {
     let (&[compressed, l0, l1, l2, l3], message) = frame.split_first_chunk::<5>()?;
     if compressed != 0 || u32::from_be_bytes([l0, l1, l2, l3]) as usize != message.len() {
         return None;
     }
-    if streaming {
-        pb::WatchEmbeddingMapRequest::decode(message).ok().map(|r| r.omit_points)
-    } else {
-        pb::GetEmbeddingMapRequest::decode(message).ok().map(|r| r.omit_points)
-    }
+    MapRequest::decode(message).ok().map(|r| r.omit_points)
 }
 
 /// One gRPC message (`message`, shared, not copied) and the OK trailers.
@@ -153,14 +164,14 @@ mod tests {
 
     #[test]
     fn only_well_formed_uncompressed_requests_are_answered_here() {
-        let omit = pb::GetEmbeddingMapRequest { omit_points: true }.encode_to_vec();
-        assert_eq!(omit_points(&framed(&omit), false), Some(true));
-        assert_eq!(omit_points(&framed(&[]), true), Some(false));
+        let omit = MapRequest { omit_points: true }.encode_to_vec();
+        assert_eq!(omit_points(&framed(&omit)), Some(true));
+        assert_eq!(omit_points(&framed(&[])), Some(false));
         let mut compressed = framed(&omit);
         compressed[0] = 1;
-        assert_eq!(omit_points(&compressed, false), None);
-        assert_eq!(omit_points(&framed(&omit)[..5], false), None, "length disagrees with the body");
-        assert_eq!(omit_points(&[0, 0], false), None);
-        assert_eq!(omit_points(&framed(&[0xff, 0xff]), false), None, "not a message");
+        assert_eq!(omit_points(&compressed), None);
+        assert_eq!(omit_points(&framed(&omit)[..5]), None, "length disagrees with the body");
+        assert_eq!(omit_points(&[0, 0]), None);
+        assert_eq!(omit_points(&framed(&[0xff, 0xff])), None, "not a message");
     }
 }
