@@ -236,60 +236,79 @@ pub async fn unread_map_calls(card: &mut Scorecard) {
     if !row.check(ready, "the 100k-point map became READY") {
         return;
     }
+    let calls = "/embeddingmap.v1.EmbeddingMapService/GetEmbeddingMap";
+    let (opened, answered, growth) = unread_calls(embedding.address_of(EMBEDDING), calls, None, embedding.pid()).await;
+    judge_unread_calls(row, "embedding service", opened, answered, growth);
+    let answer = client.get_embedding_map(pb_v1::GetEmbeddingMapRequest { omit_points: true }).await;
+    row.check(answer.is_ok(), format!("serves after the unread calls: {answer:?}"));
+
+    // The same against the api-service's admin map, which joins the map to its items.
+    let api = start_api(&dir.path().join("unread.sqlite3"), &embedding.url(), &[]);
+    let map_ready = async || (map_status(&http_client(), &api).await == Some(StatusCode::OK)).then_some(());
+    eventually("the api-service has the map", Duration::from_secs(60), Duration::from_millis(50), map_ready).await;
+    let calls = "/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap";
+    let authorization = format!("Bearer {ADMIN_TOKEN}");
+    let (opened, answered, growth) = unread_calls(api.address_of(GRPC), calls, Some(&authorization), api.pid()).await;
+    let row = card.row("hostile connections");
+    judge_unread_calls(row, "api-service", opened, answered, growth);
+    let after = map_status(&http_client(), &api).await;
+    row.check(after == Some(StatusCode::OK), format!("the api-service serves after the unread calls: {after:?}"));
+}
+
+fn judge_unread_calls(row: &mut Row, service: &str, opened: usize, answered: usize, growth: f64) {
+    row.operations += opened;
+    row.figures.push(format!(
+        "{opened} unread map calls (100k points) on one HTTP/2 connection to the {service}: it took {answered} at \
+         once (its streams limit) and answered them, none read; peak RSS growth {growth:.1} MiB (limit 64)"
+    ));
+    row.check(growth < 64.0, format!("unread map calls grew the {service}'s RSS by {growth:.1} MiB"));
+    row.check(opened == 1000, format!("the client sent {opened} of 1000 calls to the {service}"));
+    row.check(answered <= 100, format!("the {service} took {answered} calls at once, over its advertised 100 streams"));
+}
+
+/// Sends 1,000 calls to `path` on one HTTP/2 connection with a receive window of zero (the
+/// server may send headers but not one byte of an answer) and reads none; returns the calls
+/// sent, the answers whose headers came, and `pid`'s peak RSS growth meanwhile.
+async fn unread_calls(address: SocketAddr, path: &str, authorization: Option<&str>, pid: u32) -> (usize, usize, f64) {
     let attack = async {
-        let stream = tokio::net::TcpStream::connect(embedding.address_of(EMBEDDING)).await.unwrap();
-        // A window of zero: the server may send headers but not one byte of any answer.
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
         let (send, connection) =
             h2::client::Builder::new().initial_window_size(0).handshake::<_, Bytes>(stream).await.unwrap();
         tokio::spawn(connection);
-        // The client queues calls past the server's advertised streams limit; each answer's
-        // headers are counted as they arrive, its body never read.
+        // The client queues calls past the server's advertised streams limit.
         let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut unread = Vec::new();
         let mut send = send;
-        let mut opened = 0;
         for _ in 0..1000 {
             let Ok(Ok(ready)) = tokio::time::timeout(Duration::from_millis(500), send.clone().ready()).await else {
                 break;
             };
             send = ready;
-            let request = http::Request::post(format!(
-                "http://{}/embeddingmap.v1.EmbeddingMapService/GetEmbeddingMap",
-                embedding.address_of(EMBEDDING)
-            ))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-            let Ok((response, mut body)) = send.send_request(request, false) else { break };
-            opened += 1;
+            let mut request = http::Request::post(format!("http://{address}{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers");
+            if let Some(authorization) = authorization {
+                request = request.header("authorization", authorization);
+            }
+            let Ok((response, mut body)) = send.send_request(request.body(()).unwrap(), false) else { break };
             let _ = body.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true);
             let answered = answered.clone();
             unread.push(tokio::spawn(async move {
                 let _body = body;
                 if let Ok(response) = response.await {
                     answered.fetch_add(1, Ordering::Relaxed);
-                    // Held, unread, until the test ends.
+                    // Held, unread, until the attack ends.
                     std::future::pending::<()>().await;
                     drop(response);
                 }
             }));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        (opened, answered.load(Ordering::Relaxed), unread)
+        (unread, answered.load(Ordering::Relaxed))
     };
-    let ((opened, answered, unread), growth) = peak_rss_growth(embedding.pid(), attack).await;
-    row.operations += 1000;
-    row.figures.push(format!(
-        "{opened} unread map calls (100k points) on one HTTP/2 connection: the server took {answered} at once (its \
-         streams limit) and answered them, none read; peak RSS growth {growth:.1} MiB (limit 64)"
-    ));
-    row.check(growth < 64.0, format!("unread map calls grew RSS by {growth:.1} MiB"));
-    row.check(opened == 1000, format!("the client sent {opened} of 1000 calls"));
-    row.check(answered <= 100, format!("the server took {answered} calls at once, over its advertised 100 streams"));
+    let ((unread, answered), growth) = peak_rss_growth(pid, attack).await;
     unread.iter().for_each(tokio::task::JoinHandle::abort);
-    let answer = client.get_embedding_map(pb_v1::GetEmbeddingMapRequest { omit_points: true }).await;
-    row.check(answer.is_ok(), format!("serves after the unread calls: {answer:?}"));
+    (unread.len(), answered, growth)
 }
 
 /// One client flooding public writes meets its rate limit; another client, told apart by the
