@@ -195,12 +195,16 @@ impl ItemStore {
                     .map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?,
             )
         };
-        let rows =
-            sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE ?1 IS NULL OR id > ?1 ORDER BY id LIMIT ?2"))
-                .bind(after)
-                .bind(i64::from(page_size) + 1)
-                .fetch_all(&self.pool)
-                .await?;
+        // Two statements rather than `? IS NULL OR id > ?`, so that each is a rowid range search.
+        let sql = match after {
+            None => format!("SELECT {COLUMNS} FROM items ORDER BY id LIMIT ?"),
+            Some(_) => format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"),
+        };
+        let mut query = sqlx::query(&sql);
+        if let Some(after) = after {
+            query = query.bind(after);
+        }
+        let rows = query.bind(i64::from(page_size) + 1).fetch_all(&self.pool).await?;
         let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
         let next = if items.len() > page_size as usize {
             items.truncate(page_size as usize);

@@ -2,8 +2,9 @@
 //!
 //! Clients are told apart by their address; behind a proxy, by the address the proxy appends to
 //! `X-Forwarded-For`, and only for requests that come from a proxy named in `--trusted-proxies`
-//! (anyone else could write any address there). The table of buckets stays bounded: full buckets
-//! carry no state worth keeping and are dropped when it grows.
+//! (anyone else could write any address there); IPv6 clients by their /64. The table of buckets
+//! stays bounded: full buckets carry no state worth keeping and are dropped when it grows, and
+//! it is cleared if that is not enough.
 
 use std::{
     collections::HashMap,
@@ -54,10 +55,16 @@ impl RateLimiter {
             Some(forwarded) => last_forwarded(forwarded).unwrap_or(peer),
             None => peer,
         };
+        let client = network_of(client);
         let now = Instant::now();
         let mut buckets = limits.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if buckets.len() >= MAX_TRACKED_CLIENTS && !buckets.contains_key(&client) {
             buckets.retain(|_, bucket| limits.refill(*bucket, now).tokens < limits.burst);
+            // Still nearly full (a flood of addresses all mid-burst): start over rather than grow;
+            // memory stays bounded and the sweep stays rare.
+            if buckets.len() >= MAX_TRACKED_CLIENTS * 9 / 10 {
+                buckets.clear();
+            }
         }
         let bucket = buckets.entry(client).or_insert(Bucket { tokens: limits.burst, updated: now });
         *bucket = limits.refill(*bucket, now);
@@ -74,6 +81,14 @@ impl Limits {
     fn refill(&self, bucket: Bucket, now: Instant) -> Bucket {
         let earned = now.saturating_duration_since(bucket.updated).as_secs_f64() * self.per_second;
         Bucket { tokens: (bucket.tokens + earned).min(self.burst), updated: now }
+    }
+}
+
+/// IPv6 clients by their /64 (one host usually holds a whole one), IPv4 by address.
+fn network_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
     }
 }
 

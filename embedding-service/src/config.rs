@@ -42,6 +42,10 @@ pub struct Config {
     #[command(flatten)]
     pub connections: ConnectionArgs,
 
+    /// Longest time from a call's arrival to its answer's headers (a watch stream then runs on).
+    #[arg(long, env = "EMBEDDING_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
     /// How long in-flight calls may run after SIGTERM before the server stops anyway.
     #[arg(long, env = "EMBEDDING_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,

@@ -56,7 +56,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|token| BearerToken::new(token).map_err(|e| anyhow::anyhow!("--auth-token: {e}")))
         .transpose()?
         .map(|token| RequireBearerLayer::new(token, |path| !path.starts_with("/grpc.health.v1.Health/")));
-    let service = ServiceBuilder::new().option_layer(auth).service(routes);
+    // A call whose request has not arrived and been answered (its headers, for a watch) within
+    // the timeout is dropped, so a client that stalls mid-request cannot hold its connection.
+    let service = ServiceBuilder::new()
+        .layer(tower::timeout::TimeoutLayer::new(config.request_timeout))
+        .option_layer(auth)
+        .service(routes);
     let limits = ConnectionLimits::from(&config.connections);
     let server = listener::serve("grpc", listener, service, limits, shutdown.clone());
 

@@ -77,11 +77,14 @@ pub struct RequireBearer<S> {
     layer: RequireBearerLayer,
 }
 
-/// A refused request's body is read (and dropped) before the answer when it declares at most this
-/// many bytes: an HTTP/1.1 connection whose request body is left unread is closed, and a client
-/// still writing its small body would see that close (EPIPE) instead of the refusal. Larger or
-/// unsized bodies are not read at all.
+/// A refused request's body is read (and dropped) before the answer, up to this many bytes, unless
+/// it declares more: an HTTP/1.1 connection whose request body is left unread is closed, and a
+/// client still writing its small body would see that close (EPIPE) instead of the refusal. A
+/// body that declares more is not read at all; an unsized (chunked) one at most this much.
 const DRAIN_REFUSED_BYTES: u64 = 64 * 1024;
+
+/// How long a refused body may take to arrive; a client that stalls gets the refusal anyway.
+const DRAIN_REFUSED_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireBearer<S>
 where
@@ -112,11 +115,12 @@ where
             .and_then(|v| v.parse::<u64>().ok());
         let refusal = || Ok(tonic::Status::unauthenticated("missing or wrong bearer token").into_http());
         match declared {
-            Some(length) if length <= DRAIN_REFUSED_BYTES => Either::Right(Box::pin(async move {
-                let _ = http_body_util::Limited::new(request.into_body(), DRAIN_REFUSED_BYTES as usize).collect().await;
+            Some(length) if length > DRAIN_REFUSED_BYTES => Either::Right(Box::pin(ready(refusal()))),
+            _ => Either::Right(Box::pin(async move {
+                let body = http_body_util::Limited::new(request.into_body(), DRAIN_REFUSED_BYTES as usize);
+                let _ = tokio::time::timeout(DRAIN_REFUSED_WITHIN, body.collect()).await;
                 refusal()
             })),
-            _ => Either::Right(Box::pin(ready(refusal()))),
         }
     }
 }

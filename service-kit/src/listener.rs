@@ -79,9 +79,9 @@ macro_rules! connection_args {
             #[arg(long, env = concat!($prefix, "HTTP2_KEEPALIVE"), default_value = "30s", value_parser = $crate::parse_duration)]
             pub http2_keepalive: std::time::Duration,
 
-            /// HTTP/2 streams a client may reset before the server reads them, and streams the
-            /// server may reset for protocol errors, before the connection is closed with GOAWAY
-            /// (the rapid-reset flood).
+            /// HTTP/2 streams a client may reset before the server reads them before the connection
+            /// is closed with GOAWAY (the rapid-reset flood); streams the server resets for
+            /// protocol errors are allowed this or hyper's 1024, whichever is larger.
             #[arg(long, env = concat!($prefix, "HTTP2_MAX_RESETS"), default_value_t = 20)]
             pub http2_max_resets: usize,
         }
@@ -103,7 +103,8 @@ macro_rules! connection_args {
     };
 }
 
-/// How long a connection closed for being idle may take to say goodbye before it is dropped.
+/// How long a connection closed for being idle (or evicted) may take to say goodbye before it is
+/// dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `service` on `listener` until `shutdown`, then lets open connections finish (the caller
@@ -164,34 +165,44 @@ pub async fn serve<S, B>(
             let served = builder.serve_connection(io, service);
             tokio::pin!(served);
             // Runs the connection to its end, closing it when idle, evicted or at shutdown. At
-            // shutdown its requests may finish (the caller's grace period bounds that); an idle
-            // close has `CLOSE_GRACE` to say goodbye.
-            let mut closing_idle: Option<Instant> = None;
+            // shutdown its requests may finish (the caller's grace period bounds that); a
+            // connection closed for being idle or evicted has `CLOSE_GRACE` to say goodbye.
+            let mut closing: Option<Instant> = None;
             let mut draining = false;
             loop {
-                let deadline = match closing_idle {
+                let deadline = match closing {
                     Some(since) => since + CLOSE_GRACE,
                     None => connection.idle_deadline(&limits),
                 };
                 tokio::select! {
                     _ = served.as_mut() => break,
-                    // Evicted connections have nothing in flight: dropping them loses no request.
-                    _ = connection.evicted.cancelled() => break,
+                    _ = connection.evicted.cancelled(), if closing.is_none() => {
+                        // Chosen while it had nothing in flight; a request that began since then
+                        // is let finish.
+                        if connection.in_flight.load(Ordering::Acquire) == 0 {
+                            break;
+                        }
+                        served.as_mut().graceful_shutdown();
+                        closing = Some(Instant::now());
+                    }
                     _ = shutdown.cancelled(), if !draining => {
                         draining = true;
-                        if closing_idle.is_none() {
+                        if closing.is_none() {
                             served.as_mut().graceful_shutdown();
                         }
                     }
                     _ = tokio::time::sleep_until(deadline) => {
-                        if closing_idle.is_some() || connection.requests.load(Ordering::Acquire) == 0 {
+                        if closing.is_some() || connection.requests.load(Ordering::Acquire) == 0 {
                             // No complete request headers in time (slow or absent), or too slow
                             // to close: drop it.
                             break;
                         }
-                        if !draining && connection.is_idle_past(limits.idle_timeout) {
-                            served.as_mut().graceful_shutdown();
-                            closing_idle = Some(Instant::now());
+                        if connection.is_idle_past(limits.idle_timeout) {
+                            // While draining, graceful shutdown has been asked for already.
+                            if !draining {
+                                served.as_mut().graceful_shutdown();
+                            }
+                            closing = Some(Instant::now());
                         }
                     }
                 }
@@ -199,6 +210,8 @@ pub async fn serve<S, B>(
             registry.remove(connection.id);
         });
     }
+    // New clients are refused from now on rather than left in the backlog.
+    drop(listener);
     connections.close();
     connections.wait().await;
 }

@@ -27,6 +27,9 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Largest map request accepted: the message is one flag.
 pub const MAP_REQUEST_BYTES: usize = 1024;
 
+/// How long a map request's few bytes may take to arrive.
+const REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Where the encoded READY answer comes from.
 pub trait ReadyMaps: Clone + Send + Sync + 'static {
     /// The whole encoded reply message while a map is READY (with or without its points); `None`
@@ -107,8 +110,18 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let Ok(collected) = Limited::new(body, MAP_REQUEST_BYTES + 5).collect().await else {
-                return Ok(Status::resource_exhausted("the request is larger than a map request can be").into_http());
+            let read = tokio::time::timeout(REQUEST_WITHIN, Limited::new(body, MAP_REQUEST_BYTES + 5).collect()).await;
+            let collected = match read {
+                Ok(Ok(collected)) => collected,
+                Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => {
+                    return Ok(
+                        Status::resource_exhausted("the request is larger than a map request can be").into_http()
+                    );
+                }
+                Ok(Err(error)) => {
+                    return Ok(Status::invalid_argument(format!("reading the request: {error}")).into_http());
+                }
+                Err(_) => return Ok(Status::deadline_exceeded("the request did not arrive in time").into_http()),
             };
             let bytes = collected.to_bytes();
             let answer = match omit_points(&bytes) {
