@@ -1,7 +1,7 @@
 //! Figures for the api-service, measured against the real binaries (build with --release):
-//! event writes per second from 64 concurrent HTTP clients beside a plain in-process SQLite insert
-//! loop with the same pragmas (the ceiling), and the latency of the READY map endpoint for a
-//! 10k-point map.
+//! event writes per second and their p50/p99 latency at 1, 8, 64 and 256 concurrent HTTP clients
+//! and 64 gRPC clients, beside the same transaction run in process and by the sqlite3 shell (the
+//! ceiling), and the latency of the READY map endpoint for a 10k-point map.
 //!
 //!     cargo run --release -p end-to-end-tests --bin api-bench
 
@@ -10,11 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use end_to_end_tests::{api::*, corpus_files, start_embedding};
+use embeddingmap_proto::api::{self as pb, event_service_client::EventServiceClient};
+use end_to_end_tests::{ServiceProcess, api::*, corpus_files, start_embedding};
 use serde_json::json;
 
-const CLIENTS: usize = 64;
-const EVENTS_PER_CLIENT: usize = 300;
+/// Events written in each load run, split evenly over its clients.
+const EVENTS_PER_RUN: usize = 12_800;
 const MAP_POINTS: usize = 10_000;
 const MAP_REQUESTS: usize = 300;
 
@@ -36,24 +37,18 @@ async fn main() {
     let response = admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await;
     assert!(response.status().is_success());
 
-    // Event writes over HTTP.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for writer in 0..CLIENTS {
-        let (api, client) = (api.clone(), client.clone());
-        tasks.push(tokio::spawn(async move {
-            for n in 0..EVENTS_PER_CLIENT {
-                let body = json!({ "item_id": (writer * 131 + n) % MAP_POINTS, "kind": "view", "client_key": format!("{writer}-{n}") });
-                let response = client.post(http_url(&api, "/api/events")).json(&body).send().await.unwrap();
-                assert_eq!(response.status(), 201);
-            }
-        }));
+    // Event writes: HTTP at several client counts, and gRPC, each client writing in turn.
+    let mut loads = Vec::new();
+    for (transport, clients) in [
+        (Transport::Http, 1),
+        (Transport::Http, 8),
+        (Transport::Http, 64),
+        (Transport::Http, 256),
+        (Transport::Grpc, 64),
+    ] {
+        loads.push(event_load(&api, transport, clients).await);
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let http_seconds = started.elapsed().as_secs_f64();
-    let events = (CLIENTS * EVENTS_PER_CLIENT) as f64;
+    let events = EVENTS_PER_RUN as f64;
 
     // The ceiling: the same transaction, in process, one connection, no network.
     let pool = api_service::db::open(&dir.path().join("ceiling.sqlite3"), 1).await.unwrap();
@@ -64,7 +59,7 @@ async fn main() {
     .await
     .unwrap();
     let started = Instant::now();
-    for n in 0..CLIENTS * EVENTS_PER_CLIENT {
+    for n in 0..EVENTS_PER_RUN {
         let event = api_service::events::NewEvent {
             item_id: 1,
             kind: api_service::events::EventKind::View,
@@ -80,7 +75,7 @@ async fn main() {
     let mut script = String::from(
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;\n",
     );
-    for n in 0..CLIENTS * EVENTS_PER_CLIENT {
+    for n in 0..EVENTS_PER_RUN {
         script.push_str(&format!(
             "BEGIN IMMEDIATE; SELECT id FROM events WHERE client_key = 'p{n}'; SELECT 1 FROM items WHERE id = 1; \
              INSERT INTO events (item_id, kind, client_key, created_at) VALUES (1, 1, 'p{n}', 0); \
@@ -133,20 +128,28 @@ async fn main() {
         not_modified.push(started.elapsed());
     }
 
-    println!("api-service benchmark (2-core machine, release build)");
-    println!(
-        "  event writes, {CLIENTS} HTTP clients:   {:>8.0} events/s ({events} events in {http_seconds:.2} s)",
-        events / http_seconds
-    );
+    println!("api-service benchmark (2-core machine, release build; the load generator shares the cores)");
+    println!("  event writes                           events/s   p50 ms   p99 ms   / shell ceiling");
+    let ceiling = events / plain_seconds;
+    for load in &loads {
+        println!(
+            "  {:<4} {:>3} clients                       {:>8.0} {:>8.2} {:>8.2} {:>10.2}",
+            load.transport.name(),
+            load.clients,
+            load.per_second,
+            load.p50_ms,
+            load.p99_ms,
+            load.per_second / ceiling
+        );
+    }
     println!(
         "  same transaction, sqlx, 1 connection:  {:>8.0} events/s ({events} events in {ceiling_seconds:.2} s)",
         events / ceiling_seconds
     );
     println!(
         "  same statements, sqlite3 shell:        {:>8.0} events/s ({events} events in {plain_seconds:.2} s)",
-        events / plain_seconds
+        ceiling
     );
-    println!("  HTTP / sqlite3 shell (the ceiling):     {:>8.2}", plain_seconds / http_seconds);
     println!(
         "  READY map, {MAP_POINTS} points, {bytes} bytes: p50 {:.2} ms, p99 {:.2} ms",
         percentile(&mut full, 0.5),
@@ -157,6 +160,82 @@ async fn main() {
         percentile(&mut not_modified, 0.5),
         percentile(&mut not_modified, 0.99)
     );
+}
+
+#[derive(Clone, Copy)]
+enum Transport {
+    Http,
+    Grpc,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Http => "HTTP",
+            Transport::Grpc => "gRPC",
+        }
+    }
+}
+
+struct Load {
+    transport: Transport,
+    clients: usize,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `EVENTS_PER_RUN` events from `clients` concurrent clients (HTTP clients share a connection
+/// pool; each gRPC client has its own connection), each waiting for its answer before the next.
+async fn event_load(api: &Arc<ServiceProcess>, transport: Transport, clients: usize) -> Load {
+    let per_client = EVENTS_PER_RUN / clients;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for writer in 0..clients {
+        let (api, http) = (api.clone(), http.clone());
+        let mut grpc = match transport {
+            Transport::Grpc => Some(EventServiceClient::new(grpc_channel(&api).await)),
+            Transport::Http => None,
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(per_client);
+            for n in 0..per_client {
+                let (item_id, key) =
+                    ((writer * 131 + n) % MAP_POINTS, format!("{}-{clients}-{writer}-{n}", transport.name()));
+                let sent = Instant::now();
+                match grpc.as_mut() {
+                    Some(grpc) => {
+                        let request = pb::RecordEventRequest {
+                            item_id: item_id as i64,
+                            kind: pb::EventKind::View.into(),
+                            client_key: key,
+                        };
+                        grpc.record_event(request).await.unwrap();
+                    }
+                    None => {
+                        let body = json!({ "item_id": item_id, "kind": "view", "client_key": key });
+                        let response = http.post(http_url(&api, "/api/events")).json(&body).send().await.unwrap();
+                        assert_eq!(response.status(), 201);
+                    }
+                }
+                latencies.push(sent.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::with_capacity(EVENTS_PER_RUN);
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Load {
+        transport,
+        clients,
+        per_second: latencies.len() as f64 / seconds,
+        p50_ms: percentile(&mut latencies, 0.5),
+        p99_ms: percentile(&mut latencies, 0.99),
+    }
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {
