@@ -22,16 +22,13 @@ pub struct Api(pub AppState);
 /// Every handler's answer.
 type Reply<T> = Result<Response<T>, Status>;
 
-/// Largest admin map request: the message is one flag, so a few bytes; a larger body is refused
-/// before it is read whole.
-const ADMIN_MAP_REQUEST_BYTES: usize = MAP_REQUEST_BYTES;
-
 /// The admin map service, built here once for both ports that serve it: the gRPC port (gRPC and
 /// gRPC-web) and the HTTP port (gRPC-web for the admin page), so both have the same limits. READY
 /// maps are answered from their shared encoding in front of the generated service.
 pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMapService {
     let server = AdminMapServiceServer::new(Api(state.clone()))
-        .max_decoding_message_size(ADMIN_MAP_REQUEST_BYTES)
+        // The request is one flag, so a few bytes; a larger body is refused before it is read whole.
+        .max_decoding_message_size(MAP_REQUEST_BYTES)
         .max_encoding_message_size(max_response_bytes);
     let name = <AdminMapServiceServer<Api> as NamedService>::NAME;
     let ready =
