@@ -662,6 +662,7 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     connections::slow_and_idle_connections(&mut local).await;
     connections::unread_map_calls(&mut local).await;
     connections::event_flood(&mut local).await;
+    connections::rapid_reset(&mut local).await;
     replays::reused_keys(&mut local).await;
     replays::etags_across_restarts(&mut local).await;
     shutdown_under_load(&mut local).await;

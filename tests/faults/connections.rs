@@ -357,3 +357,42 @@ pub async fn event_flood(card: &mut Scorecard) {
         format!("{stored} events stored for {} recorded", accepted + 1),
     );
 }
+
+/// The HTTP/2 rapid-reset flood: calls opened and cancelled at once, over and over, on one
+/// connection. The server must end the connection with GOAWAY and keep serving others.
+pub async fn rapid_reset(card: &mut Scorecard) {
+    let embedding = start_embedding(&[]);
+    let address = embedding.address_of(EMBEDDING);
+    let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut resets = 0;
+    for _ in 0..10_000 {
+        let Ok(Ok(ready)) = tokio::time::timeout(Duration::from_secs(2), send.clone().ready()).await else { break };
+        send = ready;
+        let request =
+            http::Request::post(format!("http://{address}/embeddingmap.v1.EmbeddingMapService/GetEmbeddingMap"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+        let Ok((_, mut body)) = send.send_request(request, false) else { break };
+        body.send_reset(h2::Reason::CANCEL);
+        resets += 1;
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
+    let goaway = matches!(&ended, Ok(Ok(Err(error))) if error.is_go_away() || error.is_remote());
+    let mut client = end_to_end_tests::map_client(&embedding).await;
+    let after = client.get_embedding_map(pb_v1::GetEmbeddingMapRequest { omit_points: true }).await;
+    let row = card.row("hostile connections");
+    row.operations += resets;
+    row.figures.push(format!(
+        "HTTP/2 rapid reset (calls opened and cancelled at once): the connection ended after {resets} resets ({})",
+        match &ended {
+            Ok(Ok(Err(error))) => format!("{error}"),
+            other => format!("{other:?}"),
+        }
+    ));
+    row.check(goaway && resets < 10_000, format!("the flood's connection was not closed with GOAWAY: {ended:?}"));
+    row.check(after.is_ok(), format!("serves others after the flood: {after:?}"));
+}
