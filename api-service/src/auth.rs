@@ -1,6 +1,6 @@
-//! The admin bearer token, checked in constant time on every admin route of every transport:
-//! by `admin_only` before a gRPC call's body is read, by `http::require_admin` before an HTTP
-//! body is read, and again in each gRPC handler so no handler depends on how it is mounted.
+//! The admin bearer token, checked in constant time on every admin route of every transport,
+//! before any of the request's body is read: by `admin_only` in front of the gRPC services (both
+//! ports), by `http::require_admin` in front of the HTTP routes.
 
 use embeddingmap_proto::api::{
     admin_map_service_server::AdminMapServiceServer, item_service_server::ItemServiceServer,
@@ -17,11 +17,6 @@ pub struct AdminToken(BearerToken);
 impl AdminToken {
     pub fn new(token: &str) -> anyhow::Result<Self> {
         BearerToken::new(token).map(AdminToken).map_err(|e| anyhow::anyhow!("the admin token: {e}"))
-    }
-
-    /// Checks a gRPC call's `authorization` metadata.
-    pub fn check_grpc<T>(&self, request: &tonic::Request<T>) -> Result<(), ApiError> {
-        self.check(request.metadata().get("authorization").and_then(|v| v.to_str().ok()))
     }
 
     /// Accepts `Bearer <token>` (scheme in any case, token exactly).

@@ -44,8 +44,8 @@ pub enum ApiError {
     #[error("{what} already exists")]
     AlreadyExists { what: String },
 
-    #[error("{field} was already used for a different event; send a new unique key (a UUID) per event")]
-    KeyReused { field: &'static str },
+    #[error("client_key was already used for a different event; send a new unique key (a UUID) per event")]
+    KeyReused,
 
     #[error("too many events from this client; retry after the delay given")]
     RateLimited,
@@ -94,7 +94,7 @@ impl ApiError {
             }
             ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
             ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
-            ApiError::KeyReused { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "key_reused", false),
+            ApiError::KeyReused => row(Code::AlreadyExists, StatusCode::CONFLICT, "key_reused", false),
             ApiError::RateLimited => row(Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS, "rate_limited", true),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
             ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
@@ -148,7 +148,7 @@ impl IntoResponse for ApiError {
         // still the map's answer, its state and the phase that failed.
         match &self {
             ApiError::InvalidArgument { field, .. } => body["error"]["field"] = field.as_str().into(),
-            ApiError::KeyReused { field } => body["error"]["field"] = (*field).into(),
+            ApiError::KeyReused => body["error"]["field"] = "client_key".into(),
             ApiError::MapFailed { phase, .. } => {
                 body["status"] = "failed".into();
                 body["error"]["phase"] = phase.as_str().into();

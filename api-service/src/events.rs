@@ -83,7 +83,7 @@ pub async fn record(pool: &SqlitePool, event: &NewEvent) -> Result<Recorded, Api
         return if same_event {
             Ok(Recorded { event_id: row.try_get("id")?, created: false })
         } else {
-            Err(ApiError::KeyReused { field: "client_key" })
+            Err(ApiError::KeyReused)
         };
     }
     let exists = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(event.item_id).fetch_optional(&mut *tx).await?;
