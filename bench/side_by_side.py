@@ -67,7 +67,8 @@ def ours(args):
     out, _ = run_child(bench + ["--repeat", str(args.repeat)] + (["--labels", args.labels] if args.labels else []))
     runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     # Recall needs an exact search; a separate one-iteration run keeps it out of the peak RSS.
-    out, _ = run_child(bench + ["--recall", "--iterations", "1", "--exaggeration-iterations", "1"])
+    recall_run = ["--recall", "--no-preservation", "--iterations", "1", "--exaggeration-iterations", "1"]
+    out, _ = run_child(bench + [flag for flag in recall_run if flag not in bench])
     recall = json.loads(out.splitlines()[-1])["knn_recall"]
     row = {"name": "embedding-service", "runs": runs}
     for phase in PHASES + ["total"]:
@@ -111,7 +112,8 @@ def peer(args, name):
             argv += ["--labels", args.labels]
         out, rss = run_child(argv)
         report = json.loads(out.strip().splitlines()[-1])
-        report["peak_rss_mb"] = rss
+        # The peak before scoring, as ours is read; the child's whole peak only if it has none.
+        report.setdefault("peak_rss_mb", rss)
         print(f"{name}: {report}", file=sys.stderr)
         runs.append(report)
     return {

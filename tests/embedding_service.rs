@@ -4,7 +4,7 @@ use std::{collections::BTreeSet, time::Duration};
 
 use embeddingmap_proto::v1::{EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, Phase, WatchEmbeddingMapRequest};
 use end_to_end_tests::{
-    api::{ADMIN_TOKEN, http_client, http_url, start_api},
+    api::{ADMIN_TOKEN, authorized, http_client, http_url, start_api},
     corpus_files, digits_labels, eventually, fixtures_dir, health_status, knn10_accuracy, map_client, poll_until_final,
     start_embedding,
 };
@@ -232,12 +232,9 @@ async fn with_a_token_only_health_answers_without_it_and_the_api_service_sends_i
     const TOKEN: &str = "embedding-token-0123456789";
     let service = start_embedding(&["--auth-token", TOKEN]);
     let mut client = map_client(&service).await;
-    for (presented, expected) in [(None, false), (Some("Bearer wrong-token-0123456789"), false), (Some(TOKEN), true)] {
-        let mut request = tonic::Request::new(GetEmbeddingMapRequest { omit_points: true });
-        if let Some(token) = presented {
-            let value = if token.starts_with("Bearer") { token.to_owned() } else { format!("Bearer {token}") };
-            request.metadata_mut().insert("authorization", value.parse().unwrap());
-        }
+    for (presented, expected) in [(None, false), (Some("wrong-token-0123456789"), false), (Some(TOKEN), true)] {
+        let message = GetEmbeddingMapRequest { omit_points: true };
+        let request = presented.map_or_else(|| tonic::Request::new(message), |token| authorized(message, token));
         let answer = client.get_embedding_map(request).await;
         match expected {
             true => assert!(answer.is_ok(), "{answer:?}"),

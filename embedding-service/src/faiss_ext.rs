@@ -108,15 +108,19 @@ const SPECTRUM_SAMPLE_ROWS: usize = 10_000;
 /// Rows projected at a time, so the full-width projection is never held for the whole corpus.
 const PROJECTION_CHUNK_ROWS: usize = 4_096;
 
-/// FAISS's PCAMatrix trained on `vectors` (`n x d_in`), with its first `d_out` axes. `choose`
-/// sees the variance along each of them (the covariance's largest eigenvalues, in decreasing
-/// order, estimated on a stride of at most 10,000 rows) and returns how many to keep; the rows
-/// are projected onto those and returned (`n x width`) with the width.
+/// Given the variance along each PCA axis, how many axes to keep.
+pub type WidthChooser<'a> = &'a dyn Fn(&[f32]) -> usize;
+
+/// FAISS's PCAMatrix trained on `vectors` (`n x d_in`), with its first `d_out` axes. `choose`,
+/// if given, sees the variance along each of them (the covariance's largest eigenvalues, in
+/// decreasing order, estimated on a stride of at most 10,000 rows) and returns how many to keep;
+/// without it all `d_out` are kept. The rows are projected onto those and returned
+/// (`n x width`) with the width.
 pub fn pca_project(
     vectors: &[f32],
     d_in: usize,
     d_out: usize,
-    choose: impl FnOnce(&[f32]) -> usize,
+    choose: Option<WidthChooser>,
 ) -> Result<(Vec<f32>, usize), String> {
     let n = vectors.len() / d_in;
     let mut pca: *mut faiss_sys::FaissPCAMatrix = std::ptr::null_mut();
@@ -134,11 +138,20 @@ pub fn pca_project(
         };
         let result = (|| {
             check(faiss_sys::faiss_VectorTransform_train(transform, n as i64, vectors.as_ptr()))?;
-            let stride = n.div_ceil(SPECTRUM_SAMPLE_ROWS).max(1);
-            let sample: Vec<f32> = vectors.chunks_exact(d_in).step_by(stride).flatten().copied().collect();
-            let mut projected = vec![0f32; sample.len() / d_in * d_out];
-            apply(&sample, &mut projected);
-            let width = choose(&column_variances(&projected, d_out)).clamp(1, d_out);
+            let width = match choose {
+                None => d_out,
+                Some(choose) => {
+                    let stride = n.div_ceil(SPECTRUM_SAMPLE_ROWS).max(1);
+                    let sample: std::borrow::Cow<[f32]> = if stride == 1 {
+                        vectors.into()
+                    } else {
+                        vectors.chunks_exact(d_in).step_by(stride).flatten().copied().collect::<Vec<_>>().into()
+                    };
+                    let mut projected = vec![0f32; sample.len() / d_in * d_out];
+                    apply(&sample, &mut projected);
+                    choose(&column_variances(&projected, d_out)).clamp(1, d_out)
+                }
+            };
             let mut reduced = Vec::with_capacity(n * width);
             let mut chunk_out = vec![0f32; PROJECTION_CHUNK_ROWS.min(n) * d_out];
             for rows in vectors.chunks(PROJECTION_CHUNK_ROWS * d_in) {

@@ -259,11 +259,6 @@ fn search_cell(flat: &[f32], d: usize, k: usize, rows: &[usize], base_rows: &[us
     Ok(found)
 }
 
-/// Labels of each row's `k` nearest rows (the row itself included), flat `n x k`.
-pub fn search_exact_l2(flat: &[f32], d: usize, k: usize, threads: usize) -> Result<Vec<i64>, MapError> {
-    Ok(search_exact(flat, flat, d, k, threads)?.into_iter().map(|(label, _)| label).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

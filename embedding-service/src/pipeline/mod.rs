@@ -20,7 +20,7 @@ use crate::error::MapError;
 
 pub use knn::KnnMethod;
 pub use prepare::PcaWidth;
-pub use settings::{FFT_MIN_POINTS, GradientChoice, KnnChoice, MIN_PERPLEXITY, MapParameters, MapSettings};
+pub use settings::{GradientChoice, KnnChoice, MapParameters, MapSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradientMethod {

@@ -75,9 +75,12 @@ pub fn pca_reduce(vectors: Array2<f32>, width: PcaWidth) -> Result<Array2<f32>, 
     // Every axis is needed for the automatic choice (the noise level is the median eigenvalue);
     // with fewer rows than columns FAISS has only as many axes as rows.
     let axes = if matches!(width, PcaWidth::Fixed(_)) { width.widest() } else { d }.min(n);
-    let (projected, kept) =
-        faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, axes, |v| width.choose(v, n))
-            .map_err(|e| MapError::faiss("PCA", e))?;
+    // A fixed width needs no spectrum: all its axes are kept.
+    let choose = |variances: &[f32]| width.choose(variances, n);
+    let choose: Option<faiss_ext::WidthChooser> =
+        if matches!(width, PcaWidth::Fixed(_)) { None } else { Some(&choose) };
+    let (projected, kept) = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, axes, choose)
+        .map_err(|e| MapError::faiss("PCA", e))?;
     Array2::from_shape_vec((n, kept), projected).map_err(|e| MapError::faiss("PCA", e))
 }
 
@@ -87,7 +90,7 @@ pub fn pca_initial_layout(reduced: &Array2<f32>) -> Result<Vec<f32>, MapError> {
     let (n, d) = reduced.dim();
     let top_two = if d > 2 {
         let flat = reduced.as_standard_layout();
-        let (projected, _) = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, 2, |_| 2)
+        let (projected, _) = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, 2, None)
             .map_err(|e| MapError::faiss("PCA initialisation", e))?;
         Array2::from_shape_vec((n, 2), projected).map_err(|e| MapError::faiss("PCA initialisation", e))?
     } else {

@@ -33,38 +33,29 @@ pub fn knn_recall(vectors: Array2<f32>, settings: &MapSettings) -> Result<f64, M
     Ok(hits as f64 / (k * points) as f64)
 }
 
-/// Each row's `K` nearest other rows, flat `n x K`: exact Euclidean search over `flat` (`n x d`).
-/// Rows equal to each other may rank before the row itself, so it is dropped wherever it stands.
-fn nearest_others(flat: &[f32], d: usize) -> Result<Vec<usize>, MapError> {
-    let n = flat.len() / d;
-    let hits = knn::search_exact_l2(flat, d, K + 1, all_cores())?;
-    let mut lists = Vec::with_capacity(n * K);
-    for (i, row) in hits.chunks_exact(K + 1).enumerate() {
-        let others: Vec<usize> =
-            row.iter().filter(|&&j| j >= 0 && j as usize != i).map(|&j| j as usize).take(K).collect();
-        if others.len() < K {
-            return Err(MapError::InvalidParameter(format!("row {i} has fewer than {K} neighbours")));
-        }
-        lists.extend(others);
-    }
-    Ok(lists)
+/// Each row's `K` nearest other rows by exact Euclidean search, flat `n x K` (the pipeline's own
+/// exact search, which drops the row itself wherever equal rows rank it).
+fn nearest_others(rows: &Array2<f32>) -> Result<Vec<usize>, MapError> {
+    let lists = knn::nearest_neighbors(rows, K, KnnMethod::Exact, all_cores())?;
+    Ok(lists.iter().flatten().map(|neighbor| neighbor.index).collect())
+}
+
+/// Map points as an `n x 2` matrix for the searches.
+fn map_rows(points: &[[f32; 2]]) -> Array2<f32> {
+    Array2::from_shape_vec((points.len(), 2), points.iter().flatten().copied().collect())
+        .expect("two coordinates per point")
 }
 
 /// The exact `K` nearest neighbours of each corpus row by cosine similarity, in the full input
 /// space (no PCA): what preservation is measured against. Flat `n x K`.
 pub fn input_neighbors(vectors: Array2<f32>) -> Result<Vec<usize>, MapError> {
-    let d = vectors.ncols();
-    let normalized = prepare::l2_normalized(vectors);
-    // Loaded corpora are already in row order, so this borrows rather than copies.
-    let rows = normalized.as_standard_layout();
-    nearest_others(rows.as_slice().expect("standard layout"), d)
+    nearest_others(&prepare::l2_normalized(vectors))
 }
 
 /// 10-NN preservation: for each point, the share of its `K` nearest input neighbours (from
 /// `input_neighbors`) that are among its `K` nearest in the map; averaged over the points.
 pub fn neighbor_preservation(points: &[[f32; 2]], input_neighbors: &[usize]) -> Result<f64, MapError> {
-    let flat: Vec<f32> = points.iter().flatten().copied().collect();
-    let in_map = nearest_others(&flat, 2)?;
+    let in_map = nearest_others(&map_rows(points))?;
     if in_map.len() != input_neighbors.len() {
         return Err(MapError::InvalidParameter("map and corpus differ in length".into()));
     }
@@ -80,8 +71,7 @@ pub fn neighbor_preservation(points: &[[f32; 2]], input_neighbors: &[usize]) -> 
 /// neighbours' majority label equals their own.
 pub fn knn_label_accuracy(points: &[[f32; 2]], labels: &[i64]) -> Result<f64, MapError> {
     let n = points.len().min(labels.len());
-    let flat: Vec<f32> = points[..n].iter().flatten().copied().collect();
-    let neighbors = nearest_others(&flat, 2)?;
+    let neighbors = nearest_others(&map_rows(&points[..n]))?;
     let correct = neighbors
         .chunks_exact(K)
         .enumerate()
