@@ -359,7 +359,7 @@ pub async fn event_flood(card: &mut Scorecard) {
 }
 
 /// The HTTP/2 rapid-reset flood: calls opened and cancelled at once, over and over, on one
-/// connection. The server must end the connection with GOAWAY and keep serving others.
+/// connection. The server must end the connection (GOAWAY, then close) and keep serving others.
 pub async fn rapid_reset(card: &mut Scorecard) {
     let embedding = start_embedding(&[]);
     let address = embedding.address_of(EMBEDDING);
@@ -381,7 +381,10 @@ pub async fn rapid_reset(card: &mut Scorecard) {
         resets += 1;
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), connection).await;
-    let goaway = matches!(&ended, Ok(Ok(Err(error))) if error.is_go_away() || error.is_remote());
+    // The server sends GOAWAY and closes; a client still writing may see the close (a broken
+    // pipe) before it reads the GOAWAY. Either way the server ended the connection.
+    let closed_by_server =
+        matches!(&ended, Ok(Ok(Err(error))) if error.is_go_away() || error.is_remote() || error.is_io());
     let mut client = end_to_end_tests::map_client(&embedding).await;
     let after = client.get_embedding_map(pb_v1::GetEmbeddingMapRequest { omit_points: true }).await;
     let row = card.row("hostile connections");
@@ -393,6 +396,9 @@ pub async fn rapid_reset(card: &mut Scorecard) {
             other => format!("{other:?}"),
         }
     ));
-    row.check(goaway && resets < 10_000, format!("the flood's connection was not closed with GOAWAY: {ended:?}"));
+    row.check(
+        closed_by_server && resets < 10_000,
+        format!("the flood's connection was not closed by the server: {ended:?}"),
+    );
     row.check(after.is_ok(), format!("serves others after the flood: {after:?}"));
 }
