@@ -445,6 +445,78 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     assert_eq!(after.status(), StatusCode::CREATED, "recovers once the lock is gone");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn events_committed_in_one_batch_are_answered_each_by_its_own_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("batch.sqlite3");
+    let api = start_api(&database, "http://127.0.0.1:9", &[]);
+    let client = http_client();
+    let items: Vec<Value> = (0..10).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
+    assert_eq!(admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await.status(), StatusCode::OK);
+    let post = |body: Value| {
+        let request = client.post(http_url(&api, "/api/events")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, earlier) = post(json!({ "item_id": 1, "kind": "view", "client_key": "earlier" })).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    // While an outside writer holds the lock (less than busy_timeout), everything sent queues
+    // behind the writer's first batch and is committed together in the next one.
+    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = name WHERE id = 0;", Some(5000));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let good: Vec<Value> = (0..30)
+        .map(|n| json!({ "item_id": n % 10, "kind": if n % 3 == 0 { "search" } else { "view" }, "client_key": format!("good-{n}") }))
+        .collect();
+    let odd = [
+        json!({ "item_id": 2, "kind": "view", "client_key": "twice" }),
+        json!({ "item_id": 2, "kind": "view", "client_key": "twice" }),
+        json!({ "item_id": 1, "kind": "view", "client_key": "earlier" }),
+        json!({ "item_id": 3, "kind": "view", "client_key": "earlier" }),
+        json!({ "item_id": 999, "kind": "view", "client_key": "nowhere" }),
+        json!({ "item_id": 4, "kind": "view", "client_key": "pair" }),
+        json!({ "item_id": 5, "kind": "search", "client_key": "pair" }),
+    ];
+    let answers = futures_util::future::join_all(good.iter().chain(&odd).cloned().map(post)).await;
+    holder.wait().unwrap();
+    let (good_answers, odd_answers) = answers.split_at(good.len());
+
+    let mut ids = BTreeSet::new();
+    for (status, body) in good_answers {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+        assert!(ids.insert(body["event_id"].as_i64().unwrap()), "each event its own id: {body}");
+    }
+    let code = |answer: &(StatusCode, Value)| answer.1["error"]["code"].as_str().map(str::to_owned);
+    // The same event twice in one batch: one is written, the other gets its answer.
+    let mut twice = [&odd_answers[0], &odd_answers[1]];
+    twice.sort_by_key(|(status, _)| *status);
+    assert_eq!((twice[0].0, twice[1].0), (StatusCode::OK, StatusCode::CREATED), "{twice:?}");
+    assert_eq!(twice[0].1["event_id"], twice[1].1["event_id"]);
+    assert_eq!(twice[0].1["created"], false);
+    // A key committed by an earlier batch: the same event answered as then, another refused.
+    assert_eq!(odd_answers[2], (StatusCode::OK, json!({ "event_id": earlier["event_id"], "created": false })));
+    assert_eq!((odd_answers[3].0, code(&odd_answers[3])), (StatusCode::CONFLICT, Some("key_reused".into())));
+    assert_eq!((odd_answers[4].0, code(&odd_answers[4])), (StatusCode::NOT_FOUND, Some("not_found".into())));
+    // Two different events under one new key: whichever came first is written, the other refused.
+    let mut pair = [odd_answers[5].0, odd_answers[6].0];
+    pair.sort();
+    assert_eq!(pair, [StatusCode::CREATED, StatusCode::CONFLICT], "{odd_answers:?}");
+
+    // They were committed together: a batch shares one timestamp, and at most the one batch that
+    // waited for the lock came before the rest.
+    let batches = sqlite3(&database, "SELECT count(DISTINCT created_at) FROM events WHERE client_key <> 'earlier';");
+    assert!(batches.trim().parse::<u32>().unwrap() <= 2, "{batches} batches");
+    // 1 earlier + 30 good + 1 twice + 1 pair, and the counts beside them agree.
+    assert_eq!(sqlite3(&database, "SELECT count(*) FROM events;").trim(), "33");
+    let counted = sqlite3(&database, "SELECT sum(views) + sum(searches) FROM item_stats;");
+    assert_eq!(counted.trim(), "33");
+    let searches = sqlite3(&database, "SELECT sum(searches) FROM item_stats;");
+    let searched = sqlite3(&database, "SELECT count(*) FROM events WHERE kind = 2;");
+    assert_eq!(searches, searched);
+}
+
 /// A gRPC-web call over HTTP/1.1, framed by hand as a browser client frames it.
 async fn grpc_web_call(
     api: &ServiceProcess,

@@ -72,6 +72,19 @@ pub struct Config {
     #[arg(long, env = "API_CONCURRENCY_LIMIT", default_value_t = 512)]
     pub concurrency_limit: usize,
 
+    /// Most events written in one transaction by the event writer (group commit).
+    #[arg(long, env = "API_EVENT_BATCH_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub event_batch_max: u32,
+
+    /// How long the event writer waits for more events once it has one; 0 writes what is
+    /// queued at once (batches still grow with the load: events queue while a batch commits).
+    #[arg(long, env = "API_EVENT_BATCH_WAIT", default_value = "0s", value_parser = parse_duration)]
+    pub event_batch_wait: Duration,
+
+    /// Events waiting for the writer at most; past it, 503 with Retry-After (gRPC UNAVAILABLE).
+    #[arg(long, env = "API_EVENT_QUEUE", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub event_queue: u32,
+
     /// Events a client may record per second (token bucket); 0 turns the limit off. Over it: 429
     /// with Retry-After (gRPC RESOURCE_EXHAUSTED).
     #[arg(long, env = "API_EVENT_RATE_LIMIT", default_value_t = 0.0)]

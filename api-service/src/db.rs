@@ -57,6 +57,11 @@ pub fn is_busy(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A statement refused by a foreign key (SQLITE_CONSTRAINT_FOREIGNKEY).
+pub fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("787"))
+}
+
 /// Milliseconds since the Unix epoch, the timestamps stored in the tables.
 pub fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)

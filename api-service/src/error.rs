@@ -21,7 +21,7 @@ struct ErrorKind {
     retryable: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid {field}: {reason}")]
     InvalidArgument { field: String, reason: String },
@@ -55,6 +55,12 @@ pub enum ApiError {
 
     #[error("the database is busy; retry shortly")]
     DatabaseBusy,
+
+    #[error("too many events are waiting to be written; retry shortly")]
+    Overloaded,
+
+    #[error("the service is shutting down; retry shortly")]
+    ShuttingDown,
 
     #[error("the embedding service cannot be reached: {0}")]
     EmbeddingUnavailable(String),
@@ -98,6 +104,8 @@ impl ApiError {
             ApiError::RateLimited => row(Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS, "rate_limited", true),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
             ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),
+            ApiError::Overloaded => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "overloaded", true),
+            ApiError::ShuttingDown => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "shutting_down", true),
             ApiError::EmbeddingUnavailable(_) => {
                 row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "embedding_unavailable", true)
             }

@@ -4,7 +4,7 @@ use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, SqlitePool};
 
-use crate::{db, error::ApiError};
+use crate::error::ApiError;
 
 pub const MAX_CLIENT_KEY_CHARS: usize = 100;
 
@@ -16,7 +16,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn code(self) -> i64 {
+    /// The value stored in `events.kind`.
+    pub(crate) fn code(self) -> i64 {
         match self {
             EventKind::View => 1,
             EventKind::Search => 2,
@@ -59,61 +60,6 @@ impl From<ItemStats> for pb::ItemStats {
     fn from(stats: ItemStats) -> Self {
         pb::ItemStats { item_id: stats.item_id, views: stats.views, searches: stats.searches }
     }
-}
-
-/// Records one event and bumps its item's count, in one IMMEDIATE transaction.
-pub async fn record(pool: &SqlitePool, event: &NewEvent) -> Result<Recorded, ApiError> {
-    let client_key = event.client_key.as_deref().filter(|key| !key.is_empty());
-    if let Some(key) = client_key
-        && (key.chars().count() > MAX_CLIENT_KEY_CHARS || key.contains('\0'))
-    {
-        return Err(ApiError::invalid("client_key", format!("at most {MAX_CLIENT_KEY_CHARS} characters, no NUL")));
-    }
-    let mut tx = db::write_transaction(pool).await?;
-    // A key names one event: the same event retried gets the original answer; another event under
-    // a used key is refused, never silently answered with the first one's id.
-    if let Some(key) = client_key
-        && let Some(row) = sqlx::query("SELECT id, item_id, kind FROM events WHERE client_key = ?")
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?
-    {
-        let same_event =
-            row.try_get::<i64, _>("item_id")? == event.item_id && row.try_get::<i64, _>("kind")? == event.kind.code();
-        return if same_event {
-            Ok(Recorded { event_id: row.try_get("id")?, created: false })
-        } else {
-            Err(ApiError::KeyReused)
-        };
-    }
-    let exists = sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(event.item_id).fetch_optional(&mut *tx).await?;
-    if exists.is_none() {
-        return Err(ApiError::not_found(format!("item {}", event.item_id)));
-    }
-    let event_id: i64 =
-        sqlx::query("INSERT INTO events (item_id, kind, client_key, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-            .bind(event.item_id)
-            .bind(event.kind.code())
-            .bind(client_key)
-            .bind(db::now_millis())
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get("id")?;
-    let (views, searches) = match event.kind {
-        EventKind::View => (1, 0),
-        EventKind::Search => (0, 1),
-    };
-    sqlx::query(
-        "INSERT INTO item_stats (item_id, views, searches) VALUES (?, ?, ?)
-         ON CONFLICT(item_id) DO UPDATE SET views = views + excluded.views, searches = searches + excluded.searches",
-    )
-    .bind(event.item_id)
-    .bind(views)
-    .bind(searches)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(Recorded { event_id, created: true })
 }
 
 /// Counts for `item_ids`, or for the `limit` most viewed items when none are named.

@@ -83,7 +83,7 @@ impl pb::event_service_server::EventService for Api {
             kind: EventKind::from_proto(request.kind)?,
             client_key: Some(request.client_key),
         };
-        let recorded = events::record(&self.0.pool, &event).await?;
+        let recorded = self.0.events.record(event).await?;
         Ok(Response::new(pb::RecordEventResponse { event_id: recorded.event_id, created: recorded.created }))
     }
 }

@@ -163,7 +163,7 @@ async fn record_event(
     State(state): State<AppState>,
     JsonBody(event): JsonBody<NewEvent>,
 ) -> Result<Response, ApiError> {
-    let recorded = events::record(&state.pool, &event).await?;
+    let recorded = state.events.record(event).await?;
     let status = if recorded.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(recorded)).into_response())
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event_writer;
 pub mod events;
 pub mod grpc;
 pub mod grpc_conventions;

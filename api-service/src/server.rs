@@ -28,6 +28,7 @@ use crate::{
     auth::AdminToken,
     config::Config,
     db,
+    event_writer::{BatchSettings, EventWriter},
     grpc::{self, Api},
     grpc_conventions::GrpcConventionsLayer,
     http,
@@ -56,7 +57,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         items.clone(),
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
-    let state = AppState { pool: pool.clone(), items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
+    let (events, event_writer) = EventWriter::start(
+        pool.clone(),
+        BatchSettings {
+            max_batch: config.event_batch_max as usize,
+            max_wait: config.event_batch_wait,
+            queue: config.event_queue as usize,
+        },
+    );
+    let state =
+        AppState { pool: pool.clone(), events, items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
 
     let grpc_listener =
         TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
@@ -106,10 +116,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(config.readiness_drain, &mut servers).await;
     }
     shutdown.cancel();
+    let draining = tokio::time::Instant::now();
     match tokio::time::timeout(config.shutdown_grace, servers).await {
         Ok(_) => {}
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open requests"),
     }
+    // Requests in flight have had their events written; what a closed connection left queued is
+    // still written (its client may retry with the same key and get the original answer).
+    event_writer.drain(config.shutdown_grace.saturating_sub(draining.elapsed()).max(Duration::from_secs(1))).await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

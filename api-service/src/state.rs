@@ -7,12 +7,16 @@ use std::sync::{
 
 use sqlx::SqlitePool;
 
-use crate::{auth::AdminToken, items::ItemStore, map_gateway::MapGateway, rate_limit::RateLimiter};
+use crate::{
+    auth::AdminToken, event_writer::EventWriter, items::ItemStore, map_gateway::MapGateway, rate_limit::RateLimiter,
+};
 
 #[derive(Clone)]
 pub struct AppState {
-    /// For events and stats; items go through `items`.
+    /// For stats; items go through `items`, events through `events`.
     pub pool: SqlitePool,
+    /// The one writer of events (group commit).
+    pub events: EventWriter,
     pub items: ItemStore,
     pub map: MapGateway,
     pub token: AdminToken,
@@ -24,6 +28,6 @@ pub struct AppState {
 
 impl AppState {
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.pool.is_closed()
+        self.ready.load(Ordering::Acquire) && !self.pool.is_closed() && self.events.is_running()
     }
 }

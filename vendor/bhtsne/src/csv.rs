@@ -35,11 +35,7 @@ where
         let mut writer = csv::Writer::from_path(path)?;
 
         // String-ify the embedding.
-        let to_write = self
-            .y
-            .iter()
-            .map(|&el| el.to_string())
-            .collect::<Vec<String>>();
+        let to_write = self.y.iter().map(|&el| el.to_string()).collect::<Vec<String>>();
 
         // Write headers.
         match D {
@@ -77,12 +73,7 @@ where
 /// # Errors
 ///
 /// Returns an error is something goes wrong during the I/O operations.
-pub fn load_csv<T, F>(
-    path: &str,
-    has_headers: bool,
-    skip: Option<&[usize]>,
-    f: F,
-) -> Result<Vec<T>, Box<dyn Error>>
+pub fn load_csv<T, F>(path: &str, has_headers: bool, skip: Option<&[usize]>, f: F) -> Result<Vec<T>, Box<dyn Error>>
 where
     F: Fn(String) -> T,
 {
@@ -90,9 +81,7 @@ where
 
     let file = File::open(path)?;
 
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(has_headers)
-        .from_reader(file);
+    let mut reader = csv::ReaderBuilder::new().has_headers(has_headers).from_reader(file);
 
     match skip {
         Some(range) => {
@@ -108,8 +97,7 @@ where
             for result in reader.records() {
                 let record = result?;
 
-                (0..record.len())
-                    .for_each(|field| data.push(f(record.get(field).unwrap().to_string())));
+                (0..record.len()).for_each(|field| data.push(f(record.get(field).unwrap().to_string())));
             }
         }
     }

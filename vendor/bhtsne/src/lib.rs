@@ -81,10 +81,7 @@ pub use {
 type SpectralSeeder<T> = fn(&[usize], &[u32], &[T], SpectralParams) -> Vec<T>;
 
 use rayon::{
-    iter::{
-        IndexedParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator,
-        ParallelIterator,
-    },
+    iter::{IndexedParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator, ParallelIterator},
     slice::{ParallelSlice, ParallelSliceMut},
 };
 
@@ -187,15 +184,7 @@ where
 
 impl<'data, T, U, const D: usize> tSNE<'data, T, U, D>
 where
-    T: Float
-        + Send
-        + Sync
-        + AsPrimitive<usize>
-        + Sum
-        + DivAssign
-        + AddAssign
-        + MulAssign
-        + SubAssign,
+    T: Float + Send + Sync + AsPrimitive<usize> + Sum + DivAssign + AddAssign + MulAssign + SubAssign,
     U: Send + Sync,
 {
     /// Creates a new t-SNE instance.
@@ -542,20 +531,16 @@ where
     {
         let n_samples = self.data.len();
         match self.fit.as_ref()? {
-            Fit::Exact => Some(tsne::evaluate_error::<T, D>(
-                &self.p_values,
-                &self.y,
-                n_samples,
-            )),
-            Fit::BarnesHut { theta } => Some(
-                BarnesHutRepulsion::<T, <Dim<D> as Morton<D>>::Word, D>::new(*theta).error(
+            Fit::Exact => Some(tsne::evaluate_error::<T, D>(&self.p_values, &self.y, n_samples)),
+            Fit::BarnesHut { theta } => {
+                Some(BarnesHutRepulsion::<T, <Dim<D> as Morton<D>>::Word, D>::new(*theta).error(
                     &self.p_rows,
                     &self.p_columns,
                     &self.p_values,
                     &self.y,
                     n_samples,
-                ),
-            ),
+                ))
+            }
             Fit::Interpolated => Some(InterpolatedRepulsion::<T, D>::new().error(
                 &self.p_rows,
                 &self.p_columns,
@@ -589,13 +574,7 @@ where
         let pairwise_entries = n_samples * n_samples;
 
         // Prepares the buffers.
-        tsne::prepare_buffers(
-            &mut self.y,
-            &mut self.dy,
-            &mut self.uy,
-            &mut self.gains,
-            grad_entries,
-        );
+        tsne::prepare_buffers(&mut self.y, &mut self.dy, &mut self.uy, &mut self.gains, grad_entries);
         // Prepare distributions matrices.
         self.p_values.resize(pairwise_entries, T::zero()); // P.
         self.q_values.resize(pairwise_entries, T::zero()); // Q.
@@ -605,32 +584,23 @@ where
         // Zeroes the diagonal entries. The distances vector is recycled but the elements
         // corresponding to the diagonal entries of the distance matrix are always kept to 0. and
         // never written on. This hold as an invariant through all the algorithm.
-        distances
-            .iter_mut()
-            .step_by(n_samples + 1)
-            .for_each(|d| *d = T::zero());
+        distances.iter_mut().step_by(n_samples + 1).for_each(|d| *d = T::zero());
 
         // Compute pairwise distances in parallel with the user supplied function.
         // Only upper triangular entries, excluding the diagonal are computed: flat indexes are
         // unraveled to pick such entries.
-        tsne::compute_pairwise_distance_matrix(
-            &mut distances,
-            distance_f,
-            |index| &data[*index],
-            n_samples,
-        );
+        tsne::compute_pairwise_distance_matrix(&mut distances, distance_f, |index| &data[*index], n_samples);
 
         // Compute gaussian perplexity in parallel. First, the conditional distribution is computed
         // for each element. Each row of the P matrix is independent from the others, thus, this
         // computation is accordingly parallelized.
         {
             let perplexity = &self.perplexity;
-            self.p_values
-                .par_chunks_mut(n_samples)
-                .zip(distances.par_chunks(n_samples))
-                .for_each(|(p_values_row, distances_row)| {
+            self.p_values.par_chunks_mut(n_samples).zip(distances.par_chunks(n_samples)).for_each(
+                |(p_values_row, distances_row)| {
                     tsne::search_beta(p_values_row, distances_row, perplexity);
-                });
+                },
+            );
         }
 
         // Symmetrize pairwise input similarities. Conditional probabilities must be summed to
@@ -659,21 +629,13 @@ where
             let (y_chunks, _) = self.y.as_chunks::<D>();
             tsne::compute_pairwise_distance_matrix(
                 &mut distances,
-                |ith: &[T; D], jth: &[T; D]| {
-                    ith.iter()
-                        .zip(jth.iter())
-                        .map(|(&i, &j)| (i - j).powi(2))
-                        .sum()
-                },
+                |ith: &[T; D], jth: &[T; D]| ith.iter().zip(jth.iter()).map(|(&i, &j)| (i - j).powi(2)).sum(),
                 |index| &y_chunks[*index],
                 n_samples,
             );
 
             // Computes Q.
-            self.q_values
-                .par_iter_mut()
-                .zip(distances.par_iter())
-                .for_each(|(q, d)| *q = (T::one() + *d).recip());
+            self.q_values.par_iter_mut().zip(distances.par_iter()).for_each(|(q, d)| *q = (T::one() + *d).recip());
 
             // Computes the exact gradient in parallel.
             let q_values_sum: T = self.q_values.par_iter().copied().sum::<T>();
@@ -689,34 +651,21 @@ where
                 .zip(y_chunks.par_iter())
                 .zip(self.p_values.par_chunks(n_samples))
                 .zip(self.q_values.par_chunks(n_samples))
-                .for_each(
-                    |(((dy_sample, y_sample), p_values_sample), q_values_sample)| {
-                        p_values_sample
-                            .iter()
-                            .zip(q_values_sample.iter())
-                            .zip(y_chunks.iter())
-                            .for_each(|((&p, &q), other_sample)| {
-                                let m = (p - q * inverse_q_sum) * q;
-                                dy_sample
-                                    .iter_mut()
-                                    .zip(y_sample.iter())
-                                    .zip(other_sample.iter())
-                                    .for_each(|((dy_el, &y_el), &other_el)| {
-                                        *dy_el += (y_el - other_el) * m
-                                    });
-                            });
-                    },
-                );
+                .for_each(|(((dy_sample, y_sample), p_values_sample), q_values_sample)| {
+                    p_values_sample.iter().zip(q_values_sample.iter()).zip(y_chunks.iter()).for_each(
+                        |((&p, &q), other_sample)| {
+                            let m = (p - q * inverse_q_sum) * q;
+                            dy_sample
+                                .iter_mut()
+                                .zip(y_sample.iter())
+                                .zip(other_sample.iter())
+                                .for_each(|((dy_el, &y_el), &other_el)| *dy_el += (y_el - other_el) * m);
+                        },
+                    );
+                });
 
             // Updates the embedding in parallel with gradient descent.
-            tsne::update_solution(
-                &mut self.y,
-                &self.dy,
-                &mut self.uy,
-                &mut self.gains,
-                &learning_rate,
-                &self.momentum,
-            );
+            tsne::update_solution(&mut self.y, &self.dy, &mut self.uy, &mut self.gains, &learning_rate, &self.momentum);
 
             // Zeroes the gradient.
             self.dy.fill(T::zero());
@@ -741,8 +690,7 @@ where
     #[inline]
     fn resolve_learning_rate(&self, n_samples: usize) -> T {
         self.learning_rate.unwrap_or_else(|| {
-            let auto =
-                T::from(n_samples).unwrap() / self.early_exaggeration / T::from(4.0).unwrap();
+            let auto = T::from(n_samples).unwrap() / self.early_exaggeration / T::from(4.0).unwrap();
 
             auto.max(T::from(50.0).unwrap())
         })
@@ -824,14 +772,7 @@ where
         self.approximate_fit(
             n_neighbors,
             move |scratch, index, p_columns_row, distances_row| {
-                tree.search(
-                    &data[index],
-                    index,
-                    n_neighbors + 1,
-                    (p_columns_row, distances_row),
-                    scratch,
-                    &metric_f,
-                );
+                tree.search(&data[index], index, n_neighbors + 1, (p_columns_row, distances_row), scratch, &metric_f);
             },
             BarnesHutRepulsion::<T, <Dim<D> as Morton<D>>::Word, D>::new(theta),
             Fit::BarnesHut { theta },
@@ -905,10 +846,7 @@ where
     fn assert_neighbor_indices_in_range(&self, neighbors: &[Vec<Neighbor<T>>]) {
         let n_samples = self.data.len();
         assert!(
-            neighbors
-                .iter()
-                .flatten()
-                .all(|neighbor| neighbor.index < n_samples),
+            neighbors.iter().flatten().all(|neighbor| neighbor.index < n_samples),
             "error: a neighbor index is out of range, every index must be < n_samples = {n_samples}."
         );
     }
@@ -955,14 +893,7 @@ where
         self.approximate_fit(
             n_neighbors,
             move |scratch, index, p_columns_row, distances_row| {
-                tree.search(
-                    &data[index],
-                    index,
-                    n_neighbors + 1,
-                    (p_columns_row, distances_row),
-                    scratch,
-                    &metric_f,
-                );
+                tree.search(&data[index], index, n_neighbors + 1, (p_columns_row, distances_row), scratch, &metric_f);
             },
             InterpolatedRepulsion::new(),
             Fit::Interpolated,
@@ -988,24 +919,14 @@ where
         Dim<D>: FftDim,
         N: AsRef<[Vec<Neighbor<T>>]> + Send + Sync,
     {
-        self.approximate_fit_with_neighbors(
-            neighbors,
-            InterpolatedRepulsion::new(),
-            Fit::Interpolated,
-        )
+        self.approximate_fit_with_neighbors(neighbors, InterpolatedRepulsion::new(), Fit::Interpolated)
     }
 
     /// Builds the affinity graph through `fill_neighbors`, normalizes and seeds, then
     /// runs the optimization loop with `strategy`. The shared body of every approximate
     /// fit from a freshly built graph, vantage-point-tree or caller-supplied neighbors,
     /// Barnes-Hut or FIt-SNE.
-    fn approximate_fit<R, F>(
-        &mut self,
-        n_neighbors: usize,
-        fill_neighbors: F,
-        strategy: R,
-        fit: Fit<T>,
-    ) -> &mut Self
+    fn approximate_fit<R, F>(&mut self, n_neighbors: usize, fill_neighbors: F, strategy: R, fit: Fit<T>) -> &mut Self
     where
         R: Repulsion<T, D>,
         F: Fn(&mut tsne::vptree::SearchScratch<T>, usize, &mut [u32], &mut [T]) + Send + Sync,
@@ -1025,12 +946,7 @@ where
     /// Patched: `neighbors` may be passed by value; it then moves into the row filler, which
     /// is dropped once the rows are copied, so the table is freed before the affinities are
     /// symmetrized and the optimization runs.
-    fn approximate_fit_with_neighbors<R, N>(
-        &mut self,
-        neighbors: N,
-        strategy: R,
-        fit: Fit<T>,
-    ) -> &mut Self
+    fn approximate_fit_with_neighbors<R, N>(&mut self, neighbors: N, strategy: R, fit: Fit<T>) -> &mut Self
     where
         R: Repulsion<T, D>,
         N: AsRef<[Vec<Neighbor<T>>]> + Send + Sync,
@@ -1182,12 +1098,7 @@ where
         T: Default,
         Dim<D>: SpectralBlock,
     {
-        tsne::spectral::spectral_embedding::<T, D>(
-            &self.p_rows,
-            &self.p_columns,
-            &self.p_values,
-            params,
-        )
+        tsne::spectral::spectral_embedding::<T, D>(&self.p_rows, &self.p_columns, &self.p_values, params)
     }
 
     /// Injects a previously extracted affinity graph. The next `barnes_hut`
@@ -1288,10 +1199,7 @@ where
     /// # Arguments
     ///
     /// `grad_entries` - length of the embedding, i.e. the size of the snapshot buffer.
-    fn take_callback_and_snapshot(
-        &mut self,
-        grad_entries: usize,
-    ) -> (Option<EpochCallback<'data, T>>, Vec<T>) {
+    fn take_callback_and_snapshot(&mut self, grad_entries: usize) -> (Option<EpochCallback<'data, T>>, Vec<T>) {
         let epoch_callback = self.epoch_callback.take();
         let snapshot = match epoch_callback {
             Some(_) => vec![T::zero(); grad_entries],
@@ -1313,12 +1221,7 @@ where
     ///
     /// * `snapshot` - scratch buffer the embedding is copied into before being
     ///   handed to the callback. Unused when there is no callback.
-    fn epoch_tail(
-        &mut self,
-        epoch: usize,
-        epoch_callback: &mut Option<EpochCallback<'data, T>>,
-        snapshot: &mut [T],
-    ) {
+    fn epoch_tail(&mut self, epoch: usize, epoch_callback: &mut Option<EpochCallback<'data, T>>, snapshot: &mut [T]) {
         if epoch == self.stop_lying_epoch && epoch != 0 {
             tsne::stop_lying(&mut self.p_values, self.early_exaggeration);
             self.stop_lying_fired = true;
@@ -1344,9 +1247,7 @@ where
 
     /// Returns true if cached affinities match the current dataset.
     fn has_cached_affinities(&self, n_samples: usize) -> bool {
-        !self.p_rows.is_empty()
-            && self.p_rows.len() == n_samples + 1
-            && self.cached_perplexity == Some(self.perplexity)
+        !self.p_rows.is_empty() && self.p_rows.len() == n_samples + 1 && self.cached_perplexity == Some(self.perplexity)
     }
 
     /// Returns true if cached affinities encode the same neighbor indices as
@@ -1366,10 +1267,7 @@ where
             let start = p_rows[i];
             let end = p_rows[i + 1];
             (end - start) == row.len()
-                && row
-                    .iter()
-                    .enumerate()
-                    .all(|(j, neighbor)| p_columns[start + j] == neighbor.index as u32)
+                && row.iter().enumerate().all(|(j, neighbor)| p_columns[start + j] == neighbor.index as u32)
         })
     }
 
@@ -1409,13 +1307,10 @@ fn copy_neighbor_row<T: Copy>(
     p_columns_row: &mut [u32],
     distances_row: &mut [T],
 ) {
-    p_columns_row
-        .iter_mut()
-        .zip(distances_row.iter_mut())
-        .zip(neighbors[index].iter())
-        .for_each(|((column, distance), neighbor)| {
+    p_columns_row.iter_mut().zip(distances_row.iter_mut()).zip(neighbors[index].iter()).for_each(
+        |((column, distance), neighbor)| {
             *column = neighbor.index as u32;
             *distance = neighbor.distance;
-        });
+        },
+    );
 }
-

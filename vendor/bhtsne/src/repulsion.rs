@@ -43,14 +43,7 @@ pub(crate) trait Repulsion<T, const D: usize> {
 
     /// Evaluates the KL divergence (the t-SNE loss) of the current embedding under
     /// this strategy's repulsion approximation.
-    fn error(
-        &self,
-        p_rows: &[usize],
-        p_columns: &[u32],
-        p_values: &[T],
-        y: &[T],
-        n_samples: usize,
-    ) -> T;
+    fn error(&self, p_rows: &[usize], p_columns: &[u32], p_values: &[T], y: &[T], n_samples: usize) -> T;
 }
 
 /// Barnes-Hut repulsion. A Morton arena summarizes the repulsive forces, computed in
@@ -77,12 +70,7 @@ where
     W: barnes_hut_tree::MortonWord,
 {
     pub(crate) fn new(theta: T) -> Self {
-        Self {
-            arena: barnes_hut_tree::BarnesHutTree::empty(),
-            q_sums: Vec::new(),
-            theta,
-            theta_sq: theta * theta,
-        }
+        Self { arena: barnes_hut_tree::BarnesHutTree::empty(), q_sums: Vec::new(), theta, theta_sq: theta * theta }
     }
 }
 
@@ -127,23 +115,13 @@ where
                         <barnes_hut_tree::Dim<D> as barnes_hut_tree::Morton<D>>::empty_stack(),
                     )
                 },
-                |(edge_row, nonedge_row, stack),
-                 (index, ((positive_out, negative_out), q_sum_out))| {
+                |(edge_row, nonedge_row, stack), (index, ((positive_out, negative_out), q_sum_out))| {
                     // Write each output row once to avoid false sharing.
                     *edge_row = [T::zero(); D];
                     *nonedge_row = [T::zero(); D];
                     let mut q_sum = T::zero();
-                    tsne::compute_edge_forces::<T, D>(
-                        index, y, p_rows, p_columns, p_values, edge_row,
-                    );
-                    arena.compute_non_edge_forces(
-                        index,
-                        theta_sq,
-                        y,
-                        nonedge_row,
-                        &mut q_sum,
-                        stack.as_mut(),
-                    );
+                    tsne::compute_edge_forces::<T, D>(index, y, p_rows, p_columns, p_values, edge_row);
+                    arena.compute_non_edge_forces(index, theta_sq, y, nonedge_row, &mut q_sum, stack.as_mut());
                     positive_out.copy_from_slice(&edge_row[..]);
                     negative_out.copy_from_slice(&nonedge_row[..]);
                     *q_sum_out = q_sum;
@@ -157,17 +135,8 @@ where
         Float::recip(q_sum)
     }
 
-    fn error(
-        &self,
-        p_rows: &[usize],
-        p_columns: &[u32],
-        p_values: &[T],
-        y: &[T],
-        n_samples: usize,
-    ) -> T {
-        tsne::evaluate_error_approximately::<T, D>(
-            p_rows, p_columns, p_values, y, n_samples, self.theta,
-        )
+    fn error(&self, p_rows: &[usize], p_columns: &[u32], p_values: &[T], y: &[T], n_samples: usize) -> T {
+        tsne::evaluate_error_approximately::<T, D>(p_rows, p_columns, p_values, y, n_samples, self.theta)
     }
 }
 
@@ -184,24 +153,13 @@ where
     T: Send + Sync + Float + FftNum + AsPrimitive<usize> + Sum,
 {
     pub(crate) fn new() -> Self {
-        Self {
-            interpolant: tsne::interpolation::Interpolant::new(),
-        }
+        Self { interpolant: tsne::interpolation::Interpolant::new() }
     }
 }
 
 impl<T, const D: usize> Repulsion<T, D> for InterpolatedRepulsion<T, D>
 where
-    T: Float
-        + FftNum
-        + Send
-        + Sync
-        + Sum
-        + AsPrimitive<usize>
-        + AddAssign
-        + SubAssign
-        + MulAssign
-        + DivAssign,
+    T: Float + FftNum + Send + Sync + Sum + AsPrimitive<usize> + AddAssign + SubAssign + MulAssign + DivAssign,
 {
     fn step(
         &mut self,
@@ -215,30 +173,19 @@ where
         let n_samples = y.len() / D;
         // Attractive (positive) forces from the sparse graph, parallel per sample.
         // Identical to the Barnes-Hut edge forces, hence the shared routine.
-        positive
-            .par_chunks_mut(D)
-            .enumerate()
-            .for_each(|(index, row)| {
-                row.fill(T::zero());
-                tsne::compute_edge_forces::<T, D>(index, y, p_rows, p_columns, p_values, row);
-            });
+        positive.par_chunks_mut(D).enumerate().for_each(|(index, row)| {
+            row.fill(T::zero());
+            tsne::compute_edge_forces::<T, D>(index, y, p_rows, p_columns, p_values, row);
+        });
 
         // Repulsive (negative) forces and the Q normalizer Z via FFT interpolation.
         let mut z = T::zero();
-        self.interpolant
-            .repulsive_forces(y, n_samples, negative, &mut z);
+        self.interpolant.repulsive_forces(y, n_samples, negative, &mut z);
 
         z.recip()
     }
 
-    fn error(
-        &self,
-        p_rows: &[usize],
-        p_columns: &[u32],
-        p_values: &[T],
-        y: &[T],
-        n_samples: usize,
-    ) -> T {
+    fn error(&self, p_rows: &[usize], p_columns: &[u32], p_values: &[T], y: &[T], n_samples: usize) -> T {
         tsne::evaluate_error_interpolated::<T, D>(p_rows, p_columns, p_values, y, n_samples)
     }
 }

@@ -84,8 +84,7 @@ impl<T: FftNum + Float> FftGrid<T> {
     fn resize_scratch_to_pool(&mut self) {
         let needed = rayon::current_num_threads().max(1) * self.scratch_len;
         if self.scratch.len() != needed {
-            self.scratch
-                .resize(needed, Complex::new(T::zero(), T::zero()));
+            self.scratch.resize(needed, Complex::new(T::zero(), T::zero()));
         }
     }
 
@@ -98,11 +97,7 @@ impl<T: FftNum + Float> FftGrid<T> {
     /// Forward transform of a real `len^DIMS` grid into its half `spectrum`.
     ///
     /// `DIMS` is the caller's embedding dimensionality and is either `1` or `2`.
-    pub(crate) fn forward<const DIMS: usize>(
-        &mut self,
-        grid: &mut [T],
-        spectrum: &mut [Complex<T>],
-    ) {
+    pub(crate) fn forward<const DIMS: usize>(&mut self, grid: &mut [T], spectrum: &mut [Complex<T>]) {
         self.resize_scratch_to_pool();
         self.rows_r2c(grid, spectrum);
         if DIMS == 2 {
@@ -116,11 +111,7 @@ impl<T: FftNum + Float> FftGrid<T> {
     /// `1 / len^DIMS` factor into the kernel spectrum.
     ///
     /// The `spectrum` is consumed as scratch.
-    pub(crate) fn inverse<const DIMS: usize>(
-        &mut self,
-        spectrum: &mut [Complex<T>],
-        grid: &mut [T],
-    ) {
+    pub(crate) fn inverse<const DIMS: usize>(&mut self, spectrum: &mut [Complex<T>], grid: &mut [T]) {
         self.resize_scratch_to_pool();
         if DIMS == 2 {
             self.column_pass(false, spectrum);
@@ -152,11 +143,8 @@ impl<T: FftNum + Float> FftGrid<T> {
             .zip(spectrum.par_chunks_mut(batch * h))
             .zip(scratch.par_chunks_mut(slot_len))
             .for_each(|((grid_batch, spectrum_batch), slot)| {
-                for (grid_row, spectrum_row) in
-                    grid_batch.chunks_mut(m).zip(spectrum_batch.chunks_mut(h))
-                {
-                    r2c.process_with_scratch(grid_row, spectrum_row, slot)
-                        .expect("real-to-complex transform");
+                for (grid_row, spectrum_row) in grid_batch.chunks_mut(m).zip(spectrum_batch.chunks_mut(h)) {
+                    r2c.process_with_scratch(grid_row, spectrum_row, slot).expect("real-to-complex transform");
                 }
             });
     }
@@ -174,11 +162,8 @@ impl<T: FftNum + Float> FftGrid<T> {
             .zip(spectrum.par_chunks_mut(batch * h))
             .zip(scratch.par_chunks_mut(slot_len))
             .for_each(|((grid_batch, spectrum_batch), slot)| {
-                for (grid_row, spectrum_row) in
-                    grid_batch.chunks_mut(m).zip(spectrum_batch.chunks_mut(h))
-                {
-                    c2r.process_with_scratch(spectrum_row, grid_row, slot)
-                        .expect("complex-to-real transform");
+                for (grid_row, spectrum_row) in grid_batch.chunks_mut(m).zip(spectrum_batch.chunks_mut(h)) {
+                    c2r.process_with_scratch(spectrum_row, grid_row, slot).expect("complex-to-real transform");
                 }
             });
     }
@@ -188,22 +173,15 @@ impl<T: FftNum + Float> FftGrid<T> {
     fn column_rows(&mut self, m: usize, forward: bool) {
         let slot_len = self.scratch_len;
         let batch = self.batch_rows(self.transpose.len() / m);
-        let fft = if forward {
-            &self.col_forward
-        } else {
-            &self.col_inverse
-        };
+        let fft = if forward { &self.col_forward } else { &self.col_inverse };
         let buffer = &mut self.transpose;
         let scratch = &mut self.scratch;
 
-        buffer
-            .par_chunks_mut(batch * m)
-            .zip(scratch.par_chunks_mut(slot_len))
-            .for_each(|(batch_rows, slot)| {
-                for row in batch_rows.chunks_mut(m) {
-                    fft.process_with_scratch(row, slot);
-                }
-            });
+        buffer.par_chunks_mut(batch * m).zip(scratch.par_chunks_mut(slot_len)).for_each(|(batch_rows, slot)| {
+            for row in batch_rows.chunks_mut(m) {
+                fft.process_with_scratch(row, slot);
+            }
+        });
     }
 }
 
@@ -225,25 +203,19 @@ fn clear_real_axis_imag<T: FftNum + Float>(spectrum: &mut [Complex<T>], m: usize
 /// `dst[c, r] = src[r, c]`.
 #[inline]
 fn transpose<T: FftNum>(src: &[Complex<T>], dst: &mut [Complex<T>], rows: usize, cols: usize) {
-    dst.par_chunks_mut(TR_BLOCK * rows)
-        .enumerate()
-        .for_each(|(block, dst_block)| {
-            let col0 = block * TR_BLOCK;
-            let block_cols = dst_block.len() / rows;
-            let mut row0 = 0;
-            while row0 < rows {
-                let row1 = (row0 + TR_BLOCK).min(rows);
-                for r in row0..row1 {
-                    let src_tile = &src[r * cols + col0..r * cols + col0 + block_cols];
-                    dst_block[r..]
-                        .iter_mut()
-                        .step_by(rows)
-                        .zip(src_tile)
-                        .for_each(|(slot, &value)| *slot = value);
-                }
-                row0 = row1;
+    dst.par_chunks_mut(TR_BLOCK * rows).enumerate().for_each(|(block, dst_block)| {
+        let col0 = block * TR_BLOCK;
+        let block_cols = dst_block.len() / rows;
+        let mut row0 = 0;
+        while row0 < rows {
+            let row1 = (row0 + TR_BLOCK).min(rows);
+            for r in row0..row1 {
+                let src_tile = &src[r * cols + col0..r * cols + col0 + block_cols];
+                dst_block[r..].iter_mut().step_by(rows).zip(src_tile).for_each(|(slot, &value)| *slot = value);
             }
-        });
+            row0 = row1;
+        }
+    });
 }
 
 #[cfg(test)]
@@ -266,10 +238,7 @@ mod tests {
         grid.inverse::<2>(&mut spectrum, &mut real);
         let inv_total = 1.0 / total as f64;
         for (got, want) in real.iter().zip(original.iter()) {
-            assert!(
-                (got * inv_total - want).abs() < 1e-12,
-                "got {got}, want {want}"
-            );
+            assert!((got * inv_total - want).abs() < 1e-12, "got {got}, want {want}");
         }
     }
 
@@ -343,10 +312,7 @@ mod tests {
         let mut grid = FftGrid::<f64>::new(m);
 
         for threads in [1usize, 3, 8] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
                 let mut real = original.clone();
                 let mut spectrum = vec![Complex::new(0.0, 0.0); grid.spectrum_len::<2>()];
@@ -354,10 +320,7 @@ mod tests {
                 grid.inverse::<2>(&mut spectrum, &mut real);
                 let inv_total = 1.0 / total as f64;
                 for (got, want) in real.iter().zip(original.iter()) {
-                    assert!(
-                        (got * inv_total - want).abs() < 1e-12,
-                        "threads={threads}: got {got}, want {want}"
-                    );
+                    assert!((got * inv_total - want).abs() < 1e-12, "threads={threads}: got {got}, want {want}");
                 }
             });
         }

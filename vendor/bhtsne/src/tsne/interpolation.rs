@@ -114,13 +114,7 @@ where
     ///
     /// On return `negative_forces[i * D + d]` holds `F_rep,i^d` and `*z` holds the
     /// global normalizer.
-    pub(crate) fn repulsive_forces(
-        &mut self,
-        y: &[T],
-        n_samples: usize,
-        negative_forces: &mut [T],
-        z: &mut T,
-    ) {
+    pub(crate) fn repulsive_forces(&mut self, y: &[T], n_samples: usize, negative_forces: &mut [T], z: &mut T) {
         if n_samples == 0 {
             *z = T::zero();
             return;
@@ -172,8 +166,7 @@ where
         self.work_spec.resize(spectrum, zero);
         self.potentials.resize(n_samples * Self::TERMS, T::zero());
         self.box_index.resize(n_samples * D, 0);
-        self.weights
-            .resize(n_samples * D, [T::zero(); INTERPOLATION_POINTS]);
+        self.weights.resize(n_samples * D, [T::zero(); INTERPOLATION_POINTS]);
     }
 
     /// Assigns every point to a box per axis and computes its Lagrange
@@ -186,27 +179,20 @@ where
         let (box_index_chunks, _) = self.box_index.as_chunks_mut::<D>();
         let (weight_chunks, _) = self.weights.as_chunks_mut::<D>();
         let (y_chunks, _) = y.as_chunks::<D>();
-        box_index_chunks
-            .par_iter_mut()
-            .zip(weight_chunks.par_iter_mut())
-            .zip(y_chunks.par_iter())
-            .for_each(|((box_row, weight_row), point)| {
+        box_index_chunks.par_iter_mut().zip(weight_chunks.par_iter_mut()).zip(y_chunks.par_iter()).for_each(
+            |((box_row, weight_row), point)| {
                 for axis in 0..D {
                     // Locate the box and the point's relative position within it.
                     let offset = (point[axis] - min) * inv_box_width;
                     let box_id = offset.floor();
-                    let box_id = if box_id > T::zero() {
-                        box_id.to_usize().unwrap_or(last_box).min(last_box)
-                    } else {
-                        0
-                    };
+                    let box_id =
+                        if box_id > T::zero() { box_id.to_usize().unwrap_or(last_box).min(last_box) } else { 0 };
                     box_row[axis] = box_id;
-                    let local = (offset - T::from(box_id).unwrap())
-                        .max(T::zero())
-                        .min(T::one());
+                    let local = (offset - T::from(box_id).unwrap()).max(T::zero()).min(T::one());
                     basis.weights(local, &mut weight_row[axis]);
                 }
-            });
+            },
+        );
     }
 
     /// Fills [`Self::kernel_spec`] with the real FFT of the squared Cauchy kernel
@@ -221,31 +207,25 @@ where
     fn build_kernel_spectrum(&mut self, spacing: T) {
         let fft_len = self.fft_len;
         let one = T::one();
-        self.real_grids[0]
-            .par_iter_mut()
-            .enumerate()
-            .for_each(|(flat, value)| {
-                // Squared distance between grid nodes `spacing * lag` apart.
-                let mut sq = T::zero();
-                let mut rem = flat;
-                for _ in 0..D {
-                    let coord = rem % fft_len;
-                    rem /= fft_len;
-                    let lag = signed_lag(coord, fft_len);
-                    let displacement = spacing * T::from(lag).unwrap();
-                    sq = sq + displacement * displacement;
-                }
-                let cauchy = (one + sq).recip();
-                *value = cauchy * cauchy;
-            });
-        self.plan
-            .forward::<D>(&mut self.real_grids[0], &mut self.kernel_spec);
+        self.real_grids[0].par_iter_mut().enumerate().for_each(|(flat, value)| {
+            // Squared distance between grid nodes `spacing * lag` apart.
+            let mut sq = T::zero();
+            let mut rem = flat;
+            for _ in 0..D {
+                let coord = rem % fft_len;
+                rem /= fft_len;
+                let lag = signed_lag(coord, fft_len);
+                let displacement = spacing * T::from(lag).unwrap();
+                sq = sq + displacement * displacement;
+            }
+            let cauchy = (one + sq).recip();
+            *value = cauchy * cauchy;
+        });
+        self.plan.forward::<D>(&mut self.real_grids[0], &mut self.kernel_spec);
 
         // Fold the inverse-transform normalization into the kernel spectrum.
         let inv_total = T::from(fft_len.pow(D as u32)).unwrap().recip();
-        self.kernel_spec
-            .par_iter_mut()
-            .for_each(|value| *value = *value * inv_total);
+        self.kernel_spec.par_iter_mut().for_each(|value| *value = *value * inv_total);
     }
 
     /// Runs the `[spread -> convolve -> gather]` pipeline for every charge term, leaving
@@ -253,11 +233,9 @@ where
     fn convolve_terms(&mut self, y: &[T]) {
         self.spread_charges(y);
         for term in 0..Self::TERMS {
-            self.plan
-                .forward::<D>(&mut self.real_grids[term], &mut self.work_spec);
+            self.plan.forward::<D>(&mut self.real_grids[term], &mut self.work_spec);
             self.multiply_by_kernel();
-            self.plan
-                .inverse::<D>(&mut self.work_spec, &mut self.real_grids[term]);
+            self.plan.inverse::<D>(&mut self.work_spec, &mut self.real_grids[term]);
         }
         self.gather_potentials();
     }
@@ -301,9 +279,7 @@ where
         // A row of boxes (one box along the first axis) owns `INTERPOLATION_POINTS`
         // consecutive first-axis grid rows, in every term's grid.
         let row_len = INTERPOLATION_POINTS * fft_len.pow(D as u32 - 1);
-        let mut bands: Vec<Vec<&mut [T]>> = (0..boxes_per_axis)
-            .map(|_| Vec::with_capacity(Self::TERMS))
-            .collect();
+        let mut bands: Vec<Vec<&mut [T]>> = (0..boxes_per_axis).map(|_| Vec::with_capacity(Self::TERMS)).collect();
         for real_grid in &mut self.real_grids {
             real_grid.par_iter_mut().for_each(|v| *v = T::zero());
             for (band, rows) in bands.iter_mut().zip(real_grid.chunks_mut(row_len)) {
@@ -311,53 +287,43 @@ where
             }
         }
         let (starts, samples) = (&self.box_starts, &self.box_samples);
-        bands
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(row, mut grids)| {
-                let base = row * row_len;
-                for id in row * boxes_per_row..(row + 1) * boxes_per_row {
-                    let members = &samples[starts[id]..starts[id + 1]];
-                    let Some(&first) = members.first() else {
-                        continue;
-                    };
-                    let mut nodes = [[T::zero(); MAX_TERMS]; MAX_COMBINATIONS];
-                    for &sample in members {
-                        let sample = sample as usize;
-                        let mut charges = [T::zero(); MAX_TERMS];
-                        for (term, charge) in charges.iter_mut().take(Self::TERMS).enumerate() {
-                            *charge = charge_value::<T, D>(&y_chunks[sample], term);
-                        }
-                        for (combo, node) in nodes.iter_mut().take(combinations).enumerate() {
-                            let (_, weight) = node_of_combo::<T, D>(
-                                combo,
-                                &box_chunks[sample],
-                                &weight_chunks[sample],
-                                fft_len,
-                            );
-                            for (value, &charge) in node.iter_mut().zip(&charges) {
-                                *value = *value + weight * charge;
-                            }
-                        }
+        bands.into_par_iter().enumerate().for_each(|(row, mut grids)| {
+            let base = row * row_len;
+            for id in row * boxes_per_row..(row + 1) * boxes_per_row {
+                let members = &samples[starts[id]..starts[id + 1]];
+                let Some(&first) = members.first() else {
+                    continue;
+                };
+                let mut nodes = [[T::zero(); MAX_TERMS]; MAX_COMBINATIONS];
+                for &sample in members {
+                    let sample = sample as usize;
+                    let mut charges = [T::zero(); MAX_TERMS];
+                    for (term, charge) in charges.iter_mut().take(Self::TERMS).enumerate() {
+                        *charge = charge_value::<T, D>(&y_chunks[sample], term);
                     }
-                    let box_row = &box_chunks[first as usize];
-                    for (combo, node) in nodes.iter().take(combinations).enumerate() {
-                        let (flat, _) = node_of_combo::<T, D>(combo, box_row, &weight_chunks[first as usize], fft_len);
-                        for (grid, &value) in grids.iter_mut().zip(node) {
-                            grid[flat - base] = value;
+                    for (combo, node) in nodes.iter_mut().take(combinations).enumerate() {
+                        let (_, weight) =
+                            node_of_combo::<T, D>(combo, &box_chunks[sample], &weight_chunks[sample], fft_len);
+                        for (value, &charge) in node.iter_mut().zip(&charges) {
+                            *value = *value + weight * charge;
                         }
                     }
                 }
-            });
+                let box_row = &box_chunks[first as usize];
+                for (combo, node) in nodes.iter().take(combinations).enumerate() {
+                    let (flat, _) = node_of_combo::<T, D>(combo, box_row, &weight_chunks[first as usize], fft_len);
+                    for (grid, &value) in grids.iter_mut().zip(node) {
+                        grid[flat - base] = value;
+                    }
+                }
+            }
+        });
     }
 
     /// Multiplies the charge spectrum in place by the kernel spectrum, the
     /// frequency-domain form of the grid convolution.
     fn multiply_by_kernel(&mut self) {
-        self.work_spec
-            .par_iter_mut()
-            .zip(self.kernel_spec.par_iter())
-            .for_each(|(w, &k)| *w = *w * k);
+        self.work_spec.par_iter_mut().zip(self.kernel_spec.par_iter()).for_each(|(w, &k)| *w = *w * k);
     }
 
     /// Interpolates the node potentials back to the points (N2S), every term in one pass.
@@ -369,11 +335,8 @@ where
         let (box_chunks, _) = self.box_index.as_chunks::<D>();
         let (weight_chunks, _) = self.weights.as_chunks::<D>();
 
-        self.potentials
-            .par_chunks_mut(Self::TERMS)
-            .zip(box_chunks.par_iter())
-            .zip(weight_chunks.par_iter())
-            .for_each(|((point_terms, box_row), weight_row)| {
+        self.potentials.par_chunks_mut(Self::TERMS).zip(box_chunks.par_iter()).zip(weight_chunks.par_iter()).for_each(
+            |((point_terms, box_row), weight_row)| {
                 let mut phi = [T::zero(); MAX_TERMS];
                 for combo in 0..combinations {
                     let (flat, weight) = node_of_combo::<T, D>(combo, box_row, weight_row, fft_len);
@@ -382,7 +345,8 @@ where
                     }
                 }
                 point_terms.copy_from_slice(&phi[..Self::TERMS]);
-            });
+            },
+        );
     }
 
     /// Reconstructs the repulsive forces and the global `Z` from the interpolated
@@ -425,14 +389,8 @@ where
 fn coordinate_bounds<T: Float + Send + Sync>(y: &[T]) -> (T, T) {
     y.par_iter()
         .copied()
-        .fold(
-            || (T::infinity(), T::neg_infinity()),
-            |(lo, hi), v| (lo.min(v), hi.max(v)),
-        )
-        .reduce(
-            || (T::infinity(), T::neg_infinity()),
-            |(lo_a, hi_a), (lo_b, hi_b)| (lo_a.min(lo_b), hi_a.max(hi_b)),
-        )
+        .fold(|| (T::infinity(), T::neg_infinity()), |(lo, hi), v| (lo.min(v), hi.max(v)))
+        .reduce(|| (T::infinity(), T::neg_infinity()), |(lo_a, hi_a), (lo_b, hi_b)| (lo_a.min(lo_b), hi_a.max(hi_b)))
 }
 
 /// Number of boxes per axis for a given embedding extent: one per
@@ -469,11 +427,7 @@ fn next_smooth(n: usize) -> usize {
 /// for negative lags `coord - fft_len`.
 #[inline]
 const fn signed_lag(coord: usize, fft_len: usize) -> isize {
-    if coord <= fft_len / 2 {
-        coord as isize
-    } else {
-        coord as isize - fft_len as isize
-    }
+    if coord <= fft_len / 2 { coord as isize } else { coord as isize - fft_len as isize }
 }
 
 /// Node positions and reciprocal denominator products for the `I`
@@ -619,10 +573,7 @@ mod tests {
         let mut z = 0.0;
         interpolant.repulsive_forces(&y, n, &mut forces, &mut z);
 
-        assert!(
-            (z - ref_z).abs() / ref_z < 1e-3,
-            "Z relative error too large: got {z}, expected {ref_z}"
-        );
+        assert!((z - ref_z).abs() / ref_z < 1e-3, "Z relative error too large: got {z}, expected {ref_z}");
 
         // Compare forces by relative L2 norm of the difference.
         let mut diff_sq = 0.0;

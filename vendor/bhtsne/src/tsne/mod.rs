@@ -10,8 +10,7 @@ use std::{
 
 use rayon::{
     iter::{
-        IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator,
-        IntoParallelRefMutIterator,
+        IndexedParallelIterator, IntoParallelIterator, IntoParallelRefIterator, IntoParallelRefMutIterator,
         ParallelIterator,
     },
     slice::{ParallelSlice, ParallelSliceMut},
@@ -71,10 +70,7 @@ pub(crate) const REDUCTION_CHUNK: usize = 4096;
 
 /// Sum of `values`, parallel and deterministic (see [`REDUCTION_CHUNK`]).
 pub(crate) fn ordered_sum<T: Float + Send + Sync + Sum>(values: &[T]) -> T {
-    let partials: Vec<T> = values
-        .par_chunks(REDUCTION_CHUNK)
-        .map(|chunk| chunk.iter().copied().sum::<T>())
-        .collect();
+    let partials: Vec<T> = values.par_chunks(REDUCTION_CHUNK).map(|chunk| chunk.iter().copied().sum::<T>()).collect();
     partials.into_iter().sum()
 }
 
@@ -113,11 +109,7 @@ pub(super) fn prepare_buffers<T: Float + Send + Sync>(
 /// * `uy` - momentum buffer.
 ///
 /// * `gains` - gains.
-pub(super) fn clear_buffers<T: Float + Send + Sync>(
-    dy: &mut Vec<T>,
-    uy: &mut Vec<T>,
-    gains: &mut Vec<T>,
-) {
+pub(super) fn clear_buffers<T: Float + Send + Sync>(dy: &mut Vec<T>, uy: &mut Vec<T>, gains: &mut Vec<T>) {
     // Empties the buffers.
     *dy = Vec::new(); // Gradient.
     *uy = Vec::new(); // Momentum buffer.
@@ -130,10 +122,7 @@ pub(super) fn clear_buffers<T: Float + Send + Sync>(
 /// comes from the JavaScript host through getrandom. Otherwise, on
 /// wasm32-unknown-unknown no entropy source exists, so a small deterministic generator
 /// with a fixed seed is used instead.
-#[cfg(any(
-    not(all(target_arch = "wasm32", target_os = "unknown")),
-    feature = "wasm_js"
-))]
+#[cfg(any(not(all(target_arch = "wasm32", target_os = "unknown")), feature = "wasm_js"))]
 pub(super) fn make_rng() -> impl rand::Rng {
     rand::rng()
 }
@@ -144,11 +133,7 @@ pub(super) fn make_rng() -> impl rand::Rng {
 /// comes from the JavaScript host through getrandom. Otherwise, on
 /// wasm32-unknown-unknown no entropy source exists, so a small deterministic generator
 /// with a fixed seed is used instead.
-#[cfg(all(
-    target_arch = "wasm32",
-    target_os = "unknown",
-    not(feature = "wasm_js")
-))]
+#[cfg(all(target_arch = "wasm32", target_os = "unknown", not(feature = "wasm_js")))]
 pub(super) fn make_rng() -> impl rand::Rng {
     use rand::SeedableRng;
     rand::rngs::SmallRng::seed_from_u64(0x6268_7473_6e65)
@@ -162,8 +147,7 @@ pub(super) fn make_rng() -> impl rand::Rng {
 pub(super) fn random_init<T: Float + Send + Sync + Copy>(y: &mut [T]) {
     let distr = Normal::new(0.0, 1e-4).unwrap();
     let mut rng = make_rng();
-    y.iter_mut()
-        .for_each(|el| *el = T::from(distr.sample(&mut rng)).unwrap());
+    y.iter_mut().for_each(|el| *el = T::from(distr.sample(&mut rng)).unwrap());
 }
 
 /// Computes a squared distance matrix. Computes only the upper triangular entries, excluding the
@@ -178,27 +162,20 @@ pub(super) fn random_init<T: Float + Send + Sync + Copy>(y: &mut [T]) {
 /// * `g` - a closure that given an index returns the associated sample.
 ///
 /// * `n_samples` - total number of samples.
-pub(super) fn compute_pairwise_distance_matrix<'a, T, U, F, G>(
-    distances: &mut [T],
-    f: F,
-    g: G,
-    n_samples: usize,
-) where
+pub(super) fn compute_pairwise_distance_matrix<'a, T, U, F, G>(distances: &mut [T], f: F, g: G, n_samples: usize)
+where
     T: Float + Send + Sync,
     U: 'a + Send + Sync + ?Sized,
     F: Fn(&U, &U) -> T + Sync + Send,
     G: Fn(&usize) -> &'a U + Sync + Send,
 {
     // Parallelize over rows and compute only the upper triangular entries, excluding the diagonal.
-    distances
-        .par_chunks_mut(n_samples)
-        .enumerate()
-        .for_each(|(i, distances_row)| {
-            let ith = g(&i);
-            for (j, d) in distances_row.iter_mut().enumerate().skip(i + 1) {
-                *d = f(ith, g(&j));
-            }
-        });
+    distances.par_chunks_mut(n_samples).enumerate().for_each(|(i, distances_row)| {
+        let ith = g(&i);
+        for (j, d) in distances_row.iter_mut().enumerate().skip(i + 1) {
+            *d = f(ith, g(&j));
+        }
+    });
 
     // Symmetrizes the matrix. Effectively filling it.
     for i in 0..n_samples {
@@ -236,22 +213,17 @@ where
 
     while !found && iteration < 200 {
         // Here the values of a single row are computed.
-        p_values_row
-            .iter_mut()
-            .zip(distances_row.iter())
-            .for_each(|(p, d)| {
-                *p = (-beta * (*d * *d)).exp();
-            });
+        p_values_row.iter_mut().zip(distances_row.iter()).for_each(|(p, d)| {
+            *p = (-beta * (*d * *d)).exp();
+        });
 
         // After that the row is normalized.
         p_values_row_sum = p_values_row.iter().copied().sum::<T>() + T::min_positive_value();
 
         // The conditional distribution's entropy is needed to find the optimal value
         // for beta, i.e. the bandwidth of the Gaussian kernel.
-        let mut entropy = p_values_row
-            .iter()
-            .zip(distances_row.iter())
-            .fold(T::zero(), |acc, (p, d)| acc + beta * *p * (*d * *d));
+        let mut entropy =
+            p_values_row.iter().zip(distances_row.iter()).fold(T::zero(), |acc, (p, d)| acc + beta * *p * (*d * *d));
         entropy = entropy / p_values_row_sum + p_values_row_sum.ln();
 
         // It evaluates whether the entropy is within the tolerance level.
@@ -289,9 +261,7 @@ where
     }
 
     // Row normalization.
-    p_values_row
-        .iter_mut()
-        .for_each(|p| *p /= p_values_row_sum + T::epsilon());
+    p_values_row.iter_mut().for_each(|p| *p /= p_values_row_sum + T::epsilon());
 }
 
 /// Normalizes the P values.
@@ -301,10 +271,7 @@ where
 /// * `p_values` - values of the P distribution.
 ///
 /// * `early_exaggeration` - factor the P distribution is multiplied by during the early phase.
-pub(super) fn normalize_p_values<T: Float + Send + Sync + MulAssign + Sum>(
-    p_values: &mut [T],
-    early_exaggeration: T,
-) {
+pub(super) fn normalize_p_values<T: Float + Send + Sync + MulAssign + Sum>(p_values: &mut [T], early_exaggeration: T) {
     // Patched: fixed-chunk sum (was rayon's `sum`), the same bits on every run.
     let p_values_sum: T = ordered_sum(p_values);
     // Fold the normalization and the early-exaggeration factor into one reciprocal, so the hot pass
@@ -346,10 +313,9 @@ pub(super) fn symmetrize_sparse_matrix<T>(
     let n_neighbors = *n_neighbors;
     // Sort each neighbor row so the lookups below can binary-search. Rows are
     // independent and columns unique within a row, hence parallel and unstable.
-    p_columns
-        .par_chunks_mut(n_neighbors)
-        .zip(p_values.par_chunks_mut(n_neighbors))
-        .for_each_init(Vec::<(u32, T)>::new, |row, (cols, vals)| {
+    p_columns.par_chunks_mut(n_neighbors).zip(p_values.par_chunks_mut(n_neighbors)).for_each_init(
+        Vec::<(u32, T)>::new,
+        |row, (cols, vals)| {
             row.clear();
             row.extend(cols.iter().copied().zip(vals.iter().copied()));
             row.sort_unstable_by_key(|(c, _)| *c);
@@ -357,7 +323,8 @@ pub(super) fn symmetrize_sparse_matrix<T>(
                 cols[j] = col;
                 vals[j] = val;
             }
-        });
+        },
+    );
 
     // The transpose: for each sample the samples listing it, ascending, with the value they
     // give it. Filled in sample order, which sorts every list.
@@ -371,11 +338,7 @@ pub(super) fn symmetrize_sparse_matrix<T>(
     let mut in_columns = vec![0u32; p_columns.len()];
     let mut in_values = vec![T::zero(); p_columns.len()];
     let mut next = in_rows[..n_samples].to_vec();
-    for (t, (cols, vals)) in p_columns
-        .chunks(n_neighbors)
-        .zip(p_values.chunks(n_neighbors))
-        .enumerate()
-    {
+    for (t, (cols, vals)) in p_columns.chunks(n_neighbors).zip(p_values.chunks(n_neighbors)).enumerate() {
         for (&col, &val) in cols.iter().zip(vals) {
             let slot = &mut next[col as usize];
             in_columns[*slot] = t as u32;
@@ -437,16 +400,14 @@ pub(super) fn symmetrize_sparse_matrix<T>(
         (cols_rest, vals_rest) = (cols_tail, vals_tail);
     }
     let half = T::from(0.5).unwrap();
-    rows.into_par_iter()
-        .enumerate()
-        .for_each(|(r, (cols, vals))| {
-            let mut at = 0;
-            for_each_entry(r, &mut |col, value| {
-                cols[at] = col;
-                vals[at] = value * half;
-                at += 1;
-            });
+    rows.into_par_iter().enumerate().for_each(|(r, (cols, vals))| {
+        let mut at = 0;
+        for_each_entry(r, &mut |col, value| {
+            cols[at] = col;
+            vals[at] = value * half;
+            at += 1;
         });
+    });
 
     *p_values = sym_val_p;
     *sym_p_rows = sym_row_p;
@@ -468,28 +429,16 @@ pub(super) fn symmetrize_sparse_matrix<T>(
 /// * `learning_rate` - learning rate.
 ///
 /// * `momentum` - momentum coefficient.
-pub(super) fn update_solution<T>(
-    y: &mut [T],
-    dy: &[T],
-    uy: &mut [T],
-    gains: &mut [T],
-    learning_rate: &T,
-    momentum: &T,
-) where
+pub(super) fn update_solution<T>(y: &mut [T], dy: &[T], uy: &mut [T], gains: &mut [T], learning_rate: &T, momentum: &T)
+where
     T: Float + Send + Sync + AddAssign,
 {
     let (gain_increment, gain_decay, min_gain, max_gain) = gain_constants::<T>();
 
-    y.par_iter_mut()
-        .zip(dy.par_iter())
-        .zip(uy.par_iter_mut())
-        .zip(gains.par_iter_mut())
-        .for_each(|(((y_el, dy_el), uy_el), gains_el)| {
-            *gains_el = if dy_el.signum() != uy_el.signum() {
-                *gains_el + gain_increment
-            } else {
-                *gains_el * gain_decay
-            };
+    y.par_iter_mut().zip(dy.par_iter()).zip(uy.par_iter_mut()).zip(gains.par_iter_mut()).for_each(
+        |(((y_el, dy_el), uy_el), gains_el)| {
+            *gains_el =
+                if dy_el.signum() != uy_el.signum() { *gains_el + gain_increment } else { *gains_el * gain_decay };
             if *gains_el < min_gain {
                 *gains_el = min_gain;
             }
@@ -498,7 +447,8 @@ pub(super) fn update_solution<T>(
             }
             *uy_el = *momentum * *uy_el - *learning_rate * *gains_el * *dy_el;
             *y_el += *uy_el
-        });
+        },
+    );
 }
 
 /// Fused adaptive-gain gradient-descent step shared by the Barnes-Hut and FIt-SNE
@@ -528,12 +478,7 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
 ) where
     T: Float + Send + Sync + AddAssign,
 {
-    let GradientStep {
-        learning_rate,
-        momentum,
-        inverse_norm,
-        max_step_norm,
-    } = step;
+    let GradientStep { learning_rate, momentum, inverse_norm, max_step_norm } = step;
     let (gain_increment, gain_decay, min_gain, max_gain) = gain_constants::<T>();
 
     y.par_chunks_mut(D)
@@ -542,40 +487,32 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
         .zip(negative_forces.par_chunks(D))
         .zip(uy.par_chunks_mut(D))
         .zip(gains.par_chunks_mut(D))
-        .for_each(
-            |((((y_sample, positive), negative), uy_sample), gains_sample)| {
-                positive
-                    .iter()
-                    .zip(negative.iter())
-                    .zip(uy_sample.iter_mut())
-                    .zip(gains_sample.iter_mut())
-                    .for_each(|(((pf, nf), uy_el), gain)| {
-                        let gradient = *pf - *nf * inverse_norm;
-                        *gain = if gradient.signum() != uy_el.signum() {
-                            *gain + gain_increment
-                        } else {
-                            *gain * gain_decay
-                        };
-                        if *gain < min_gain {
-                            *gain = min_gain;
-                        }
-                        if *gain > max_gain {
-                            *gain = max_gain;
-                        }
-                        *uy_el = momentum * *uy_el - learning_rate * *gain * gradient;
-                    });
-                // Patched: clip the step's length, so a high learning rate cannot fling a
-                // sample far off the map (the clipped step is also the momentum carried on).
-                if let Some(max) = max_step_norm {
-                    let norm = uy_sample.iter().map(|&u| u * u).fold(T::zero(), |a, b| a + b).sqrt();
-                    if norm > max {
-                        let scale = max / norm;
-                        uy_sample.iter_mut().for_each(|u| *u = *u * scale);
+        .for_each(|((((y_sample, positive), negative), uy_sample), gains_sample)| {
+            positive.iter().zip(negative.iter()).zip(uy_sample.iter_mut()).zip(gains_sample.iter_mut()).for_each(
+                |(((pf, nf), uy_el), gain)| {
+                    let gradient = *pf - *nf * inverse_norm;
+                    *gain =
+                        if gradient.signum() != uy_el.signum() { *gain + gain_increment } else { *gain * gain_decay };
+                    if *gain < min_gain {
+                        *gain = min_gain;
                     }
+                    if *gain > max_gain {
+                        *gain = max_gain;
+                    }
+                    *uy_el = momentum * *uy_el - learning_rate * *gain * gradient;
+                },
+            );
+            // Patched: clip the step's length, so a high learning rate cannot fling a
+            // sample far off the map (the clipped step is also the momentum carried on).
+            if let Some(max) = max_step_norm {
+                let norm = uy_sample.iter().map(|&u| u * u).fold(T::zero(), |a, b| a + b).sqrt();
+                if norm > max {
+                    let scale = max / norm;
+                    uy_sample.iter_mut().for_each(|u| *u = *u * scale);
                 }
-                y_sample.iter_mut().zip(uy_sample.iter()).for_each(|(y_el, &u)| *y_el += u);
-            },
-        );
+            }
+            y_sample.iter_mut().zip(uy_sample.iter()).for_each(|(y_el, &u)| *y_el += u);
+        });
 }
 
 /// Adjust the P distribution values to the original ones in parallel.
@@ -585,10 +522,7 @@ pub(super) fn gradient_descent_step<T, const D: usize>(
 /// * `p_values` - P distribution.
 ///
 /// * `early_exaggeration` - factor the early phase multiplied the P distribution by, undone here.
-pub(super) fn stop_lying<T: Float + Send + Sync + MulAssign>(
-    p_values: &mut [T],
-    early_exaggeration: T,
-) {
+pub(super) fn stop_lying<T: Float + Send + Sync + MulAssign>(p_values: &mut [T], early_exaggeration: T) {
     let scale = early_exaggeration.recip();
     p_values.par_iter_mut().for_each(|p| *p *= scale);
 }
@@ -605,29 +539,20 @@ where
         .map(|chunk| {
             let mut totals = [T::zero(); D];
             for sample in chunk.chunks_exact(D) {
-                totals
-                    .iter_mut()
-                    .zip(sample.iter())
-                    .for_each(|(total, el)| *total += *el);
+                totals.iter_mut().zip(sample.iter()).for_each(|(total, el)| *total += *el);
             }
             totals
         })
         .collect();
     let mut means = [T::zero(); D];
     for partial in &partials {
-        means
-            .iter_mut()
-            .zip(partial.iter())
-            .for_each(|(total, el)| *total += *el);
+        means.iter_mut().zip(partial.iter()).for_each(|(total, el)| *total += *el);
     }
     let n_samples = T::from(n_samples).unwrap();
     means.iter_mut().for_each(|mean| *mean /= n_samples);
 
     y.par_chunks_mut(D).for_each(|sample| {
-        sample
-            .iter_mut()
-            .zip(means.iter())
-            .for_each(|(el, mean)| *el -= *mean);
+        sample.iter_mut().zip(means.iter()).for_each(|(el, mean)| *el -= *mean);
     });
 }
 
@@ -648,12 +573,7 @@ where
     let (points, _) = y.as_chunks::<D>();
     compute_pairwise_distance_matrix(
         &mut distances,
-        |a: &[T; D], b: &[T; D]| {
-            a.iter()
-                .zip(b.iter())
-                .map(|(aa, bb)| (*aa - *bb).powi(2))
-                .sum::<T>()
-        },
+        |a: &[T; D], b: &[T; D]| a.iter().zip(b.iter()).map(|(aa, bb)| (*aa - *bb).powi(2)).sum::<T>(),
         |i| &points[*i],
         n_samples,
     );
@@ -661,11 +581,7 @@ where
     // Q's normalizer Z is the sum of the unnormalized Student-t affinities `1 / (1 + d)`.
     // Fold it straight out of the distance matrix so the full n^2 q_values buffer never
     // has to be materialized.
-    let inverse_q_sum = distances
-        .par_iter()
-        .map(|d| (T::one() + *d).recip())
-        .sum::<T>()
-        .recip();
+    let inverse_q_sum = distances.par_iter().map(|d| (T::one() + *d).recip()).sum::<T>().recip();
 
     // Kullback-Leibler divergence, reconstructing each normalized q on the fly.
     p_values
@@ -722,26 +638,12 @@ where
             // Local scratch: the repulsive forces are not needed here, only their q_sum.
             let mut negative_forces = [T::zero(); D];
             let mut stack = <barnes_hut_tree::Dim<D> as barnes_hut_tree::Morton<D>>::empty_stack();
-            arena.compute_non_edge_forces(
-                index,
-                theta_sq,
-                y,
-                &mut negative_forces,
-                sum,
-                stack.as_mut(),
-            );
+            arena.compute_non_edge_forces(index, theta_sq, y, &mut negative_forces, sum, stack.as_mut());
         });
 
         q_sums.par_iter().map(|sum| *sum).sum::<T>()
     };
-    sparse_kl_divergence::<T, D>(
-        p_rows,
-        p_columns,
-        p_values,
-        y,
-        n_samples,
-        Float::recip(q_sum),
-    )
+    sparse_kl_divergence::<T, D>(p_rows, p_columns, p_values, y, n_samples, Float::recip(q_sum))
 }
 
 /// Evaluate the t-SNE cost for an interpolation (FIt-SNE) fit.
@@ -769,16 +671,7 @@ pub(crate) fn evaluate_error_interpolated<T, const D: usize>(
     n_samples: usize,
 ) -> T
 where
-    T: Float
-        + FftNum
-        + Send
-        + Sync
-        + Sum
-        + AsPrimitive<usize>
-        + AddAssign
-        + SubAssign
-        + MulAssign
-        + DivAssign,
+    T: Float + FftNum + Send + Sync + Sum + AsPrimitive<usize> + AddAssign + SubAssign + MulAssign + DivAssign,
 {
     // Reuse the optimizer's estimator for Z; the forces themselves are discarded.
     let q_sum = {
@@ -822,28 +715,20 @@ where
 {
     let mut partials: Vec<T> = vec![T::zero(); n_samples];
 
-    partials
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(index, cost)| {
-            let sample_a = &y[index * D..(index + 1) * D];
-            for &column in &p_columns[p_rows[index]..p_rows[index + 1]] {
-                let column = column as usize;
-                let sample_b = &y[column * D..(column + 1) * D];
+    partials.par_iter_mut().enumerate().for_each(|(index, cost)| {
+        let sample_a = &y[index * D..(index + 1) * D];
+        for &column in &p_columns[p_rows[index]..p_rows[index + 1]] {
+            let column = column as usize;
+            let sample_b = &y[column * D..(column + 1) * D];
 
-                let mut q = sample_a
-                    .iter()
-                    .zip(sample_b.iter())
-                    .map(|(a, b)| (*a - *b).powi(2))
-                    .sum::<T>();
-                q = (T::one() + q).recip() * inverse_q_sum;
+            let mut q = sample_a.iter().zip(sample_b.iter()).map(|(a, b)| (*a - *b).powi(2)).sum::<T>();
+            q = (T::one() + q).recip() * inverse_q_sum;
 
-                // Kullback-Leibler divergence.
-                *cost += p_values[index]
-                    * ((p_values[index] + T::min_positive_value()) / (q + T::min_positive_value()))
-                        .ln();
-            }
-        });
+            // Kullback-Leibler divergence.
+            *cost +=
+                p_values[index] * ((p_values[index] + T::min_positive_value()) / (q + T::min_positive_value())).ln();
+        }
+    });
 
     partials.par_iter().map(|partial| *partial).sum::<T>()
 }
@@ -927,7 +812,6 @@ pub(crate) fn compute_edge_forces<T, const D: usize>(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -947,10 +831,9 @@ mod tests {
     {
         // Sort each neighbor row so the lookups below can binary-search. Rows are
         // independent and columns unique within a row, hence parallel and unstable.
-        p_columns
-            .par_chunks_mut(*n_neighbors)
-            .zip(p_values.par_chunks_mut(*n_neighbors))
-            .for_each_init(Vec::<(u32, T)>::new, |row, (cols, vals)| {
+        p_columns.par_chunks_mut(*n_neighbors).zip(p_values.par_chunks_mut(*n_neighbors)).for_each_init(
+            Vec::<(u32, T)>::new,
+            |row, (cols, vals)| {
                 row.clear();
                 row.extend(cols.iter().copied().zip(vals.iter().copied()));
                 row.sort_unstable_by_key(|(c, _)| *c);
@@ -958,7 +841,8 @@ mod tests {
                     cols[j] = col;
                     vals[j] = val;
                 }
-            });
+            },
+        );
 
         // Neighbor indices are stored as u32 to halve the index memory at large n; `col` reads one as a
         // usize wherever it is used to index into a buffer.
@@ -1037,7 +921,6 @@ mod tests {
         *sym_p_columns = sym_col_p;
     }
 
-
     #[test]
     fn symmetrization_matches_the_crate_entry_for_entry() {
         use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -1068,7 +951,10 @@ mod tests {
             crate_symmetrize(&mut want_rows, &mut want_cols, columns, &mut want_vals, n_samples, &n_neighbors);
             assert_eq!(rows, want_rows, "{n_samples} x {n_neighbors}");
             assert_eq!(cols, want_cols, "{n_samples} x {n_neighbors}");
-            assert_eq!(vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want_vals.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 }

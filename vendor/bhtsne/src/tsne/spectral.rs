@@ -19,9 +19,7 @@ use std::{
 use num_traits::Float;
 
 use rayon::{
-    iter::{
-        IndexedParallelIterator, IntoParallelIterator, IntoParallelRefMutIterator, ParallelIterator,
-    },
+    iter::{IndexedParallelIterator, IntoParallelIterator, IntoParallelRefMutIterator, ParallelIterator},
     slice::ParallelSliceMut,
 };
 
@@ -136,11 +134,7 @@ pub struct SpectralParams {
 
 impl Default for SpectralParams {
     fn default() -> Self {
-        Self {
-            rounds: DEFAULT_ROUNDS,
-            degree: DEFAULT_DEGREE,
-            seed_std: DEFAULT_SEED_STD,
-        }
+        Self { rounds: DEFAULT_ROUNDS, degree: DEFAULT_DEGREE, seed_std: DEFAULT_SEED_STD }
     }
 }
 
@@ -159,10 +153,7 @@ impl SpectralParams {
     ///
     /// Panics if `rounds` is zero.
     pub fn rounds(mut self, rounds: usize) -> Self {
-        assert!(
-            rounds >= 1,
-            "at least one spectral solver round is required"
-        );
+        assert!(rounds >= 1, "at least one spectral solver round is required");
         self.rounds = rounds;
 
         self
@@ -177,10 +168,7 @@ impl SpectralParams {
     ///
     /// Panics if `degree` is zero.
     pub fn degree(mut self, degree: usize) -> Self {
-        assert!(
-            degree >= 1,
-            "the Chebyshev filter degree must be at least 1"
-        );
+        assert!(degree >= 1, "the Chebyshev filter degree must be at least 1");
         self.degree = degree;
 
         self
@@ -222,16 +210,11 @@ where
 {
     let d_out = D;
     let n = p_rows.len().saturating_sub(1);
-    assert!(
-        n > 0,
-        "the spectral embedding requires affinities to be built"
-    );
+    assert!(n > 0, "the spectral embedding requires affinities to be built");
     let one = T::one();
 
     // 1. Degrees: row sums of P.
-    let degrees: Vec<T> = (0..n)
-        .map(|i| p_values[p_rows[i]..p_rows[i + 1]].iter().copied().sum())
-        .collect();
+    let degrees: Vec<T> = (0..n).map(|i| p_values[p_rows[i]..p_rows[i + 1]].iter().copied().sum()).collect();
 
     // 2. Inv-sqrt degrees. Isolated nodes get a vanishing weight instead, which
     // decouples them from the solve and sends them to the origin of the seed.
@@ -272,22 +255,11 @@ where
     // 4. Trivial Perron eigenvector v0 = sqrt(d) / ||sqrt(d)||.
     let sqrt_d: Vec<T> = degrees.iter().map(|d| d.sqrt()).collect();
     let norm_v0 = sqrt_d.iter().map(|v| *v * *v).sum::<T>().sqrt();
-    let v0: Vec<T> = if norm_v0 > T::zero() {
-        sqrt_d.iter().map(|v| *v / norm_v0).collect()
-    } else {
-        vec![T::zero(); n]
-    };
+    let v0: Vec<T> =
+        if norm_v0 > T::zero() { sqrt_d.iter().map(|v| *v / norm_v0).collect() } else { vec![T::zero(); n] };
 
     // 5. Leading nontrivial eigenvectors, flat row-major n x d_out.
-    let mut v = chebyshev_rayleigh_ritz::<T, Dim<D>>(
-        n,
-        &v0,
-        &inv_sqrt_d,
-        p_rows,
-        &edge_cols,
-        &edge_weights,
-        params,
-    );
+    let mut v = chebyshev_rayleigh_ritz::<T, Dim<D>>(n, &v0, &inv_sqrt_d, p_rows, &edge_cols, &edge_weights, params);
 
     // 6. Back to eigenmap coordinates: u = D^{-1/2} v.
     v.par_chunks_mut(d_out).enumerate().for_each(|(i, row)| {
@@ -326,11 +298,7 @@ where
         .iter()
         .map(|&var_sum| {
             let std_d = (var_sum / n_t).sqrt();
-            if std_d > T::from(1e-30).unwrap() {
-                target_std / std_d
-            } else {
-                T::one()
-            }
+            if std_d > T::from(1e-30).unwrap() { target_std / std_d } else { T::one() }
         })
         .collect();
     v.par_chunks_mut(d_out).for_each(|row| {
@@ -374,12 +342,7 @@ where
     // The rotation after the round loop reads the Ritz decomposition of the last
     // round, so at least one round must have run. The SpectralParams setters uphold
     // these invariants, the assert guards direct construction within the crate.
-    assert!(
-        params.rounds >= 1
-            && params.degree >= 1
-            && params.seed_std.is_finite()
-            && params.seed_std > 0.0
-    );
+    assert!(params.rounds >= 1 && params.degree >= 1 && params.seed_std.is_finite() && params.seed_std > 0.0);
 
     // The block width is fixed at the type level. On graphs with fewer than k
     // independent directions the surplus columns collapse during orthonormalization,
@@ -394,9 +357,7 @@ where
     let two = one + one;
 
     // Deterministic pseudo random start block.
-    let mut v: Vec<T> = (0..n * k)
-        .map(|index| splitmix_unit::<T>(index as u64))
-        .collect();
+    let mut v: Vec<T> = (0..n * k).map(|index| splitmix_unit::<T>(index as u64)).collect();
     let mut y_prev = vec![zero; n * k];
     let mut y_next = vec![zero; n * k];
     let mut ritz_vectors: Vec<T> = Vec::new();
@@ -450,18 +411,7 @@ where
         orthonormalize_block(&mut v, n, k, v0, refresh_seed);
 
         // Rayleigh-Ritz projection: b = V^T M V.
-        matvec_combine::<T, S>(
-            &v,
-            &v,
-            &mut y_next,
-            inv_sqrt_d,
-            p_rows,
-            edge_cols,
-            edge_weights,
-            one,
-            zero,
-            zero,
-        );
+        matvec_combine::<T, S>(&v, &v, &mut y_next, inv_sqrt_d, p_rows, edge_cols, edge_weights, one, zero, zero);
         let mut b = chunked_column_reduce(n, k * k, |range, acc: &mut [T]| {
             for i in range {
                 let v_row = &v[i * k..(i + 1) * k];
@@ -487,9 +437,7 @@ where
         // Order the Ritz pairs by decreasing Ritz value.
         let mut order: Vec<usize> = (0..k).collect();
         order.sort_unstable_by(|&lhs, &rhs| {
-            b[rhs * k + rhs]
-                .partial_cmp(&b[lhs * k + lhs])
-                .unwrap_or(core::cmp::Ordering::Equal)
+            b[rhs * k + rhs].partial_cmp(&b[lhs * k + lhs]).unwrap_or(core::cmp::Ordering::Equal)
         });
 
         if round + 1 < params.rounds {
@@ -499,9 +447,7 @@ where
             // eigenvector.
             let cut = order[(d_out + 1).min(k - 1)];
             let ritz_cut = b[cut * k + cut];
-            bound = ritz_cut
-                .max(T::from(0.1).unwrap())
-                .min(T::from(0.9995).unwrap());
+            bound = ritz_cut.max(T::from(0.1).unwrap()).min(T::from(0.9995).unwrap());
         }
         ritz_vectors = s;
         ritz_order = order;
@@ -510,18 +456,16 @@ where
     // Rotate the basis onto the Ritz vectors selected in the last round: u = V s.
     let top = &ritz_order[..d_out];
     let mut out = vec![zero; n * d_out];
-    out.par_chunks_mut(d_out)
-        .enumerate()
-        .for_each(|(i, out_row)| {
-            let v_row = &v[i * k..(i + 1) * k];
-            for (d, &col) in top.iter().enumerate() {
-                let mut acc = zero;
-                for p in 0..k {
-                    acc += v_row[p] * ritz_vectors[p * k + col];
-                }
-                out_row[d] = acc;
+    out.par_chunks_mut(d_out).enumerate().for_each(|(i, out_row)| {
+        let v_row = &v[i * k..(i + 1) * k];
+        for (d, &col) in top.iter().enumerate() {
+            let mut acc = zero;
+            for p in 0..k {
+                acc += v_row[p] * ritz_vectors[p * k + col];
             }
-        });
+            out_row[d] = acc;
+        }
+    });
 
     out
 }
@@ -613,29 +557,26 @@ fn matvec_combine<T, S>(
     let v_rows = S::as_rows(v);
     let prev_rows = S::as_rows(v_prev);
     let out_rows = S::as_rows_mut(out);
-    out_rows
-        .par_iter_mut()
-        .enumerate()
-        .for_each(|(i, out_row)| {
-            let mut acc = <S::Row<T>>::default();
-            let acc = acc.as_mut();
-            for e in p_rows[i]..p_rows[i + 1] {
-                let j = edge_cols[e] as usize;
-                let w = edge_weights[e];
-                let v_row = v_rows[j].as_ref();
-                for d in 0..S::WIDTH {
-                    acc[d] += w * v_row[d];
-                }
-            }
-            let scale = inv_sqrt_d[i];
-            let v_row = v_rows[i].as_ref();
-            let prev_row = prev_rows[i].as_ref();
-            let out_row = out_row.as_mut();
+    out_rows.par_iter_mut().enumerate().for_each(|(i, out_row)| {
+        let mut acc = <S::Row<T>>::default();
+        let acc = acc.as_mut();
+        for e in p_rows[i]..p_rows[i + 1] {
+            let j = edge_cols[e] as usize;
+            let w = edge_weights[e];
+            let v_row = v_rows[j].as_ref();
             for d in 0..S::WIDTH {
-                let mv = half * (v_row[d] + scale * acc[d]);
-                out_row[d] = mul_mv * mv + mul_v * v_row[d] + mul_prev * prev_row[d];
+                acc[d] += w * v_row[d];
             }
-        });
+        }
+        let scale = inv_sqrt_d[i];
+        let v_row = v_rows[i].as_ref();
+        let prev_row = prev_rows[i].as_ref();
+        let out_row = out_row.as_mut();
+        for d in 0..S::WIDTH {
+            let mv = half * (v_row[d] + scale * acc[d]);
+            out_row[d] = mul_mv * mv + mul_v * v_row[d] + mul_prev * prev_row[d];
+        }
+    });
 }
 
 /// Orthonormalizes the `k` columns of the flat row-major block with classical
@@ -724,10 +665,8 @@ where
     let eps_k = T::epsilon() * T::from(k as f64).unwrap();
     for _sweep in 0..50 {
         let diag_sq: T = (0..k).map(|p| b[p * k + p] * b[p * k + p]).sum();
-        let off: T = (0..k)
-            .flat_map(|p| ((p + 1)..k).map(move |q| (p, q)))
-            .map(|(p, q)| b[p * k + q] * b[p * k + q])
-            .sum();
+        let off: T =
+            (0..k).flat_map(|p| ((p + 1)..k).map(move |q| (p, q))).map(|(p, q)| b[p * k + q] * b[p * k + q]).sum();
         if off <= eps_k * eps_k * diag_sq {
             break;
         }

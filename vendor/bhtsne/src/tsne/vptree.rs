@@ -26,12 +26,7 @@ enum Side {
 
 impl<T: Float> Default for Node<T> {
     fn default() -> Self {
-        Node {
-            item: 0,
-            threshold: T::zero(),
-            left: SENTINEL,
-            right: SENTINEL,
-        }
+        Node { item: 0, threshold: T::zero(), left: SENTINEL, right: SENTINEL }
     }
 }
 
@@ -56,11 +51,7 @@ pub(crate) struct SearchScratch<T: Float> {
 
 impl<T: Float> Default for SearchScratch<T> {
     fn default() -> Self {
-        Self {
-            heap: BinaryHeap::new(),
-            stack: Vec::new(),
-            results: Vec::new(),
-        }
+        Self { heap: BinaryHeap::new(), stack: Vec::new(), results: Vec::new() }
     }
 }
 
@@ -86,10 +77,7 @@ impl<T: Float> Ord for HeapItem<T> {
             (true, true) => Ordering::Equal,
             (true, false) => Ordering::Greater,
             (false, true) => Ordering::Less,
-            (false, false) => self
-                .distance
-                .partial_cmp(&other.distance)
-                .unwrap_or(Ordering::Equal),
+            (false, false) => self.distance.partial_cmp(&other.distance).unwrap_or(Ordering::Equal),
         }
     }
 }
@@ -151,10 +139,7 @@ impl<'a, T: Float + Send + Sync, U> VPTree<'a, T, U> {
 
             // Allocate this node and wire it to its parent.
             let node_index = self.nodes.len() as u32;
-            self.nodes.push(Node {
-                item: lower as u32,
-                ..Node::default()
-            });
+            self.nodes.push(Node { item: lower as u32, ..Node::default() });
             match side {
                 Side::Root => {}
                 Side::Left => self.nodes[parent as usize].left = node_index,
@@ -173,19 +158,12 @@ impl<'a, T: Float + Send + Sync, U> VPTree<'a, T, U> {
                 // cached scalars.
                 partition.clear();
                 partition.extend(
-                    self.items[lower + 1..upper]
-                        .iter()
-                        .map(|pair @ (_, sample)| (metric_f(vantage, sample), *pair)),
+                    self.items[lower + 1..upper].iter().map(|pair @ (_, sample)| (metric_f(vantage, sample), *pair)),
                 );
                 let k = median - lower - 1;
-                partition.select_nth_unstable_by(k, |(a, ..), (b, ..)| {
-                    a.partial_cmp(b).unwrap_or(Ordering::Equal)
-                });
+                partition.select_nth_unstable_by(k, |(a, ..), (b, ..)| a.partial_cmp(b).unwrap_or(Ordering::Equal));
                 // Write the partitioned order back into `items`.
-                for (slot, &(_, pair)) in self.items[lower + 1..upper]
-                    .iter_mut()
-                    .zip(partition.iter())
-                {
+                for (slot, &(_, pair)) in self.items[lower + 1..upper].iter_mut().zip(partition.iter()) {
                     *slot = pair;
                 }
 
@@ -231,10 +209,7 @@ impl<'a, T: Float + Send + Sync, U> VPTree<'a, T, U> {
                 if heap.len() == k {
                     heap.pop();
                 }
-                heap.push(HeapItem {
-                    index: original_position,
-                    distance,
-                });
+                heap.push(HeapItem { index: original_position, distance });
                 if heap.len() == k {
                     *tau = heap.peek().unwrap().distance;
                 }
@@ -298,14 +273,7 @@ impl<'a, T: Float + Send + Sync, U> VPTree<'a, T, U> {
         // Reuse the per-worker priority queue to store intermediate results on.
         scratch.heap.clear();
         // Perform the search.
-        self.look_up(
-            &mut T::infinity(),
-            target,
-            k,
-            &mut scratch.heap,
-            &mut scratch.stack,
-            metric_f,
-        );
+        self.look_up(&mut T::infinity(), target, k, &mut scratch.heap, &mut scratch.stack, metric_f);
         scratch.results.clear();
         while let Some(item) = scratch.heap.pop() {
             scratch.results.push(item);
@@ -315,13 +283,7 @@ impl<'a, T: Float + Send + Sync, U> VPTree<'a, T, U> {
         neighbors_indices
             .iter_mut()
             .zip(distances.iter_mut())
-            .zip(
-                scratch
-                    .results
-                    .iter()
-                    .rev()
-                    .filter(|result| target_index != result.index),
-            )
+            .zip(scratch.results.iter().rev().filter(|result| target_index != result.index))
             .for_each(|((idx, d), result)| {
                 *idx = result.index as u32;
                 *d = result.distance;
