@@ -115,6 +115,17 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+impl Config {
+    /// The event writer's batches, as the flags set them.
+    pub fn event_batches(&self) -> crate::event_writer::BatchSettings {
+        crate::event_writer::BatchSettings {
+            max_batch: self.event_batch_max as usize,
+            max_wait: self.event_batch_wait,
+            queue: self.event_queue as usize,
+        }
+    }
+}
+
 impl std::fmt::Debug for Config {
     // Written by hand so the admin token never reaches a log.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

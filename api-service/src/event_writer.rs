@@ -152,6 +152,9 @@ async fn run(pool: SqlitePool, settings: BatchSettings, mut queue: mpsc::Receive
 async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
     // A caller that left (its deadline passed) is not written: it was told nothing was done.
     batch.retain(|pending| !pending.reply.is_closed());
+    if batch.is_empty() {
+        return;
+    }
     let events: Vec<&Checked> = batch.iter().map(|pending| &pending.event).collect();
     let answers = match write(pool, &events).await {
         Ok(answers) => answers,

@@ -28,7 +28,7 @@ use crate::{
     auth::AdminToken,
     config::Config,
     db,
-    event_writer::{BatchSettings, EventWriter},
+    event_writer::EventWriter,
     grpc::{self, Api},
     grpc_conventions::GrpcConventionsLayer,
     http,
@@ -57,14 +57,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         items.clone(),
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
-    let (events, event_writer) = EventWriter::start(
-        pool.clone(),
-        BatchSettings {
-            max_batch: config.event_batch_max as usize,
-            max_wait: config.event_batch_wait,
-            queue: config.event_queue as usize,
-        },
-    );
+    let (events, event_writer) = EventWriter::start(pool.clone(), config.event_batches());
     let state =
         AppState { pool: pool.clone(), events, items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
 

@@ -1,7 +1,8 @@
 //! Figures for the api-service, measured against the real binaries (build with --release):
 //! event writes per second and their p50/p99 latency at 1, 8, 64 and 256 concurrent HTTP clients
-//! and 64 gRPC clients, beside the same transaction run in process and by the sqlite3 shell (the
-//! ceiling), and the latency of the READY map endpoint for a 10k-point map.
+//! and 64 gRPC clients, beside the service's event writer driven in process and the same statements
+//! run by the sqlite3 shell one transaction each (the ceiling), and the latency of the READY map
+//! endpoint for a 10k-point map.
 //!
 //!     cargo run --release -p end-to-end-tests --bin api-bench
 
@@ -18,9 +19,6 @@ use serde_json::json;
 const EVENTS_PER_RUN: usize = 12_800;
 const MAP_POINTS: usize = 10_000;
 const MAP_REQUESTS: usize = 300;
-/// The api-service's batch flags at their defaults.
-const BATCH_DEFAULTS: api_service::event_writer::BatchSettings =
-    api_service::event_writer::BatchSettings { max_batch: 256, max_wait: Duration::ZERO, queue: 4096 };
 
 #[tokio::main]
 async fn main() {
@@ -61,7 +59,9 @@ async fn main() {
     .execute(&pool)
     .await
     .unwrap();
-    let (writer, writer_task) = api_service::event_writer::EventWriter::start(pool.clone(), BATCH_DEFAULTS);
+    // Batches as the service's flags (and their API_* variables) set them.
+    let config = <api_service::config::Config as clap::Parser>::parse_from(["api-service", "--admin-token", "bench"]);
+    let (writer, writer_task) = api_service::event_writer::EventWriter::start(pool.clone(), config.event_batches());
     let started = Instant::now();
     let tasks: Vec<_> = (0..64)
         .map(|task| {
