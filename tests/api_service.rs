@@ -428,7 +428,7 @@ async fn an_outside_write_lock_gives_a_retryable_error_within_the_busy_timeout_t
     let item = admin_post(&api, "/api/admin/items", &json!({ "id": 1, "name": "one" })).await;
     assert_eq!(item.status(), StatusCode::CREATED);
 
-    let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = 'held' WHERE id = 1;", Some(1000));
+    let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = 'held' WHERE id = 1;");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let blocked =
@@ -465,8 +465,7 @@ async fn events_committed_in_one_batch_are_answered_each_by_its_own_rule() {
 
     // While an outside writer holds the lock (less than busy_timeout), everything sent queues
     // behind the writer's first batch and is committed together in the next one.
-    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = name WHERE id = 0;", Some(5000));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = name WHERE id = 0;");
     let good: Vec<Value> = (0..30)
         .map(|n| json!({ "item_id": n % 10, "kind": if n % 3 == 0 { "search" } else { "view" }, "client_key": format!("good-{n}") }))
         .collect();
@@ -604,7 +603,7 @@ async fn sigterm_drops_readiness_first_and_finishes_in_flight_requests() {
     assert_eq!(item.status(), StatusCode::CREATED);
 
     // An outside writer holds the lock for 2 s, so an event is in flight when SIGTERM arrives.
-    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = 'held' WHERE id = 1;", None);
+    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = 'held' WHERE id = 1;");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let in_flight = tokio::spawn({
         let url = http_url(&api, "/api/events");

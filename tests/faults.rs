@@ -390,7 +390,7 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     let no_change = "UPDATE items SET name = name WHERE id = 0;";
 
     // A client deadline shorter than the wait for the lock.
-    let mut holder = hold_write_lock(&database, 2, no_change, None);
+    let mut holder = hold_write_lock(&database, 2, no_change);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The deadline travels as grpc-timeout, as every client sends it; the server must enforce it
     // and say DEADLINE_EXCEEDED. (Sent as gRPC-web, so no client-side timer races the server's.)
@@ -426,7 +426,7 @@ async fn deadlines_and_locks(card: &mut Scorecard) {
     row.fault(survived);
 
     // A lock held past busy_timeout: retryable errors, then recovery by itself.
-    let mut holder = hold_write_lock(&database, 7, no_change, None);
+    let mut holder = hold_write_lock(&database, 7, no_change);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let post_event =
         || http_client().post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send();

@@ -57,9 +57,9 @@ pub fn is_busy(error: &sqlx::Error) -> bool {
     }
 }
 
-/// A statement refused by a foreign key (SQLITE_CONSTRAINT_FOREIGNKEY).
+/// A statement refused by a foreign key.
 pub fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("787"))
+    matches!(error, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
 /// Milliseconds since the Unix epoch, the timestamps stored in the tables.

@@ -3,20 +3,20 @@
 //! through one writer task: it takes what is queued (up to a batch), writes it in one
 //! `BEGIN IMMEDIATE` transaction, commits, and only then answers each caller.
 //!
-//! One rule for keys holds within and across batches: an event's checks read the transaction it
-//! is written in, so a retry in the same batch sees its first copy like one in a later batch.
-//! Bad events (unknown item, reused key) are found by those reads before anything is written, so
-//! they fail alone; a batch that fails for any other reason than a busy database is written again
-//! event by event, so that whatever failed fails alone too.
+//! One rule for keys holds within and across batches: each event's insert runs in the transaction
+//! that holds the batch's earlier events, so a retry in the same batch meets its first copy as one
+//! in a later batch does. A bad event (a taken key, an unknown item) is refused by its own
+//! statement, which SQLite undoes alone, so it fails alone; a batch that fails for any other
+//! reason than a busy database is written again event by event, so whatever failed fails alone.
 
 use std::{collections::HashMap, time::Duration};
 
 use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
+    time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     db,
@@ -44,7 +44,8 @@ pub struct EventWriter {
 
 /// The writer task, kept by the server to drain it at shutdown.
 pub struct WriterTask {
-    stop: CancellationToken,
+    /// Set once, at shutdown: queued events are written until then.
+    stop: watch::Sender<Option<Instant>>,
     handle: JoinHandle<()>,
 }
 
@@ -63,8 +64,8 @@ struct Checked {
 impl EventWriter {
     pub fn start(pool: SqlitePool, settings: BatchSettings) -> (EventWriter, WriterTask) {
         let (sender, receiver) = mpsc::channel(settings.queue.max(1));
-        let stop = CancellationToken::new();
-        let handle = tokio::spawn(run(pool, settings, receiver, stop.clone()));
+        let (stop, stopped) = watch::channel(None);
+        let handle = tokio::spawn(run(pool, settings, receiver, stopped));
         (EventWriter { queue: sender }, WriterTask { stop, handle })
     }
 
@@ -87,18 +88,13 @@ impl EventWriter {
 }
 
 impl WriterTask {
-    /// Stops taking events, writes and answers what is queued, and waits for that at most
-    /// `grace`; callers still waiting after it are answered "shutting down".
+    /// Stops taking events and writes what is queued, batch by batch, until `grace` has passed;
+    /// callers whose batch has not begun by then are answered "shutting down" (retryable). A
+    /// batch already writing finishes, so no caller is told "no" about a committed event.
     pub async fn drain(self, grace: Duration) {
-        self.stop.cancel();
-        let abort = self.handle.abort_handle();
-        match tokio::time::timeout(grace, self.handle).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(task = "event-writer", "the event writer failed: {error}"),
-            Err(_) => {
-                tracing::warn!(task = "event-writer", ?grace, "queued events not written within the grace period");
-                abort.abort();
-            }
+        let _ = self.stop.send(Some(Instant::now() + grace));
+        if let Err(error) = self.handle.await {
+            tracing::error!(task = "event-writer", "the event writer failed: {error}");
         }
     }
 }
@@ -117,13 +113,18 @@ fn check(event: NewEvent) -> Result<Checked, ApiError> {
     Ok(Checked { item_id: event.item_id, kind: event.kind, client_key })
 }
 
-async fn run(pool: SqlitePool, settings: BatchSettings, mut queue: mpsc::Receiver<Pending>, stop: CancellationToken) {
+async fn run(
+    pool: SqlitePool,
+    settings: BatchSettings,
+    mut queue: mpsc::Receiver<Pending>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
     let max_batch = settings.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     loop {
         let taken = tokio::select! {
             taken = queue.recv_many(&mut batch, max_batch) => taken,
-            _ = stop.cancelled() => break,
+            _ = stop.wait_for(Option::is_some) => break,
         };
         if taken == 0 {
             break;
@@ -140,17 +141,25 @@ async fn run(pool: SqlitePool, settings: BatchSettings, mut queue: mpsc::Receive
         }
         write_and_answer(&pool, &mut batch).await;
     }
-    // Shutdown: refuse new events, then write what is already queued.
+    // Shutdown: refuse new events, then write what is already queued while the grace lasts.
     queue.close();
+    let deadline = stop.borrow().unwrap_or_else(Instant::now);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
-        write_and_answer(&pool, &mut batch).await;
+        if Instant::now() < deadline {
+            write_and_answer(&pool, &mut batch).await;
+        } else {
+            for pending in batch.drain(..) {
+                let _ = pending.reply.send(Err(ApiError::ShuttingDown));
+            }
+        }
     }
     tracing::debug!(task = "event-writer", "queue drained");
 }
 
 /// Writes `batch` (emptying it) and answers each of its callers.
 async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
-    // A caller that left (its deadline passed) is not written: it was told nothing was done.
+    // A caller that left before its batch began (its deadline passed, its connection closed) is
+    // not written; it had no answer, so a retry under its key is the way to know.
     batch.retain(|pending| !pending.reply.is_closed());
     if batch.is_empty() {
         return;
@@ -210,7 +219,8 @@ async fn write(pool: &SqlitePool, events: &[&Checked]) -> Result<Vec<Result<Reco
 
 /// One event, inside the batch's transaction. The insert is tried first: it is the common case,
 /// and the database itself says when the key is taken (no row returned) or the item unknown (the
-/// foreign key), a failed statement leaving the transaction and its other events as they were.
+/// foreign key, checked by the statement since it is not deferred), a failed statement leaving
+/// the transaction and its other events as they were.
 async fn write_one(
     tx: &mut Transaction<'static, Sqlite>,
     event: &Checked,
@@ -247,4 +257,44 @@ async fn write_one(
     } else {
         Err(ApiError::KeyReused)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_batch_answers_each_event_by_its_own_rule_and_counts_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::open(&dir.path().join("batch.sqlite3"), 1).await.unwrap();
+        sqlx::query("INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0), (2, 'two', 0, 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let event = |item_id, kind, key: Option<&str>| Checked { item_id, kind, client_key: key.map(str::to_owned) };
+        let events = [
+            event(1, EventKind::View, Some("a")),
+            event(1, EventKind::View, Some("a")), // the same event again: the first one's answer
+            event(2, EventKind::Search, Some("a")), // another event under a taken key
+            event(9, EventKind::View, Some("b")), // an unknown item
+            event(2, EventKind::Search, None),
+            event(2, EventKind::View, Some("b")), // the unknown item's key was not taken
+        ];
+        let answers = write(&pool, &events.iter().collect::<Vec<_>>()).await.unwrap();
+        let first = answers[0].as_ref().unwrap();
+        assert!(first.created);
+        assert!(matches!(answers[1], Ok(Recorded { event_id, created: false }) if event_id == first.event_id));
+        assert!(matches!(answers[2], Err(ApiError::KeyReused)));
+        assert!(matches!(answers[3], Err(ApiError::NotFound { .. })));
+        assert!(matches!(answers[4], Ok(Recorded { created: true, .. })));
+        assert!(matches!(answers[5], Ok(Recorded { created: true, .. })));
+        let counts: Vec<(i64, i64, i64)> =
+            sqlx::query_as("SELECT item_id, views, searches FROM item_stats ORDER BY item_id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        assert_eq!(counts, [(1, 1, 0), (2, 1, 1)]);
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+        assert_eq!(stored, 3);
+    }
 }

@@ -31,7 +31,7 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .route("/api/admin/stats", get(item_stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
-        .route("/livez", get(|| async { "ok" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .route("/api/events", post(record_event).route_layer(middleware::from_fn_with_state(state.clone(), limit_rate)))
         .merge(admin)
@@ -157,6 +157,16 @@ async fn import_items(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (created, updated) = state.items.import(&body.items).await?;
     Ok(Json(json!({ "created": created, "updated": updated })))
+}
+
+/// Alive while the event writer runs: it stops only at shutdown, after the listeners, so a
+/// writer gone while serving is a fault a restart mends.
+async fn livez(State(state): State<AppState>) -> Response {
+    if state.events.is_running() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the event writer stopped").into_response()
+    }
 }
 
 async fn record_event(

@@ -114,9 +114,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open requests"),
     }
-    // Requests in flight have had their events written; what a closed connection left queued is
-    // still written (its client may retry with the same key and get the original answer).
-    event_writer.drain(config.shutdown_grace.saturating_sub(draining.elapsed()).max(Duration::from_secs(1))).await;
+    // Requests in flight have had their events written; what is still queued is written while
+    // the grace lasts, for callers still waiting.
+    event_writer.drain(config.shutdown_grace.saturating_sub(draining.elapsed())).await;
     pool.close().await;
     tracing::info!("stopped");
     Ok(())

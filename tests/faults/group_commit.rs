@@ -17,9 +17,9 @@ pub async fn locked_past_busy_timeout(card: &mut Scorecard) {
     let writers = spawn_writers(&api, WRITERS, "locked".into(), stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     // 7 s, past the service's 5 s busy_timeout; the holder itself waits its turn for the lock.
-    let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = name WHERE id = 0;", Some(5000));
+    let mut holder = hold_write_lock(&database, 7, "UPDATE items SET name = name WHERE id = 0;");
     let held = Instant::now();
-    holder.wait().unwrap();
+    let committed = holder.wait().unwrap().success();
     let held = held.elapsed();
     // Writing resumes once the lock is gone.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -30,6 +30,7 @@ pub async fn locked_past_busy_timeout(card: &mut Scorecard) {
     row.operations += tally.attempts;
     row.acknowledged_lost += missing;
     let mut survived = row.check(doubled.is_none(), doubled.unwrap_or_default());
+    survived &= row.check(committed, "the outside writer held the lock and committed");
     survived &= row.check(
         tally.other.is_empty(),
         format!("every caller answered: written, or 503 with Retry-After; also {:?}", tally.other),
@@ -81,8 +82,7 @@ pub async fn full_queue(card: &mut Scorecard) {
     };
 
     // The lock keeps the writer's first batch waiting, so the queue behind it fills.
-    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = name WHERE id = 0;", Some(5000));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut holder = hold_write_lock(&database, 2, "UPDATE items SET name = name WHERE id = 0;");
     let answers = futures_util::future::join_all((0..CALLERS).map(|n| post(format!("full-{n}")))).await;
     holder.wait().unwrap();
     let written = answers.iter().filter(|a| matches!(a, Ok((s, ..)) if *s == StatusCode::CREATED)).count();

@@ -29,9 +29,24 @@ pub fn sqlite3_script(database: &Path, script: &str) -> Child {
 }
 
 /// Holds SQLite's write lock on `database` from outside for `seconds`: the shell runs
-/// `BEGIN IMMEDIATE; statement`, sleeps, then commits. With `busy_timeout` (milliseconds) it is
-/// set first. The lock is gone once the returned shell has exited.
-pub fn hold_write_lock(database: &Path, seconds: u32, statement: &str, busy_timeout: Option<u32>) -> Child {
-    let pragma = busy_timeout.map(|ms| format!("PRAGMA busy_timeout={ms}; ")).unwrap_or_default();
-    sqlite3_script(database, &format!("{pragma}BEGIN IMMEDIATE; {statement}\n.shell sleep {seconds}\nCOMMIT;"))
+/// `BEGIN IMMEDIATE; statement` (waiting up to 5 s for the lock if the service holds it), sleeps,
+/// then commits. Returns once the lock is held; it is gone once the returned shell has exited.
+pub fn hold_write_lock(database: &Path, seconds: u32, statement: &str) -> Child {
+    let mut shell = Command::new("sqlite3")
+        .arg(database)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sqlite3 is installed");
+    let mut stdin = shell.stdin.take().expect("piped stdin");
+    writeln!(
+        stdin,
+        "PRAGMA busy_timeout=5000;\nBEGIN IMMEDIATE; {statement}\nSELECT 'locked';\n.shell sleep {seconds}\nCOMMIT;"
+    )
+    .expect("script written to sqlite3");
+    // The shell echoes the pragma's value first; the marker comes once the lock is held.
+    let output = std::io::BufReader::new(shell.stdout.as_mut().expect("piped stdout"));
+    let locked = std::io::BufRead::lines(output).map_while(Result::ok).any(|line| line == "locked");
+    assert!(locked, "the outside writer could not take the lock");
+    shell
 }
