@@ -60,7 +60,7 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn watch_streams_progress_then_the_ready_map_and_ends() {
+async fn watch_streams_progress_then_the_ready_map_and_stays_open() {
     let service = start_embedding(&[]);
     let mut client = map_client(&service).await;
     let mut stream =
@@ -70,11 +70,18 @@ async fn watch_streams_progress_then_the_ready_map_and_ends() {
     while let Some(message) = tokio::time::timeout(LIMIT, stream.next()).await.expect("stream stalled") {
         let message = message.expect("stream item");
         states.push(message.state());
+        let ready = message.state() == MapState::Ready;
         last = Some(message);
+        if ready {
+            break;
+        }
     }
     assert_eq!(states.first(), Some(&MapState::Computing));
     assert!(states.len() >= 3, "several updates, not just the end: {states:?}");
-    assert_eq!(states.last(), Some(&MapState::Ready), "the stream ends after READY");
+    assert_eq!(states.last(), Some(&MapState::Ready));
+    // The stream stays open for the next map.
+    let more = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+    assert!(more.is_err(), "nothing more until something changes, and no end: {more:?}");
     assert_eq!(points(&last.unwrap()).len(), 1797);
 }
 

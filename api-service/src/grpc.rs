@@ -31,8 +31,7 @@ pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMa
         .max_decoding_message_size(MAP_REQUEST_BYTES)
         .max_encoding_message_size(max_response_bytes);
     let name = <AdminMapServiceServer<Api> as NamedService>::NAME;
-    let ready =
-        ReadyAnswersLayer::new(state.map.clone(), name, "GetEmbeddingMap", "WatchEmbeddingMap", max_response_bytes);
+    let ready = ReadyAnswersLayer::new(state.map.clone(), name, "GetEmbeddingMap", max_response_bytes);
     ready.layer(server)
 }
 

@@ -119,9 +119,9 @@ impl MapGateway {
 /// READY admin map answers from the joined map's shared encoding; an unreachable embedding
 /// service is answered here too; a map computing or failed is answered by the handler.
 impl service_kit::ready_answers::ReadyMaps for MapGateway {
-    async fn encoded_ready(&self, omit_points: bool) -> Result<Option<bytes::Bytes>, tonic::Status> {
+    async fn encoded_ready(&self, omit_points: bool) -> Result<Option<Vec<bytes::Bytes>>, tonic::Status> {
         match self.view().await? {
-            MapView::Ready(joined) => Ok(Some(joined.encoded(omit_points))),
+            MapView::Ready(joined) => Ok(Some(vec![joined.encoded(omit_points)])),
             _ => Ok(None),
         }
     }

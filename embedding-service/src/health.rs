@@ -3,14 +3,15 @@
 //! - `""` and `embeddingmap.v1.EmbeddingMapService`: SERVING once the server is bound and
 //!   answering, whatever the map's state (COMPUTING and FAILED are truthful answers too);
 //!   NOT_SERVING again from the moment shutdown begins.
-//! - `embeddingmap.v1.MapReady`: SERVING once the map is READY, NOT_SERVING while computing or
-//!   after a failure. Ask for this name to wait for the map itself.
+//! - `embeddingmap.v1.MapReady`: SERVING once a map is READY (and from then on: refreshes keep
+//!   a map served), NOT_SERVING before, while the first map computes or after it failed. Ask for
+//!   this name to wait for the map itself.
 
 use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
 use tonic::server::NamedService;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::status::{MapStatus, StatusBoard};
+use crate::status::StatusBoard;
 
 /// The health name that follows the map's own readiness.
 pub const MAP_READY_SERVICE: &str = "embeddingmap.v1.MapReady";
@@ -33,17 +34,10 @@ pub async fn set_serving(reporter: &HealthReporter) {
     }
 }
 
-/// Follows the status board and flips `MAP_READY_SERVICE` to SERVING when the map is ready.
+/// Follows the status board and flips `MAP_READY_SERVICE` to SERVING when a map is ready.
 pub async fn follow_map_readiness(board: StatusBoard, reporter: HealthReporter) {
     let mut receiver = board.subscribe();
-    loop {
-        let ready = matches!(&*receiver.borrow_and_update(), MapStatus::Ready(_));
-        if ready {
-            reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::Serving).await;
-            return;
-        }
-        if receiver.borrow().is_final() || receiver.changed().await.is_err() {
-            return;
-        }
+    if receiver.wait_for(|status| status.ready.is_some()).await.is_ok() {
+        reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::Serving).await;
     }
 }

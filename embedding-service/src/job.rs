@@ -1,64 +1,112 @@
 //! The map job: one dedicated OS thread that loads the corpus and runs the pipeline, so the
-//! async runtime never carries CPU-bound work. It is started before the server binds and is
-//! never joined: shutdown does not wait for it, and a panic inside it becomes a FAILED status.
+//! async runtime never carries CPU-bound work. It computes the first map, then waits for refresh
+//! requests and computes each next map while the current one is served. It is started before the
+//! server binds and is never joined: shutdown does not wait for it, and a panic inside it becomes
+//! a failure in the status.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
+    sync::mpsc,
     thread::JoinHandle,
     time::{Instant, SystemTime},
 };
 
-use embeddingmap_proto::v1 as pb;
+use embeddingmap_proto::v1::{self as pb, refresh_embedding_map_response::Start};
 
 use crate::{
     corpus::{Corpus, CorpusSource},
     error::MapError,
     pipeline::{self, MapOutput, MapSettings},
-    status::StatusPublisher,
+    status::{ReadyMap, StatusBoard, StatusPublisher},
 };
 
 pub const THREAD_NAME: &str = "map-compute";
 
-/// Starts the job; the status board sees COMPUTING at once and READY or FAILED at the end.
+/// Asks the job for a refresh; cheap to clone into handlers and signal tasks.
+#[derive(Clone)]
+pub struct RefreshRequests {
+    /// Holds one request at most: requests made while one waits share it.
+    sender: mpsc::SyncSender<()>,
+    board: StatusBoard,
+}
+
+impl RefreshRequests {
+    pub fn request(&self) -> Start {
+        let computing = self.board.subscribe().borrow().computing.is_some();
+        // Full: a refresh is already waiting, and it will read the corpus as it is by then.
+        let _ = self.sender.try_send(());
+        if computing { Start::Queued } else { Start::Started }
+    }
+}
+
+/// Starts the job; the status board sees COMPUTING at once and READY or FAILED at the end of the
+/// first map, then each refresh's progress and outcome.
 pub fn spawn_map_job(
     source: CorpusSource,
     settings: MapSettings,
     publisher: StatusPublisher,
-    started: Instant,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
-        let outcome = catch_unwind(AssertUnwindSafe(|| compute(&source, &settings, &publisher, started)))
-            .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
-        match outcome {
-            Ok(map) => {
-                tracing::info!(points = map.count, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
-                publisher.ready(map);
+    board: StatusBoard,
+) -> std::io::Result<RefreshRequests> {
+    let (sender, requests) = mpsc::sync_channel(1);
+    let _: JoinHandle<()> = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
+        loop {
+            compute_and_publish(&source, &settings, &publisher);
+            // Every sender gone means the server is gone.
+            if requests.recv().is_err() {
+                return;
             }
-            Err(error) => {
-                tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
-                publisher.failed(error.to_string());
-            }
+            tracing::info!(corpus = %source.describe(), "refreshing the map");
+            publisher.computation_started();
         }
-    })
+    })?;
+    Ok(RefreshRequests { sender, board })
 }
 
+/// One computation: the first map, or a refresh from the map served now.
+fn compute_and_publish(source: &CorpusSource, settings: &MapSettings, publisher: &StatusPublisher) {
+    let started = Instant::now();
+    let parent = publisher.current();
+    let outcome = catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), started)))
+        .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
+    match outcome {
+        Ok(Some(map)) => {
+            let (points, generation) = (map.count, map.generation);
+            tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
+            publisher.ready(map);
+        }
+        Ok(None) => {
+            tracing::info!("the corpus is unchanged (same fingerprint); the map stays");
+            publisher.unchanged();
+        }
+        Err(error) => {
+            tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
+            publisher.failed(error.to_string());
+        }
+    }
+}
+
+/// The map of the corpus as it is now, or None if it has the `parent` map's fingerprint.
 fn compute(
     source: &CorpusSource,
     settings: &MapSettings,
     publisher: &StatusPublisher,
+    parent: Option<&ReadyMap>,
     started: Instant,
-) -> Result<pb::EmbeddingMap, MapError> {
+) -> Result<Option<pb::EmbeddingMap>, MapError> {
     tracing::info!(corpus = %source.describe(), "loading corpus");
     let corpus = source.load()?;
     let (count, dimensions) = (corpus.len(), corpus.dimensions());
     publisher.point_count(count as u64);
-    tracing::info!(points = count, dimensions, "corpus loaded; computing map");
     // Fingerprinted now: the pipeline consumes the vectors.
     let corpus_fingerprint = corpus.fingerprint();
+    if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
+        return Ok(None);
+    }
+    tracing::info!(points = count, dimensions, "corpus loaded; computing map");
     let Corpus { ids, vectors } = corpus;
     let MapOutput { points, parameters, timings } = pipeline::compute_map(vectors, settings, publisher)?;
     tracing::info!(?timings, "map phases done");
-    Ok(pb::EmbeddingMap {
+    Ok(Some(pb::EmbeddingMap {
         points: ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
         count: count as u64,
         parameters: Some((&parameters).into()),
@@ -66,7 +114,8 @@ fn compute(
         computed_at: Some(prost_types::Timestamp::from(SystemTime::now())),
         compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
         input_dimensions: dimensions as u32,
-    })
+        generation: parent.map_or(1, |parent| parent.summary.generation + 1),
+    }))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

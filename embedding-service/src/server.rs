@@ -21,7 +21,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.map.clone();
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
     let (publisher, board) = status::status_channel(settings.iterations);
-    job::spawn_map_job(source, settings, publisher, board.started()).context("cannot start the map thread")?;
+    let refreshes =
+        job::spawn_map_job(source, settings, publisher, board.clone()).context("cannot start the map thread")?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_not_serving(&reporter).await;
@@ -37,8 +38,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     spawn_named(&tasks, "map-readiness", health::follow_map_readiness(board.clone(), reporter.clone()), &shutdown);
+    let hangups = refreshes.clone();
+    spawn_named(
+        &tasks,
+        "refresh-on-sighup",
+        shutdown::on_hangup(move || {
+            tracing::info!(start = ?hangups.request(), "refresh requested by SIGHUP");
+        }),
+        &shutdown,
+    );
 
-    let map_service = EmbeddingMapServiceServer::new(MapService::new(board.clone(), shutdown.clone()))
+    let map_service = EmbeddingMapServiceServer::new(MapService::new(board.clone(), refreshes, shutdown.clone()))
         .max_encoding_message_size(config.max_message_bytes)
         .max_decoding_message_size(MAP_REQUEST_BYTES);
     let routes = Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha);
@@ -46,7 +56,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         board,
         <EmbeddingMapServiceServer<MapService> as NamedService>::NAME,
         "GetEmbeddingMap",
-        "WatchEmbeddingMap",
         config.max_message_bytes,
     );
     let routes = routes.add_service(ServiceBuilder::new().layer(ready_answers).service(map_service)).prepare();

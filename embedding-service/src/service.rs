@@ -7,17 +7,19 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::status::StatusBoard;
+use crate::{job::RefreshRequests, status::StatusBoard};
 
 pub struct MapService {
     board: StatusBoard,
-    /// Ends open watch streams at shutdown, so draining does not wait for a map that may never come.
+    refreshes: RefreshRequests,
+    /// Ends open watch streams at shutdown; they follow the map across versions and never end
+    /// by themselves.
     shutdown: CancellationToken,
 }
 
 impl MapService {
-    pub fn new(board: StatusBoard, shutdown: CancellationToken) -> Self {
-        MapService { board, shutdown }
+    pub fn new(board: StatusBoard, refreshes: RefreshRequests, shutdown: CancellationToken) -> Self {
+        MapService { board, refreshes, shutdown }
     }
 }
 
@@ -39,26 +41,30 @@ impl EmbeddingMapService for MapService {
         request: Request<pb::WatchEmbeddingMapRequest>,
     ) -> Result<Response<Self::WatchEmbeddingMapStream>, Status> {
         let omit_points = request.get_ref().omit_points;
-        let started = self.board.started();
         let shutdown = self.shutdown.clone();
         let mut receiver = self.board.subscribe();
         receiver.mark_changed();
-        // Send the current status, then each change; stop after a final one or at shutdown.
-        let updates = stream::unfold((receiver, false), move |(mut receiver, finished)| {
+        // The current status, then each change, until the client leaves or shutdown.
+        let updates = stream::unfold(receiver, move |mut receiver| {
             let shutdown = shutdown.clone();
             async move {
-                if finished {
-                    return None;
-                }
                 tokio::select! {
                     changed = receiver.changed() => changed.ok()?,
                     _ = shutdown.cancelled() => return None,
                 }
-                let status = receiver.borrow_and_update().clone();
-                let message = status.to_proto(started, omit_points);
-                Some((Ok(message), (receiver, status.is_final())))
+                let message = receiver.borrow_and_update().to_proto(omit_points);
+                Some((Ok(message), receiver))
             }
         });
         Ok(Response::new(updates.boxed()))
+    }
+
+    async fn refresh_embedding_map(
+        &self,
+        _: Request<pb::RefreshEmbeddingMapRequest>,
+    ) -> Result<Response<pb::RefreshEmbeddingMapResponse>, Status> {
+        let start = self.refreshes.request();
+        tracing::info!(?start, "refresh requested over gRPC");
+        Ok(Response::new(pb::RefreshEmbeddingMapResponse { start: start.into() }))
     }
 }

@@ -1,73 +1,120 @@
 //! The map's status, owned by the computing thread and read by every RPC.
 //!
 //! A `watch` channel holds the latest status: RPCs answer from it without waiting, watchers wake
-//! on each change, and intermediate progress is coalesced for free. READY and FAILED are final.
+//! on each change, and intermediate progress is coalesced for free. Once a map is ready, a map is
+//! always served: a refresh computes beside it, and only a new map replaces it.
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use embeddingmap_proto::v1::{self as pb, MapState, Phase};
+use embeddingmap_proto::v1::{self as pb, MapState, Phase, refresh_outcome::Result as RefreshResult};
 use prost::Message;
 use tokio::sync::watch;
 
 /// How often optimisation progress is published at most; phase changes always are.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone)]
-pub enum MapStatus {
-    Computing {
-        phase: Phase,
-        iteration: u32,
-        total_iterations: u32,
-        point_count: u64,
-    },
-    /// The finished map, encoded once and shared by every answer.
-    Ready(Arc<ReadyMap>),
-    Failed {
-        message: String,
-        phase: Phase,
-    },
+#[derive(Debug, Clone, Default)]
+pub struct MapStatus {
+    /// The map served: the last one computed, kept through refreshes and their failures.
+    pub ready: Option<Arc<ReadyMap>>,
+    /// A computation under way: the first map, or a refresh.
+    pub computing: Option<Computing>,
+    /// Why no map could be computed, while none ever was.
+    pub failure: Option<pb::Failure>,
+    /// How the last refresh ended.
+    pub last_refresh: Option<pb::RefreshOutcome>,
 }
 
-impl MapStatus {
-    pub fn is_final(&self) -> bool {
-        !matches!(self, MapStatus::Computing { .. })
-    }
+#[derive(Debug, Clone, Copy)]
+pub struct Computing {
+    pub phase: Phase,
+    pub iteration: u32,
+    pub total_iterations: u32,
+    pub point_count: u64,
+    pub started: Instant,
+}
 
-    /// The status as sent on the wire. `elapsed` is measured now, so polls see time move.
-    pub fn to_proto(&self, started: Instant, omit_points: bool) -> pb::EmbeddingMapStatus {
-        match self {
-            MapStatus::Computing { phase, iteration, total_iterations, point_count } => pb::EmbeddingMapStatus {
-                state: MapState::Computing.into(),
-                progress: Some(pb::Progress {
-                    phase: (*phase).into(),
-                    iteration: *iteration,
-                    total_iterations: *total_iterations,
-                    elapsed: prost_types::Duration::try_from(started.elapsed()).ok(),
-                    point_count: *point_count,
-                }),
-                ..Default::default()
-            },
-            MapStatus::Ready(map) => map.to_proto(omit_points),
-            MapStatus::Failed { message, phase } => pb::EmbeddingMapStatus {
-                state: MapState::Failed.into(),
-                failure: Some(pb::Failure { message: message.clone(), phase: (*phase).into() }),
-                ..Default::default()
-            },
+impl Computing {
+    fn progress(&self) -> pb::Progress {
+        pb::Progress {
+            phase: self.phase.into(),
+            iteration: self.iteration,
+            total_iterations: self.total_iterations,
+            // Measured now, so polls see time move.
+            elapsed: prost_types::Duration::try_from(self.started.elapsed()).ok(),
+            point_count: self.point_count,
         }
     }
 }
 
+impl MapStatus {
+    pub fn state(&self) -> MapState {
+        match (&self.ready, &self.computing, &self.failure) {
+            (Some(_), ..) => MapState::Ready,
+            (None, None, Some(_)) => MapState::Failed,
+            _ => MapState::Computing,
+        }
+    }
+
+    /// What a READY answer carries beside the map: a refresh's progress, the last one's outcome.
+    fn refresh_fields(&self) -> pb::EmbeddingMapStatus {
+        pb::EmbeddingMapStatus {
+            refresh: self.computing.as_ref().map(Computing::progress),
+            last_refresh: self.last_refresh.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The status as sent on the wire.
+    pub fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
+        match (&self.ready, self.state()) {
+            (Some(map), _) => {
+                let mut status = map.to_proto(omit_points);
+                status.merge(self.refresh_fields().encode_to_vec().as_slice()).unwrap_or_default();
+                status
+            }
+            (None, MapState::Failed) => pb::EmbeddingMapStatus {
+                state: MapState::Failed.into(),
+                failure: self.failure.clone(),
+                last_refresh: self.last_refresh.clone(),
+                ..Default::default()
+            },
+            (None, _) => pb::EmbeddingMapStatus {
+                state: MapState::Computing.into(),
+                progress: Some(self.computing.as_ref().map(Computing::progress).unwrap_or_default()),
+                last_refresh: self.last_refresh.clone(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A READY answer as encoded pieces whose concatenation is the message (protobuf merges
+    /// concatenated messages): the map's shared encoding, then the few bytes that change with a
+    /// refresh's progress.
+    pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
+        let map = self.ready.as_ref()?;
+        let extra = self.refresh_fields();
+        let mut pieces = vec![map.encoded(omit_points)];
+        if extra != pb::EmbeddingMapStatus::default() {
+            pieces.push(extra.encode_to_vec().into());
+        }
+        Some(pieces)
+    }
+}
+
 /// A READY map as answers carry it: the whole `EmbeddingMapStatus` message encoded once with its
-/// points and once without. `service_kit::ready_answers` sends these bytes as they are (no copy per answer);
-/// the few answers built as messages decode them.
+/// points and once without. `service_kit::ready_answers` sends these bytes as they are (no copy
+/// per answer); the few answers built as messages decode them.
 #[derive(Debug)]
 pub struct ReadyMap {
+    /// The map without its points, for the job's lineage (fingerprint, generation).
+    pub summary: pb::EmbeddingMap,
     with_points: Bytes,
-    summary: Bytes,
+    without_points: Bytes,
 }
 
 impl ReadyMap {
@@ -75,12 +122,16 @@ impl ReadyMap {
         let status =
             |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
         let summary = pb::EmbeddingMap { points: Vec::new(), ..map.clone() };
-        ReadyMap { with_points: status(map).encode_to_vec().into(), summary: status(summary).encode_to_vec().into() }
+        ReadyMap {
+            without_points: status(summary.clone()).encode_to_vec().into(),
+            with_points: status(map).encode_to_vec().into(),
+            summary,
+        }
     }
 
     /// The encoded `EmbeddingMapStatus`; cloning it shares the bytes.
     pub fn encoded(&self, omit_points: bool) -> Bytes {
-        if omit_points { self.summary.clone() } else { self.with_points.clone() }
+        if omit_points { self.without_points.clone() } else { self.with_points.clone() }
     }
 
     fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
@@ -93,33 +144,25 @@ impl ReadyMap {
 #[derive(Clone)]
 pub struct StatusBoard {
     receiver: watch::Receiver<MapStatus>,
-    started: Instant,
 }
 
 impl StatusBoard {
     pub fn current(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
-        self.receiver.borrow().to_proto(self.started, omit_points)
+        self.receiver.borrow().to_proto(omit_points)
     }
 
-    /// The encoded answer while the map is READY.
-    pub fn encoded_ready(&self, omit_points: bool) -> Option<Bytes> {
-        match &*self.receiver.borrow() {
-            MapStatus::Ready(map) => Some(map.encoded(omit_points)),
-            _ => None,
-        }
+    /// The encoded answer while a map is READY.
+    pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
+        self.receiver.borrow().encoded_ready(omit_points)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<MapStatus> {
         self.receiver.clone()
     }
-
-    pub fn started(&self) -> Instant {
-        self.started
-    }
 }
 
 impl service_kit::ready_answers::ReadyMaps for StatusBoard {
-    async fn encoded_ready(&self, omit_points: bool) -> Result<Option<Bytes>, tonic::Status> {
+    async fn encoded_ready(&self, omit_points: bool) -> Result<Option<Vec<Bytes>>, tonic::Status> {
         Ok(StatusBoard::encoded_ready(self, omit_points))
     }
 }
@@ -128,62 +171,105 @@ impl service_kit::ready_answers::ReadyMaps for StatusBoard {
 pub struct StatusPublisher {
     sender: watch::Sender<MapStatus>,
     last_progress: Mutex<Instant>,
+    total_iterations: u32,
 }
 
 /// A fresh status pair: COMPUTING in the loading phase, clocked from now.
 pub fn status_channel(total_iterations: u32) -> (StatusPublisher, StatusBoard) {
-    let started = Instant::now();
-    let (sender, receiver) =
-        watch::channel(MapStatus::Computing { phase: Phase::Loading, iteration: 0, total_iterations, point_count: 0 });
-    (StatusPublisher { sender, last_progress: Mutex::new(started) }, StatusBoard { receiver, started })
+    let (sender, receiver) = watch::channel(MapStatus::default());
+    let publisher = StatusPublisher { sender, last_progress: Mutex::new(Instant::now()), total_iterations };
+    publisher.computation_started();
+    (publisher, StatusBoard { receiver })
 }
 
 impl StatusPublisher {
+    /// A computation (the first map or a refresh) begins: loading, clocked from now.
+    pub fn computation_started(&self) {
+        let computing = Computing {
+            phase: Phase::Loading,
+            iteration: 0,
+            total_iterations: self.total_iterations,
+            point_count: 0,
+            started: Instant::now(),
+        };
+        self.sender.send_modify(|status| status.computing = Some(computing));
+    }
+
     /// The phase now running; always published.
     pub fn phase(&self, phase: Phase) {
-        self.update_computing(|current, _| *current = phase);
+        self.update_computing(|computing| computing.phase = phase);
     }
 
     pub fn point_count(&self, points: u64) {
-        self.sender.send_modify(|status| {
-            if let MapStatus::Computing { point_count, .. } = status {
-                *point_count = points;
-            }
-        });
+        self.update_computing(|computing| computing.point_count = points);
     }
 
     /// Optimisation progress, published at most every `PROGRESS_INTERVAL` and at the last step.
     pub fn iteration(&self, done: u32) {
         let mut last = self.last_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let status = self.sender.borrow().clone();
-        let MapStatus::Computing { total_iterations, .. } = status else { return };
-        if done < total_iterations && last.elapsed() < PROGRESS_INTERVAL {
+        if done < self.total_iterations && last.elapsed() < PROGRESS_INTERVAL {
             return;
         }
         *last = Instant::now();
-        self.update_computing(|_, iteration| *iteration = done);
+        self.update_computing(|computing| computing.iteration = done);
     }
 
+    /// The map served from now on; a refresh's outcome says it replaced one.
     pub fn ready(&self, map: pb::EmbeddingMap) {
-        self.sender.send_replace(MapStatus::Ready(Arc::new(ReadyMap::new(map))));
+        let map = Arc::new(ReadyMap::new(map));
+        self.sender.send_modify(|status| {
+            if status.ready.is_some() {
+                status.last_refresh = Some(outcome(RefreshResult::Updated, None));
+            }
+            status.ready = Some(map);
+            status.computing = None;
+            status.failure = None;
+        });
     }
 
+    /// A refresh found the corpus as it was: the map stays.
+    pub fn unchanged(&self) {
+        self.sender.send_modify(|status| {
+            status.computing = None;
+            status.last_refresh = Some(outcome(RefreshResult::Unchanged, None));
+        });
+    }
+
+    /// The computation failed in its current phase: FAILED if no map was ever ready, else the last
+    /// good map stays and the failure is the last refresh's outcome.
     pub fn failed(&self, message: String) {
-        let phase = match &*self.sender.borrow() {
-            MapStatus::Computing { phase, .. } => *phase,
-            _ => Phase::Unspecified,
-        };
-        self.sender.send_replace(MapStatus::Failed { message, phase });
+        self.sender.send_modify(|status| {
+            let phase = status.computing.take().map_or(Phase::Unspecified, |computing| computing.phase);
+            let failure = pb::Failure { message, phase: phase.into() };
+            if status.ready.is_some() {
+                status.last_refresh = Some(outcome(RefreshResult::Failed, Some(failure)));
+            } else {
+                status.failure = Some(failure);
+            }
+        });
     }
 
-    fn update_computing(&self, change: impl FnOnce(&mut Phase, &mut u32)) {
-        self.sender.send_if_modified(|status| match status {
-            MapStatus::Computing { phase, iteration, .. } => {
-                change(phase, iteration);
+    /// The map served now, if any: the parent of the next one.
+    pub fn current(&self) -> Option<Arc<ReadyMap>> {
+        self.sender.borrow().ready.clone()
+    }
+
+    fn update_computing(&self, change: impl FnOnce(&mut Computing)) {
+        self.sender.send_if_modified(|status| match &mut status.computing {
+            Some(computing) => {
+                change(computing);
                 true
             }
-            _ => false,
+            None => false,
         });
+    }
+}
+
+fn outcome(result: RefreshResult, failure: Option<pb::Failure>) -> pb::RefreshOutcome {
+    pb::RefreshOutcome {
+        result: result.into(),
+        failure,
+        finished_at: Some(prost_types::Timestamp::from(SystemTime::now())),
     }
 }
 
@@ -201,6 +287,20 @@ impl crate::pipeline::ProgressSink for StatusPublisher {
 mod tests {
     use super::*;
 
+    fn one_point_map(generation: u64) -> pb::EmbeddingMap {
+        pb::EmbeddingMap {
+            points: vec![pb::Point { id: 1, x: 0.5, y: 0.25 }],
+            count: 1,
+            generation,
+            ..Default::default()
+        }
+    }
+
+    /// The READY answer as the layer sends it: its pieces, concatenated.
+    fn sent(board: &StatusBoard, omit_points: bool) -> pb::EmbeddingMapStatus {
+        pb::EmbeddingMapStatus::decode(board.encoded_ready(omit_points).unwrap().concat().as_slice()).unwrap()
+    }
+
     #[test]
     fn computing_reports_phase_progress_and_live_elapsed() {
         let (publisher, board) = status_channel(1000);
@@ -214,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn final_states_stay_final() {
+    fn the_first_map_failing_is_failed_with_its_phase() {
         let (publisher, board) = status_channel(10);
         publisher.failed("broken corpus".into());
         publisher.phase(Phase::Pca);
@@ -224,18 +324,50 @@ mod tests {
     }
 
     #[test]
-    fn ready_can_omit_points() {
+    fn ready_can_omit_points_and_answers_share_one_encoding() {
         let (publisher, board) = status_channel(10);
-        publisher.ready(pb::EmbeddingMap {
-            points: vec![pb::Point { id: 1, x: 0.5, y: 0.25 }],
-            count: 1,
-            ..Default::default()
-        });
+        publisher.ready(one_point_map(1));
         assert_eq!(board.current(false).map.unwrap().points.len(), 1);
         let summary = board.current(true).map.unwrap();
         assert_eq!((summary.points.len(), summary.count), (0, 1));
         let shared = board.encoded_ready(false).unwrap();
-        assert_eq!(shared.as_ptr(), board.encoded_ready(false).unwrap().as_ptr(), "answers share one encoding");
-        assert_eq!(pb::EmbeddingMapStatus::decode(shared).unwrap(), board.current(false));
+        assert_eq!(shared.len(), 1, "nothing beside the map while no refresh ran");
+        assert_eq!(shared[0].as_ptr(), board.encoded_ready(false).unwrap()[0].as_ptr(), "one encoding");
+        assert_eq!(sent(&board, false), board.current(false));
+    }
+
+    #[test]
+    fn a_refresh_keeps_the_map_served_and_reports_how_it_went() {
+        let (publisher, board) = status_channel(10);
+        publisher.ready(one_point_map(1));
+        publisher.computation_started();
+        publisher.phase(Phase::Pca);
+        let refreshing = sent(&board, true);
+        assert_eq!(refreshing.state(), MapState::Ready);
+        assert_eq!(refreshing.map.as_ref().unwrap().generation, 1);
+        assert_eq!(refreshing.refresh.as_ref().unwrap().phase(), Phase::Pca);
+        let elapsed_aside = |mut status: pb::EmbeddingMapStatus| {
+            status.refresh.as_mut().unwrap().elapsed = None;
+            status
+        };
+        assert_eq!(elapsed_aside(refreshing.clone()), elapsed_aside(board.current(true)));
+
+        publisher.failed("the new corpus has NaN".into());
+        let failed = board.current(true);
+        assert_eq!((failed.state(), failed.map.unwrap().generation), (MapState::Ready, 1));
+        let outcome = failed.last_refresh.unwrap();
+        assert_eq!(outcome.result(), RefreshResult::Failed);
+        assert_eq!(outcome.failure.unwrap().phase(), Phase::Pca);
+        assert!(failed.refresh.is_none());
+
+        publisher.computation_started();
+        publisher.unchanged();
+        assert_eq!(board.current(true).last_refresh.unwrap().result(), RefreshResult::Unchanged);
+
+        publisher.computation_started();
+        publisher.ready(one_point_map(2));
+        let updated = sent(&board, false);
+        assert_eq!((updated.map.as_ref().unwrap().generation, updated.refresh), (2, None));
+        assert_eq!(updated.last_refresh.unwrap().result(), RefreshResult::Updated);
     }
 }

@@ -3,9 +3,9 @@
 //! tonic encodes every answer into a fresh buffer, so each `GetEmbeddingMap` of a READY map would
 //! copy the whole map (about 2 MB at 100k points), and a client that opens many calls and never
 //! reads them would hold a copy per call. This layer, in front of the generated service, answers
-//! the get and watch calls of a READY map itself: the response body is a 5-byte gRPC frame header
-//! followed by the map's encoded bytes, shared by reference, then the OK trailers. Everything else
-//! (a map still computing or failed, an error, a compressed request) passes through to tonic.
+//! the get call of a READY map itself: the response body is a 5-byte gRPC frame header followed by
+//! the map's encoded bytes, shared by reference, then the OK trailers. Everything else (a map still
+//! computing or failed, an error, a compressed request, the watch streams) passes through to tonic.
 //! Both services' map requests are one message shape: `bool omit_points = 1`.
 
 use std::{
@@ -32,9 +32,10 @@ const REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where the encoded READY answer comes from.
 pub trait ReadyMaps: Clone + Send + Sync + 'static {
-    /// The whole encoded reply message while a map is READY (with or without its points); `None`
-    /// lets the service answer; an error is the answer (so a slow upstream is not asked twice).
-    fn encoded_ready(&self, omit_points: bool) -> impl Future<Output = Result<Option<Bytes>, Status>> + Send;
+    /// The whole encoded reply message while a map is READY (with or without its points), as
+    /// pieces whose concatenation is the message; `None` lets the service answer; an error is the
+    /// answer (so a slow upstream is not asked twice).
+    fn encoded_ready(&self, omit_points: bool) -> impl Future<Output = Result<Option<Vec<Bytes>>, Status>> + Send;
 }
 
 /// Both services' map request messages.
@@ -47,21 +48,15 @@ struct MapRequest {
 #[derive(Clone)]
 pub struct ReadyAnswersLayer<M> {
     maps: M,
-    /// The unary call's and the watch's paths (`/package.Service/Method`).
+    /// The unary call's path (`/package.Service/Method`).
     get_path: String,
-    watch_path: String,
     max_message_bytes: usize,
 }
 
 impl<M: ReadyMaps> ReadyAnswersLayer<M> {
-    /// For the service named `service`, whose unary and watch calls are `get` and `watch`.
-    pub fn new(maps: M, service: &str, get: &str, watch: &str, max_message_bytes: usize) -> Self {
-        ReadyAnswersLayer {
-            maps,
-            get_path: format!("/{service}/{get}"),
-            watch_path: format!("/{service}/{watch}"),
-            max_message_bytes,
-        }
+    /// For the service named `service`, whose unary map call is `get`.
+    pub fn new(maps: M, service: &str, get: &str, max_message_bytes: usize) -> Self {
+        ReadyAnswersLayer { maps, get_path: format!("/{service}/{get}"), max_message_bytes }
     }
 }
 
@@ -104,7 +99,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let path = request.uri().path();
-        if path != self.layer.get_path && path != self.layer.watch_path {
+        if path != self.layer.get_path {
             return Box::pin(inner.oneshot(request.map(Body::new)));
         }
         let layer = self.layer.clone();
@@ -131,7 +126,8 @@ where
                 },
                 None => None,
             };
-            let answer = answer.filter(|message| message.len() <= layer.max_message_bytes);
+            let answer =
+                answer.filter(|pieces| pieces.iter().map(Bytes::len).sum::<usize>() <= layer.max_message_bytes);
             match answer {
                 Some(message) => Ok(grpc_answer(message)),
                 // Not READY any more, compressed, or malformed: tonic answers (and explains).
@@ -150,14 +146,16 @@ fn omit_points(frame: &[u8]) -> Option<bool> {
     MapRequest::decode(message).ok().map(|r| r.omit_points)
 }
 
-/// One gRPC message (`message`, shared, not copied) and the OK trailers.
-fn grpc_answer(message: Bytes) -> Response<Body> {
+/// One gRPC message (its `pieces`, shared, not copied) and the OK trailers.
+fn grpc_answer(pieces: Vec<Bytes>) -> Response<Body> {
     let mut header = BytesMut::with_capacity(5);
     header.put_u8(0);
-    header.put_u32(message.len() as u32);
+    header.put_u32(pieces.iter().map(Bytes::len).sum::<usize>() as u32);
     let mut trailers = HeaderMap::new();
     trailers.insert("grpc-status", HeaderValue::from_static("0"));
-    let frames = [Frame::data(header.freeze()), Frame::data(message), Frame::trailers(trailers)];
+    let frames = std::iter::once(Frame::data(header.freeze()))
+        .chain(pieces.into_iter().map(Frame::data))
+        .chain([Frame::trailers(trailers)]);
     let body = StreamBody::new(stream::iter(frames.map(Ok::<_, std::convert::Infallible>)));
     let mut response = Response::new(Body::new(body));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));

@@ -1,4 +1,5 @@
-//! Waiting for the signal to stop: SIGTERM (Kubernetes) or SIGINT (Ctrl-C), logged by name.
+//! Signals: the one to stop, SIGTERM (Kubernetes) or SIGINT (Ctrl-C), logged by name; and SIGHUP,
+//! which asks for a reload instead of killing the process as it would by default.
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -15,4 +16,16 @@ pub async fn wait_for_signal() -> &'static str {
     };
     tracing::info!(signal = name, "shutdown requested");
     name
+}
+
+/// Calls `reload` on each SIGHUP, for as long as it runs (start it early: until the handler is
+/// installed, SIGHUP still kills the process).
+pub async fn on_hangup(mut reload: impl FnMut() + Send) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler; SIGHUP will stop the process");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        reload();
+    }
 }

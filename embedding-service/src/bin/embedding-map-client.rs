@@ -2,10 +2,12 @@
 //!
 //!     embedding-map-client [--addr URL] status     # one GetEmbeddingMap, summarised
 //!     embedding-map-client [--addr URL] watch      # WatchEmbeddingMap until READY or FAILED
+//!     embedding-map-client [--addr URL] watch --follow   # ... and on through refreshes
+//!     embedding-map-client [--addr URL] refresh    # RefreshEmbeddingMap
 
 use clap::{Parser, Subcommand};
 use embeddingmap_proto::v1::{
-    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, WatchEmbeddingMapRequest,
+    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, RefreshEmbeddingMapRequest, WatchEmbeddingMapRequest,
     embedding_map_service_client::EmbeddingMapServiceClient,
 };
 use tokio_stream::StreamExt;
@@ -25,7 +27,13 @@ enum Command {
     /// Print the current status once.
     Status,
     /// Follow the status until the map is ready or failed.
-    Watch,
+    Watch {
+        /// Keep following: each refresh's progress and each new map, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Ask the service to read its corpus again and map it if it changed.
+    Refresh,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,15 +46,23 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", describe(&status));
             status
         }
-        Command::Watch => {
+        Command::Watch { follow } => {
             let mut stream =
                 client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: true }).await?.into_inner();
             let mut last = EmbeddingMapStatus::default();
             while let Some(status) = stream.next().await {
                 last = status?;
                 println!("{}", describe(&last));
+                if !follow && last.state() != MapState::Computing {
+                    break;
+                }
             }
             last
+        }
+        Command::Refresh => {
+            let answer = client.refresh_embedding_map(RefreshEmbeddingMapRequest {}).await?.into_inner();
+            println!("refresh {:?}", answer.start());
+            return Ok(());
         }
     };
     if last.state() == MapState::Failed {
@@ -65,13 +81,23 @@ fn describe(status: &EmbeddingMapStatus) -> String {
             p.point_count,
             p.elapsed.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
         ),
-        (MapState::Ready, _, Some(map), _) => format!(
-            "READY points={} dimensions={} fingerprint={} computed in {:.2}s",
-            map.count,
-            map.input_dimensions,
-            map.corpus_fingerprint,
-            map.compute_duration.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
-        ),
+        (MapState::Ready, _, Some(map), _) => {
+            let refresh = match (&status.refresh, &status.last_refresh) {
+                (Some(p), _) => {
+                    format!(" refreshing phase={:?} iteration={}/{}", p.phase(), p.iteration, p.total_iterations)
+                }
+                (None, Some(last)) => format!(" last refresh {:?}", last.result()),
+                (None, None) => String::new(),
+            };
+            format!(
+                "READY generation={} points={} dimensions={} fingerprint={} computed in {:.2}s{refresh}",
+                map.generation,
+                map.count,
+                map.input_dimensions,
+                map.corpus_fingerprint,
+                map.compute_duration.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9),
+            )
+        }
         (MapState::Failed, _, _, Some(failure)) => format!("FAILED in {:?}: {}", failure.phase(), failure.message),
         (state, ..) => format!("{state:?}"),
     }
