@@ -139,6 +139,7 @@ async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embeddin
 /// descriptor, so a new admin method cannot be added without appearing here.
 const HTTP_ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/embedding-map"),
+    ("POST", "/api/admin/embedding-map/refresh"),
     ("GET", "/api/admin/items"),
     ("POST", "/api/admin/items"),
     ("POST", "/api/admin/items/import"),
@@ -155,6 +156,7 @@ const GRPC_ADMIN_METHODS: &[&str] = &[
     "StatsService/GetItemStats",
     "AdminMapService/GetEmbeddingMap",
     "AdminMapService/WatchEmbeddingMap",
+    "AdminMapService/RefreshEmbeddingMap",
 ];
 const PUBLIC_GRPC_SERVICES: &[&str] = &["EventService"];
 
@@ -188,6 +190,10 @@ async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&st
             .map(drop),
         "AdminMapService/WatchEmbeddingMap" => AdminMapServiceClient::new(channel)
             .watch_embedding_map(wrap(pb::GetAdminMapRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminMapService/RefreshEmbeddingMap" => AdminMapServiceClient::new(channel)
+            .refresh_embedding_map(wrap(pb::RefreshAdminMapRequest::default(), token))
             .await
             .map(drop),
         other => panic!("no call for {other}"),

@@ -248,6 +248,8 @@ async fn with_a_token_only_health_answers_without_it_and_the_api_service_sends_i
             false => assert_eq!(answer.unwrap_err().code(), tonic::Code::Unauthenticated, "{presented:?}"),
         }
     }
+    let refresh = client.refresh_embedding_map(embeddingmap_proto::v1::RefreshEmbeddingMapRequest {}).await;
+    assert_eq!(refresh.unwrap_err().code(), tonic::Code::Unauthenticated, "a refresh needs the token too");
     assert_eq!(health_status(&service, "").await, ServingStatus::Serving, "probes need no token");
 
     // The api-service with the token reaches the map; without it, it reports the refusal.

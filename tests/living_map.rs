@@ -119,3 +119,173 @@ async fn a_changed_corpus_gives_a_new_map_while_the_current_one_is_served() {
     assert!(refreshing > 0, "the poller saw refreshes under way ({refreshing} of {answers} answers)");
     assert!(dark.is_empty(), "every answer after the first map was READY with a map: {dark:?}");
 }
+
+/// Through the api-service: HTTP stays 200 with a `refreshing` object, gRPC stays READY, the
+/// admin watch stream carries the next map, and refreshes come by HTTP and by gRPC.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_service_serves_the_current_map_through_refreshes_on_every_transport() {
+    use embeddingmap_proto::api::{self as api_pb, admin_map_service_client::AdminMapServiceClient};
+    use end_to_end_tests::api::{ADMIN_TOKEN, admin, admin_post, grpc_channel, http_client, http_url, start_api};
+    use tokio_stream::StreamExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, ids) = write_corpus(dir.path(), 6, 0);
+    let embedding = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let api = start_api(&dir.path().join("api.sqlite3"), &embedding.url(), &[]);
+    let client = http_client();
+    let map_url = http_url(&api, "/api/admin/embedding-map");
+    let first: serde_json::Value = eventually("the first map", LIMIT, Duration::from_millis(50), async || {
+        let response = client.get(&map_url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        (response.status() == 200).then_some(())?;
+        response.json().await.ok()
+    })
+    .await;
+    assert_eq!((first["generation"].as_u64(), &first["refreshing"]), (Some(1), &serde_json::Value::Null));
+    let mut admin_map = AdminMapServiceClient::new(grpc_channel(&api).await);
+    let mut watch = admin_map
+        .watch_embedding_map(admin(api_pb::GetAdminMapRequest { omit_points: true }))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Pollers on both transports, every 50 ms, from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let http_poller = tokio::spawn({
+        let (stop, client, url) = (stop.clone(), client.clone(), map_url.clone());
+        async move {
+            let (mut refreshing, mut dark, mut etag) = (0, Vec::new(), String::new());
+            while !stop.load(Ordering::Relaxed) {
+                let response =
+                    client.get(&url).bearer_auth(ADMIN_TOKEN).header("if-none-match", &etag).send().await.unwrap();
+                let status = response.status();
+                let header = response.headers().get("x-map-refresh").is_some();
+                if let Some(tag) = response.headers().get("etag") {
+                    etag = tag.to_str().unwrap().to_owned();
+                }
+                match status.as_u16() {
+                    200 => {
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        refreshing += usize::from(body["refreshing"].is_object());
+                    }
+                    304 => refreshing += usize::from(header),
+                    _ => dark.push(format!("{status}: {}", response.text().await.unwrap_or_default())),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (refreshing, dark)
+        }
+    });
+    let grpc_poller = tokio::spawn({
+        let (stop, mut admin_map) = (stop.clone(), admin_map.clone());
+        async move {
+            let (mut refreshing, mut dark) = (0, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match admin_map.get_embedding_map(admin(api_pb::GetAdminMapRequest { omit_points: true })).await {
+                    Ok(answer) if answer.get_ref().state() == MapState::Ready => {
+                        refreshing += usize::from(answer.get_ref().refresh.is_some());
+                    }
+                    other => dark.push(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (refreshing, dark)
+        }
+    });
+    let generation_seen = async |watch: &mut tonic::Streaming<api_pb::AdminMapStatus>, generation: u64| {
+        loop {
+            let message = tokio::time::timeout(LIMIT, watch.next()).await.expect("the watch went quiet");
+            let message = message.expect("the watch stream stays open").expect("a watch message");
+            assert_eq!(message.state(), MapState::Ready, "the watch stays READY: {message:?}");
+            if message.generation == generation && message.refresh.is_none() {
+                return message;
+            }
+        }
+    };
+
+    // Refresh over HTTP: 202, and the same watch stream carries the next map.
+    write_corpus(dir.path(), 8, 1000);
+    let refresh = admin_post(&api, "/api/admin/embedding-map/refresh", &serde_json::json!({})).await;
+    assert_eq!(refresh.status(), 202);
+    assert_eq!(refresh.json::<serde_json::Value>().await.unwrap()["refresh"], "started");
+    let second = generation_seen(&mut watch, 2).await;
+    assert_eq!(second.count, 2400);
+    // Over gRPC (admin only): the next one.
+    write_corpus(dir.path(), 5, 5000);
+    let unauthenticated =
+        admin_map.refresh_embedding_map(api_pb::RefreshAdminMapRequest {}).await.expect_err("admin only");
+    assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
+    let start = admin_map.refresh_embedding_map(admin(api_pb::RefreshAdminMapRequest {})).await.unwrap();
+    assert_eq!(start.get_ref().start(), Start::Started);
+    generation_seen(&mut watch, 3).await;
+    let latest: serde_json::Value =
+        client.get(&map_url).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!((latest["generation"].as_u64(), latest["last_refresh"]["result"].as_str()), (Some(3), Some("updated")));
+    let mut ids: Vec<i64> = latest["points"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, (5000..6500).collect::<Vec<_>>());
+
+    stop.store(true, Ordering::Relaxed);
+    for (transport, poller) in [("HTTP", http_poller), ("gRPC", grpc_poller)] {
+        let (refreshing, dark) = poller.await.unwrap();
+        assert!(dark.is_empty(), "{transport}: every answer after the first map was the map: {dark:?}");
+        assert!(refreshing > 0, "{transport}: the poller saw a refresh under way");
+    }
+}
+
+/// The admin page in Chromium swaps to the new map without a reload, keeping a hidden category
+/// hidden and the zoom as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
+    use end_to_end_tests::api::{ADMIN_TOKEN, admin_post, http_client, http_url, start_api};
+
+    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
+    assert!(
+        peers.join("node_modules/playwright-core").exists(),
+        "run scripts/test.sh, which runs npm ci in tests/peers"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, ids) = write_corpus(dir.path(), 6, 0);
+    let embedding = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
+    // Items for both corpora, in categories by cluster.
+    let items: Vec<_> = (0..1800)
+        .chain(1000..3400)
+        .map(|id: i64| serde_json::json!({ "id": id, "name": format!("item {id}"), "category": format!("c{}", (id % 1000) / 300) }))
+        .collect();
+    let imported = admin_post(&api, "/api/admin/items/import", &serde_json::json!({ "items": items })).await;
+    assert!(imported.status().is_success(), "{:?}", imported.text().await);
+    let client = http_client();
+    eventually("the first map", LIMIT, Duration::from_millis(50), async || {
+        let response = client.get(http_url(&api, "/api/admin/embedding-map")).bearer_auth(ADMIN_TOKEN).send().await;
+        response.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
+    // The corpus changes on disk; the page asks for the refresh.
+    write_corpus(dir.path(), 8, 1000);
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let output = std::process::Command::new("node")
+        .arg(peers.join("admin_refresh.mjs"))
+        .arg(http_url(&api, "/admin/"))
+        .arg(ADMIN_TOKEN)
+        .arg(&artifacts)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let (before, after) = (&seen["before"], &seen["after"]);
+    assert_eq!(seen["stateWhileUpdating"], "ready", "the map stayed on screen while updating: {seen}");
+    assert!(seen["updatingText"].as_str().unwrap().starts_with("updating: "), "{seen}");
+    assert_eq!(after["sameDocument"], true, "no reload: {seen}");
+    assert_eq!(seen["loads"], 1, "{seen}");
+    assert_eq!(after["stillHidden"], true, "the hidden category stays hidden: {seen}");
+    assert_eq!(after["total"], 2400, "{seen}");
+    assert!(after["drawn"].as_u64() < after["total"].as_u64(), "{seen}");
+    for field in ["scale", "offsetX", "offsetY"] {
+        assert_eq!(before[field], after[field], "{field} kept: {seen}");
+    }
+    assert!(before["scale"].as_f64().unwrap() > 1.0, "{seen}");
+    assert!(after["summary"].as_str().unwrap().contains("map 2"), "{seen}");
+}

@@ -3,7 +3,7 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
-import { MapState, Phase } from "./gen/embeddingmap/v1/embedding_map_pb";
+import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
 import { MapView, categoryColor, type Point } from "./map_view";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -12,6 +12,7 @@ const RECHECK_MS = 5000;
 
 const view = new MapView($<HTMLCanvasElement>("map"));
 let shownKey = "";
+let shownGeneration = 0n;
 let session = 0;
 
 // For tests and benchmarks: the page's own account of what it drew.
@@ -20,6 +21,7 @@ let session = 0;
   get totalPoints() { return view.points.length; },
   get drawnPoints() { return view.drawnPoints; },
   get highlighted() { return view.highlighted; },
+  get generation() { return shownGeneration; },
   get lastDrawMs() { return view.lastDrawMs; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
@@ -88,17 +90,42 @@ function showComputing(status: AdminMapStatus) {
   showStatus("Computing the map…", detail, fraction);
 }
 
+/** One map version: a new key means new points to fetch. */
+function mapKey(status: AdminMapStatus): string {
+  return `${status.generation}:${status.corpusFingerprint}:${status.computedAt?.seconds}:${status.computedAt?.nanos}`;
+}
+
+/** The line beside the map about refreshes: one under way, or the last one having failed. */
+function showRefresh(status: AdminMapStatus) {
+  const line = $("map-refresh");
+  const refresh = status.refresh;
+  const failure = status.lastRefresh?.result === RefreshOutcome_Result.FAILED ? status.lastRefresh.failure : undefined;
+  line.classList.toggle("error", !refresh && failure !== undefined);
+  if (refresh) {
+    const phase = Phase[refresh.phase]?.toLowerCase().replace(/_/g, " ") ?? "working";
+    line.textContent = refresh.phase === Phase.OPTIMIZING
+      ? `updating: ${phase}, iteration ${refresh.iteration} of ${refresh.totalIterations}`
+      : `updating: ${phase}`;
+  } else {
+    line.textContent = failure ? `The last update failed (${failure.message}); this is the previous map.` : "";
+  }
+}
+
 function showReady(status: AdminMapStatus) {
   paceStart = null;
-  const key = `${status.corpusFingerprint}:${status.computedAt?.seconds}:${status.computedAt?.nanos}`;
+  const key = mapKey(status);
   setState("ready");
   $("status").hidden = true;
   $("map-panel").hidden = false;
-  $("map-summary").textContent = `${status.count} points`;
+  $("map-summary").textContent = `${status.count} points · map ${status.generation}`;
+  showRefresh(status);
   if (key === shownKey && status.points.length === 0) return;
+  // A new version of a map already on screen keeps the zoom, pan, hidden categories and search.
+  const replacing = shownKey !== "";
   shownKey = key;
+  shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
-  view.setPoints(points);
+  view.setPoints(points, replacing);
   renderLegend();
   updateSearchCount();
 }
@@ -144,8 +171,7 @@ async function follow(token: string, baseUrl: string) {
         retry = 1000;
         if (status.state === MapState.COMPUTING) showComputing(status);
         else if (status.state === MapState.READY) {
-          const key = `${status.corpusFingerprint}:${status.computedAt?.seconds}:${status.computedAt?.nanos}`;
-          showReady(key === shownKey ? status : await client.getEmbeddingMap({}, { headers }));
+          showReady(mapKey(status) === shownKey ? status : await client.getEmbeddingMap({}, { headers }));
         } else if (status.state === MapState.FAILED) {
           setState("failed");
           $("map-panel").hidden = true;

@@ -50,7 +50,10 @@ export class MapView {
     new ResizeObserver(() => this.requestDraw()).observe(canvas);
   }
 
-  setPoints(points: Point[]) {
+  /** Shows `points`; with `keepView` (a new version of the map on screen) the zoom, pan and
+   *  frame stay, so points that kept their place stay put on screen. */
+  setPoints(points: Point[], keepView = false) {
+    const keep = keepView && this.points.length > 0;
     this.points = points;
     this.categories = [...new Set(points.map((p) => p.category))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
     this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
@@ -60,6 +63,10 @@ export class MapView {
     for (const p of points) {
       minX = Math.min(minX, p.x); maxX = Math.max(maxX, p.x);
       minY = Math.min(minY, p.y); maxY = Math.max(maxY, p.y);
+    }
+    if (keep) {
+      this.draw();
+      return;
     }
     this.bounds = points.length ? { minX, minY, maxX, maxY } : { minX: 0, minY: 0, maxX: 1, maxY: 1 };
     this.resetView();

@@ -120,4 +120,11 @@ impl pb::admin_map_service_server::AdminMapService for Api {
         });
         Ok(Response::new(stream.boxed()))
     }
+
+    async fn refresh_embedding_map(
+        &self,
+        _: Request<pb::RefreshAdminMapRequest>,
+    ) -> Reply<embeddingmap_proto::v1::RefreshEmbeddingMapResponse> {
+        Ok(Response::new(self.0.map.refresh().await?))
+    }
 }

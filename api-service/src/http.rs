@@ -25,6 +25,7 @@ use crate::{
 pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppState>) -> Router {
     let admin = Router::new()
         .route("/api/admin/embedding-map", get(embedding_map))
+        .route("/api/admin/embedding-map/refresh", post(refresh_embedding_map))
         .route("/api/admin/items", get(list_items).post(create_item))
         .route("/api/admin/items/import", post(import_items))
         .route("/api/admin/items/{id}", get(get_item).put(update_item))
@@ -96,6 +97,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn embedding_map(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     state.map.view().await?.into_http(if_none_match)
+}
+
+/// 202: the refresh runs in the background; the map's answers report its progress and outcome.
+async fn refresh_embedding_map(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let start = state.map.refresh().await?.start();
+    let start = start.as_str_name().trim_start_matches("START_").to_lowercase();
+    Ok((StatusCode::ACCEPTED, Json(json!({ "refresh": start }))).into_response())
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {

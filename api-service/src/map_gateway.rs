@@ -17,7 +17,7 @@ use tonic::{
 use crate::{
     error::ApiError,
     items::ItemStore,
-    map_view::{JoinedMap, MapView},
+    map_view::{JoinedMap, MapView, Refresh},
 };
 
 #[derive(Clone)]
@@ -66,8 +66,9 @@ impl MapGateway {
     pub async fn view_of(&self, status: pb::EmbeddingMapStatus) -> Result<MapView, ApiError> {
         match status.state() {
             MapState::Ready => {
+                let refresh = Refresh::of(&status);
                 let summary = status.map.unwrap_or_default();
-                Ok(MapView::Ready(self.joined(&summary).await?))
+                Ok(MapView::Ready(self.joined(&summary).await?, refresh))
             }
             MapState::Failed => Ok(MapView::Failed(status.failure.unwrap_or_default())),
             _ => Ok(MapView::Computing(status.progress.unwrap_or_default())),
@@ -87,6 +88,12 @@ impl MapGateway {
             .await
             .map_err(unavailable)?
             .into_inner())
+    }
+
+    /// Asks the embedding service for a refresh.
+    pub async fn refresh(&self) -> Result<pb::RefreshEmbeddingMapResponse, ApiError> {
+        let request = self.request(pb::RefreshEmbeddingMapRequest {});
+        Ok(self.client.clone().refresh_embedding_map(request).await.map_err(unavailable)?.into_inner())
     }
 
     fn request<T>(&self, message: T) -> tonic::Request<T> {
@@ -120,10 +127,7 @@ impl MapGateway {
 /// service is answered here too; a map computing or failed is answered by the handler.
 impl service_kit::ready_answers::ReadyMaps for MapGateway {
     async fn encoded_ready(&self, omit_points: bool) -> Result<Option<Vec<bytes::Bytes>>, tonic::Status> {
-        match self.view().await? {
-            MapView::Ready(joined) => Ok(Some(vec![joined.encoded(omit_points)])),
-            _ => Ok(None),
-        }
+        Ok(self.view().await?.encoded_ready(omit_points))
     }
 }
 
@@ -131,12 +135,13 @@ fn unavailable(status: tonic::Status) -> ApiError {
     ApiError::EmbeddingUnavailable(format!("{:?}: {}", status.code(), status.message()))
 }
 
-/// The map's identity (its corpus and parameters, which determine its points) and the items'
-/// persisted version; no clock, so two embedding replicas' identical maps share an ETag and a
-/// restart cannot make an old ETag match new content.
+/// The map's identity (its corpus, parameters and generation, which determine its points) and the
+/// items' persisted version; no clock, so two embedding replicas' identical maps share an ETag
+/// and a restart cannot make an old ETag match new content.
 fn etag(summary: &pb::EmbeddingMap, items_version: i64) -> String {
     let mut hasher = Sha256::new();
     hasher.update(summary.corpus_fingerprint.as_bytes());
+    hasher.update(summary.generation.to_le_bytes());
     hasher.update(summary.parameters.clone().unwrap_or_default().encode_to_vec());
     hasher.update(items_version.to_le_bytes());
     format!("\"{}\"", &format!("{:x}", hasher.finalize())[..32])

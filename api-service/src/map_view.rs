@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json,
     body::Body,
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderName, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -23,16 +23,62 @@ use crate::error::{ApiError, RETRY_AFTER_SECONDS};
 /// What the admin routes show.
 pub enum MapView {
     Computing(pb::Progress),
-    Ready(Arc<JoinedMap>),
+    Ready(Arc<JoinedMap>, Refresh),
     Failed(pb::Failure),
+}
+
+/// Beside a READY map: a refresh under way, and how the last one ended. Small, and changing while
+/// the map does not, so it is rendered per answer and the map is not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Refresh {
+    pub refresh: Option<pb::Progress>,
+    pub last_refresh: Option<pb::RefreshOutcome>,
+}
+
+impl Refresh {
+    pub fn of(status: &pb::EmbeddingMapStatus) -> Self {
+        Refresh { refresh: status.refresh, last_refresh: status.last_refresh.clone() }
+    }
+
+    /// The fields as an `AdminMapStatus` of their own, to merge into (or append to) the map's.
+    fn admin_fields(&self) -> api_pb::AdminMapStatus {
+        api_pb::AdminMapStatus { refresh: self.refresh, last_refresh: self.last_refresh.clone(), ..Default::default() }
+    }
+
+    /// `"refreshing":{...}|null,"last_refresh":{...}|null`, the end of the READY JSON object.
+    fn json_fields(&self) -> String {
+        let last_refresh = self.last_refresh.as_ref().map(|last| {
+            let finished = last.finished_at.unwrap_or_default();
+            json!({
+                "result": last.result().as_str_name().trim_start_matches("RESULT_").to_lowercase(),
+                "finished_at_unix": finished.seconds as f64 + f64::from(finished.nanos) / 1e9,
+                "failure": last.failure.as_ref().map(|f| json!({ "phase": phase_name(f.phase()), "message": f.message })),
+            })
+        });
+        format!(
+            "\"refreshing\":{},\"last_refresh\":{}",
+            self.refresh.as_ref().map_or(serde_json::Value::Null, progress_json),
+            last_refresh.unwrap_or_default()
+        )
+    }
+
+    /// `X-Map-Refresh` for answers without a body (304): `optimizing; iteration=120/500` while a
+    /// refresh runs.
+    fn header(&self) -> Option<HeaderValue> {
+        let progress = self.refresh.as_ref()?;
+        let value =
+            format!("{}; iteration={}/{}", phase_name(progress.phase()), progress.iteration, progress.total_iterations);
+        HeaderValue::from_str(&value).ok()
+    }
 }
 
 /// A READY map joined to the items' names and categories, rendered for both transports once and
 /// shared by every request until the map or the items change.
 pub struct JoinedMap {
     pub etag: String,
-    /// `{"status":"ready","points":[...],...}`.
-    pub json: Bytes,
+    /// `{"status":"ready",...,"points":[...]`: the JSON object without its end, which each answer
+    /// gives with the refresh's fields.
+    pub json_open: Bytes,
     /// The `AdminMapStatus` message encoded with its points and without; gRPC answers send these
     /// bytes as they are (`service_kit::ready_answers`).
     with_points: Bytes,
@@ -80,6 +126,7 @@ impl JoinedMap {
             "status": "ready",
             "count": map.count,
             "corpus_fingerprint": map.corpus_fingerprint,
+            "generation": map.generation,
             "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
             "parameters": {
                 "perplexity": parameters.perplexity,
@@ -97,26 +144,27 @@ impl JoinedMap {
             },
         })
         .to_string();
-        // The points go last: the object's closing brace is replaced by `,"points":[...]}`.
+        // The points come after: the object's closing brace is replaced by `,"points":[...]`, and
+        // each answer ends the object.
         body.pop();
         body.push_str(",\"points\":");
         let mut body = body.into_bytes();
         // Serialising plain numbers and strings into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut body, &SerializeIter::new(json_points));
-        body.push(b'}');
         let status = api_pb::AdminMapStatus {
             state: MapState::Ready.into(),
             count: map.count,
             corpus_fingerprint: map.corpus_fingerprint,
             computed_at: map.computed_at,
             parameters: map.parameters,
+            generation: map.generation,
             points,
             ..Default::default()
         };
         let summary = api_pb::AdminMapStatus { points: Vec::new(), ..status.clone() };
         JoinedMap {
             etag,
-            json: Bytes::from(body),
+            json_open: Bytes::from(body),
             with_points: status.encode_to_vec().into(),
             summary: summary.encode_to_vec().into(),
         }
@@ -154,7 +202,21 @@ fn progress_json(progress: &pb::Progress) -> serde_json::Value {
     })
 }
 
+/// The header that carries a refresh's progress on answers without a body.
+pub const REFRESH_HEADER: &str = "x-map-refresh";
+
 impl MapView {
+    /// A READY answer for gRPC as encoded pieces whose concatenation is the message (protobuf
+    /// merges concatenated messages): the map's shared encoding, then the refresh's few bytes.
+    pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
+        let MapView::Ready(joined, refresh) = self else { return None };
+        let mut pieces = vec![joined.encoded(omit_points)];
+        if *refresh != Refresh::default() {
+            pieces.push(refresh.admin_fields().encode_to_vec().into());
+        }
+        Some(pieces)
+    }
+
     /// HTTP: 202 with progress while computing, 200 (or 304 for a matching `If-None-Match`) with
     /// the joined map once ready, the error table's answer for a failed map.
     pub fn into_http(self, if_none_match: Option<&str>) -> Result<Response, ApiError> {
@@ -165,17 +227,23 @@ impl MapView {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
                 Ok(response)
             }
-            MapView::Ready(joined) => {
+            MapView::Ready(joined, refresh) => {
                 let etag = HeaderValue::from_str(&joined.etag).map_err(|e| ApiError::Internal(e.to_string()))?;
                 let matches = if_none_match
                     .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == joined.etag || tag.trim() == "*"));
                 let mut response = if matches {
                     StatusCode::NOT_MODIFIED.into_response()
                 } else {
-                    let mut response = Response::new(Body::from(joined.json.clone()));
+                    // The shared map, then this answer's end of the object: no copy of the points.
+                    let end = Bytes::from(format!(",{}}}", refresh.json_fields()));
+                    let pieces = [joined.json_open.clone(), end].map(Ok::<_, std::convert::Infallible>);
+                    let mut response = Response::new(Body::from_stream(futures_util::stream::iter(pieces)));
                     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     response
                 };
+                if let Some(value) = refresh.header() {
+                    response.headers_mut().insert(HeaderName::from_static(REFRESH_HEADER), value);
+                }
                 response.headers_mut().insert(header::ETAG, etag);
                 response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 Ok(response)
@@ -194,8 +262,12 @@ impl MapView {
                 progress: Some(progress),
                 ..Default::default()
             },
-            // Encoded by `JoinedMap::new` from a valid message, so it decodes.
-            MapView::Ready(joined) => api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default(),
+            MapView::Ready(joined, refresh) => {
+                // Encoded by `JoinedMap::new` from a valid message, so it decodes.
+                let mut status = api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default();
+                status.merge(refresh.admin_fields().encode_to_vec().as_slice()).unwrap_or_default();
+                status
+            }
             MapView::Failed(failure) => {
                 api_pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }
             }

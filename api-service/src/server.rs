@@ -95,6 +95,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
+    // SIGHUP would stop the process by default; the map is refreshed by the embedding service.
+    tokio::spawn(service_kit::shutdown::on_hangup(|| {
+        tracing::info!("SIGHUP: the api-service has nothing to reload (refresh the map with the embedding service)")
+    }));
     let servers = async { tokio::join!(grpc, http) };
     tokio::pin!(servers);
     tokio::select! {
@@ -194,6 +198,7 @@ fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
             HeaderName::from_static("grpc-status-details-bin"),
             header::ETAG,
             header::RETRY_AFTER,
+            HeaderName::from_static(crate::map_view::REFRESH_HEADER),
         ])
         .max_age(Duration::from_secs(600)))
 }
