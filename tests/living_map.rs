@@ -12,7 +12,8 @@ use std::{
 
 use embeddingmap_proto::v1::{
     EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, RefreshEmbeddingMapRequest,
-    refresh_embedding_map_response::Start, refresh_outcome::Result as RefreshResult,
+    embedding_map_service_client::EmbeddingMapServiceClient, refresh_embedding_map_response::Start,
+    refresh_outcome::Result as RefreshResult,
 };
 use end_to_end_tests::{corpus_files, eventually, map_client, start_embedding};
 
@@ -34,11 +35,98 @@ fn generation(status: &EmbeddingMapStatus) -> u64 {
     status.map.as_ref().map_or(0, |map| map.generation)
 }
 
+/// Polls GetEmbeddingMap every 50 ms until `stop`: how many answers, how many of them READY with
+/// a refresh under way, and every answer that was not READY with a map.
+fn poll_every_50ms(
+    client: &EmbeddingMapServiceClient<tonic::transport::Channel>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, usize, Vec<String>)> {
+    let mut client = client.clone();
+    tokio::spawn(async move {
+        let (mut answers, mut refreshing, mut dark) = (0, 0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await {
+                Ok(answer) if answer.get_ref().state() == MapState::Ready && answer.get_ref().map.is_some() => {
+                    refreshing += usize::from(answer.get_ref().refresh.is_some());
+                }
+                other => dark.push(format!("{other:?}")),
+            }
+            answers += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (answers, refreshing, dark)
+    })
+}
+
+/// The corpus changed on disk, with no one asking: renamed over, then rewritten in place slowly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corpus_replaced_or_rewritten_on_disk_is_noticed_and_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, ids) = write_corpus(dir.path(), 6, 0);
+    let service = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let client = map_client(&service).await;
+    let status = async || {
+        client.clone().get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await.unwrap().into_inner()
+    };
+    eventually("the first map", LIMIT, Duration::from_millis(50), async || {
+        (generation(&status().await) == 1).then_some(())
+    })
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = poll_every_50ms(&client, stop.clone());
+
+    // Renamed over: noticed (within 2 s of the change settling) and mapped.
+    write_corpus(dir.path(), 8, 1000);
+    let renamed = std::time::Instant::now();
+    eventually("the replaced corpus's map", LIMIT, Duration::from_millis(50), async || {
+        let status = status().await;
+        (generation(&status) == 2).then_some(status)
+    })
+    .await;
+    let noticed = renamed.elapsed();
+
+    // Rewritten in place, slowly (the same shape, new values): read once it stops changing.
+    let bytes = {
+        let other = dir.path().join("other.npy");
+        corpus_files::write_matrix(&other, 2400, 16, &corpus_files::clustered(12, 200, 16));
+        std::fs::read(other).unwrap()
+    };
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().write(true).truncate(true).open(&vectors).unwrap();
+        for chunk in bytes.chunks(bytes.len() / 8 + 1) {
+            file.write_all(chunk).unwrap();
+            file.flush().unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let rewritten = eventually("the rewritten corpus's map", LIMIT, Duration::from_millis(50), async || {
+        let status = status().await;
+        (generation(&status) == 3 && status.refresh.is_none()).then_some(status)
+    })
+    .await;
+    assert_eq!(rewritten.map.unwrap().count, 2400);
+    assert_eq!(rewritten.last_refresh.unwrap().result(), RefreshResult::Updated, "no half-written read won");
+
+    stop.store(true, Ordering::Relaxed);
+    let (answers, refreshing, dark) = poller.await.unwrap();
+    assert!(dark.is_empty(), "every answer after the first map was READY with a map: {dark:?}");
+    assert!(refreshing > 0, "the poller saw refreshes under way ({refreshing} of {answers})");
+    println!("a renamed-over corpus became the map {noticed:?} after the rename");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_corpus_gives_a_new_map_while_the_current_one_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let service = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let service = start_embedding(&[
+        "--corpus",
+        vectors.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--watch-corpus",
+        "false",
+    ]);
     let mut client = map_client(&service).await;
     let reader = client.clone();
     let get = move |omit_points| {
@@ -54,23 +142,7 @@ async fn a_changed_corpus_gives_a_new_map_while_the_current_one_is_served() {
 
     // From now on every answer, polled every 50 ms, is READY with a map.
     let stop = Arc::new(AtomicBool::new(false));
-    let poller = tokio::spawn({
-        let (stop, mut client) = (stop.clone(), client.clone());
-        async move {
-            let (mut answers, mut refreshing, mut dark) = (0, 0, Vec::new());
-            while !stop.load(Ordering::Relaxed) {
-                match client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await {
-                    Ok(answer) if answer.get_ref().state() == MapState::Ready && answer.get_ref().map.is_some() => {
-                        refreshing += usize::from(answer.get_ref().refresh.is_some());
-                    }
-                    other => dark.push(format!("{other:?}")),
-                }
-                answers += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (answers, refreshing, dark)
-        }
-    });
+    let poller = poll_every_50ms(&client, stop.clone());
     let settled = async |want: &dyn Fn(&EmbeddingMapStatus) -> bool| {
         eventually("the refresh ended", LIMIT, Duration::from_millis(50), async || {
             let status = get(true).await.unwrap();
@@ -130,7 +202,14 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
 
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let embedding = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let embedding = start_embedding(&[
+        "--corpus",
+        vectors.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--watch-corpus",
+        "false",
+    ]);
     let api = start_api(&dir.path().join("api.sqlite3"), &embedding.url(), &[]);
     let client = http_client();
     let map_url = http_url(&api, "/api/admin/embedding-map");
@@ -245,7 +324,14 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     );
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let embedding = start_embedding(&["--corpus", vectors.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    let embedding = start_embedding(&[
+        "--corpus",
+        vectors.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--watch-corpus",
+        "false",
+    ]);
     let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
     // Items for both corpora, in categories by cluster.
     let items: Vec<_> = (0..1800)

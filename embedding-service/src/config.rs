@@ -25,6 +25,11 @@ pub struct Config {
     #[arg(long, env = "EMBEDDING_IDS", requires = "corpus")]
     pub ids: Option<PathBuf>,
 
+    /// Refresh the map when the corpus files change on disk (replaced or rewritten), noticed
+    /// within about 2 s; `false` leaves refreshes to RefreshEmbeddingMap and SIGHUP.
+    #[arg(long, env = "EMBEDDING_WATCH_CORPUS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_corpus: bool,
+
     #[command(flatten)]
     pub map: MapSettings,
 

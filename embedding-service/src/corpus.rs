@@ -50,6 +50,15 @@ impl CorpusSource {
         }
     }
 
+    /// The files the corpus is read from (none for the demo).
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            CorpusSource::Demo => Vec::new(),
+            CorpusSource::FaissIndex(path) => vec![path.clone()],
+            CorpusSource::Npy { vectors, ids } => std::iter::once(vectors.clone()).chain(ids.clone()).collect(),
+        }
+    }
+
     pub fn load(&self) -> Result<Corpus, MapError> {
         let (vectors, ids) = match self {
             CorpusSource::Demo => (read_npy_matrix(DEMO_VECTORS, Path::new("<demo>"))?, None),

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod corpus;
+pub mod corpus_watch;
 pub mod error;
 mod faiss_ext;
 mod faiss_layout;

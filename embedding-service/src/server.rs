@@ -13,13 +13,14 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{server::NamedService, service::Routes};
 use tower::ServiceBuilder;
 
-use crate::{config::Config, corpus::CorpusSource, health, job, service::MapService, status};
+use crate::{config::Config, corpus::CorpusSource, corpus_watch, health, job, service::MapService, status};
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.map.clone();
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
+    let corpus_files = source.files();
     let (publisher, board) = status::status_channel(settings.iterations);
     let refreshes =
         job::spawn_map_job(source, settings, publisher, board.clone()).context("cannot start the map thread")?;
@@ -38,6 +39,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
     spawn_named(&tasks, "map-readiness", health::follow_map_readiness(board.clone(), reporter.clone()), &shutdown);
+    if config.watch_corpus && !corpus_files.is_empty() {
+        let watch = corpus_watch::watch(corpus_files, refreshes.clone(), corpus_watch::SETTLE, corpus_watch::POLL);
+        spawn_named(&tasks, "corpus-watch", watch, &shutdown);
+    }
     let hangups = refreshes.clone();
     spawn_named(
         &tasks,
