@@ -16,7 +16,7 @@ use embeddingmap_proto::v1::{self as pb, refresh_embedding_map_response::Start};
 use crate::{
     corpus::{Corpus, CorpusSource},
     error::MapError,
-    pipeline::{self, MapOutput, MapSettings},
+    pipeline::{self, MapOutput, MapSettings, WarmStart},
     status::{ReadyMap, StatusBoard, StatusPublisher},
 };
 
@@ -102,9 +102,16 @@ fn compute(
     if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
         return Ok(None);
     }
-    tracing::info!(points = count, dimensions, "corpus loaded; computing map");
     let Corpus { ids, vectors } = corpus;
-    let MapOutput { points, parameters, timings } = pipeline::compute_map(vectors, settings, publisher)?;
+    // A refresh starts from the map it replaces, unless most of the points are new.
+    let start =
+        parent.map(|parent| WarmStart::from_parent(parent.points().into_iter().map(|p| (p.id, [p.x, p.y])), &ids));
+    let start = start.filter(|start| start.applies(settings));
+    tracing::info!(points = count, dimensions, incremental = start.is_some(), "corpus loaded; computing map");
+    let MapOutput { points, parameters, timings } = match &start {
+        Some(start) => pipeline::compute_map_from(vectors, settings, publisher, start)?,
+        None => pipeline::compute_map(vectors, settings, publisher)?,
+    };
     tracing::info!(?timings, "map phases done");
     Ok(Some(pb::EmbeddingMap {
         points: ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
@@ -115,6 +122,8 @@ fn compute(
         compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
         input_dimensions: dimensions as u32,
         generation: parent.map_or(1, |parent| parent.summary.generation + 1),
+        layout: parameters.layout.name().to_owned(),
+        parent_fingerprint: parent.map(|parent| parent.summary.corpus_fingerprint.clone()).unwrap_or_default(),
     }))
 }
 

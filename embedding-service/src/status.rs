@@ -129,6 +129,11 @@ impl ReadyMap {
         }
     }
 
+    /// The map's points, decoded from its encoding (for a refresh that starts from them).
+    pub fn points(&self) -> Vec<pb::Point> {
+        self.to_proto(false).map.map(|map| map.points).unwrap_or_default()
+    }
+
     /// The encoded `EmbeddingMapStatus`; cloning it shares the bytes.
     pub fn encoded(&self, omit_points: bool) -> Bytes {
         if omit_points { self.without_points.clone() } else { self.with_points.clone() }

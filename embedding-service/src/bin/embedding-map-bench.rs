@@ -4,6 +4,10 @@
 //! the map) and 10-NN label accuracy when labels are given. Scoring is untimed.
 //!
 //!     embedding-map-bench --corpus X.npy [--labels y.npy] [--repeat 3] [--out map.npy] [map flags]
+//!     embedding-map-bench --corpus NEW.npy --ids NEW_IDS.npy --parent MAP.npy --parent-ids IDS.npy ...
+//!
+//! With `--parent` the run is a refresh starting from that map (as the service's refresh does,
+//! including its choice of a fresh layout when most points are new).
 //!
 //! Prints a table on stderr and one JSON line per run on stdout.
 
@@ -12,7 +16,7 @@ use std::{path::PathBuf, time::Instant};
 use clap::Parser;
 use embedding_service::{
     corpus::CorpusSource,
-    pipeline::{self, MapOutput, MapSettings, ProgressSink, quality},
+    pipeline::{self, MapOutput, MapSettings, ProgressSink, WarmStart, quality},
 };
 use embeddingmap_proto::v1::Phase;
 
@@ -41,6 +45,12 @@ struct Args {
     /// Writes the last run's map as a float32 N x 2 `.npy`, rows in corpus order.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// A parent map (float32 N x 2 `.npy`, as `--out` writes) to refresh from.
+    #[arg(long)]
+    parent: Option<PathBuf>,
+    /// The parent map's ids, one per row (default: row numbers).
+    #[arg(long, requires = "parent")]
+    parent_ids: Option<PathBuf>,
     #[command(flatten)]
     map: MapSettings,
 }
@@ -61,6 +71,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(recall) = recall {
         eprintln!("neighbour recall against exact search: {recall:.4}");
     }
+    let parent = args.parent.as_ref().map(|path| read_parent(path, args.parent_ids.as_ref())).transpose()?;
     let mut totals = Vec::new();
     let mut runs = Vec::new();
     for run in 1..=args.repeat.max(1) {
@@ -68,7 +79,11 @@ fn main() -> anyhow::Result<()> {
         let corpus = source.load()?;
         let load = started.elapsed();
         let (n, dimensions) = (corpus.len(), corpus.dimensions());
-        let MapOutput { points, parameters, timings } = pipeline::compute_map(corpus.vectors, settings, &Quiet)?;
+        let start = parent.as_ref().map(|parent| WarmStart::from_parent(parent.iter().copied(), &corpus.ids));
+        let MapOutput { points, parameters, timings } = match start.filter(|start| start.applies(settings)) {
+            Some(start) => pipeline::compute_map_from(corpus.vectors, settings, &Quiet, &start)?,
+            None => pipeline::compute_map(corpus.vectors, settings, &Quiet)?,
+        };
         let total = started.elapsed();
         totals.push(total.as_secs_f64());
         let accuracy = labels.as_ref().map(|labels| quality::knn_label_accuracy(&points, labels)).transpose()?;
@@ -80,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             "knn": parameters.knn.name(),
             "gradient": parameters.gradient.name(),
             "iterations": parameters.iterations,
+            "layout": parameters.layout.name(),
             "learning_rate": parameters.learning_rate,
             "final_learning_rate": parameters.final_learning_rate,
             "threads": parameters.threads,
@@ -144,6 +160,19 @@ fn read_labels(path: &PathBuf) -> anyhow::Result<Vec<i64>> {
         other => anyhow::bail!("labels must be int32 or int64, found {other:?}"),
     };
     Ok(labels)
+}
+
+/// A parent map's `(id, position)` points: its `.npy` rows, with ids from `ids` or row numbers.
+fn read_parent(path: &PathBuf, ids: Option<&PathBuf>) -> anyhow::Result<Vec<(i64, [f32; 2])>> {
+    let bytes = std::fs::read(path)?;
+    let values: Vec<f32> = npyz::NpyFile::new(&bytes[..])?.into_vec()?;
+    let positions: Vec<[f32; 2]> = values.chunks_exact(2).map(|xy| [xy[0], xy[1]]).collect();
+    let ids = match ids {
+        Some(ids) => read_labels(ids)?,
+        None => (0..positions.len() as i64).collect(),
+    };
+    anyhow::ensure!(ids.len() == positions.len(), "{} parent ids for {} parent points", ids.len(), positions.len());
+    Ok(ids.into_iter().zip(positions).collect())
 }
 
 fn write_map(path: &PathBuf, points: &[[f32; 2]]) -> anyhow::Result<()> {

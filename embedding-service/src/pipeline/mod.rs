@@ -8,6 +8,7 @@ mod optimize;
 mod prepare;
 pub mod quality;
 mod settings;
+mod warm_start;
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,8 @@ use crate::error::MapError;
 
 pub use knn::KnnMethod;
 pub use prepare::PcaWidth;
-pub use settings::{GradientChoice, KnnChoice, MapParameters, MapSettings};
+pub use settings::{GradientChoice, KnnChoice, Layout, MapParameters, MapSettings};
+pub use warm_start::WarmStart;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GradientMethod {
@@ -97,8 +99,38 @@ pub fn compute_map(
     settings: &MapSettings,
     progress: &dyn ProgressSink,
 ) -> Result<MapOutput, MapError> {
+    compute(vectors, settings, progress, None)
+}
+
+/// As `compute_map`, starting from a parent map (`start`: the parent's position of each row it
+/// had): no early exaggeration and `--refresh-iterations`, so the layout stays recognisable.
+/// Deterministic like a fresh map: the same parent, corpus and settings give the same points.
+pub fn compute_map_from(
+    vectors: Array2<f32>,
+    settings: &MapSettings,
+    progress: &dyn ProgressSink,
+    start: &WarmStart,
+) -> Result<MapOutput, MapError> {
+    compute(vectors, settings, progress, Some(start))
+}
+
+fn compute(
+    vectors: Array2<f32>,
+    settings: &MapSettings,
+    progress: &dyn ProgressSink,
+    start: Option<&WarmStart>,
+) -> Result<MapOutput, MapError> {
     let (points, dimensions) = vectors.dim();
     let mut parameters = settings.resolve(points, dimensions)?;
+    if let Some(start) = start {
+        if start.positions.len() != points {
+            return Err(MapError::InvalidParameter(format!(
+                "a warm start of {} rows for a corpus of {points}",
+                start.positions.len()
+            )));
+        }
+        parameters = parameters.incremental(settings);
+    }
     use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
@@ -111,9 +143,11 @@ pub fn compute_map(
     let started = Instant::now();
     let reduced = prepare::pca_reduce(normalized, parameters.pca_width)?;
     parameters.pca_dimensions = reduced.ncols() as u32;
-    let initial = match parameters.init {
-        Initialization::Pca => prepare::pca_initial_layout(&reduced)?,
-        Initialization::Random => prepare::random_initial_layout(reduced.nrows(), parameters.seed),
+    let initial = match (start, parameters.init) {
+        // Placed once the neighbours are known.
+        (Some(_), _) => Vec::new(),
+        (None, Initialization::Pca) => prepare::pca_initial_layout(&reduced)?,
+        (None, Initialization::Random) => prepare::random_initial_layout(reduced.nrows(), parameters.seed),
     };
     timings.pca = started.elapsed();
 
@@ -122,6 +156,10 @@ pub fn compute_map(
     let (neighbors, cells) =
         knn::nearest_neighbors_and_cells(&reduced, parameters.neighbors as usize, parameters.knn, parameters.threads)?;
     drop(reduced);
+    let initial = match start {
+        Some(start) => start.initial_layout(&neighbors),
+        None => initial,
+    };
     let order = cells.map(|cells| locality::order_by_cell(&cells));
     let (neighbors, initial) = match &order {
         Some(order) => (locality::renumber_neighbors(neighbors, order), locality::reorder_rows(&initial, 2, order)),

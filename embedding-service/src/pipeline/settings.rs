@@ -83,6 +83,16 @@ pub struct MapSettings {
     /// Initial layout.
     #[arg(long, env = "EMBEDDING_INIT", value_enum, default_value_t = Initialization::Pca)]
     pub init: Initialization,
+
+    /// Optimisation iterations of a refresh that starts from the current map (without early
+    /// exaggeration: the layout is already formed).
+    #[arg(long, env = "EMBEDDING_REFRESH_ITERATIONS", default_value_t = 75)]
+    pub refresh_iterations: u32,
+
+    /// A refresh lays the map out afresh instead when more than this share of its points are new
+    /// (0 to 1).
+    #[arg(long, env = "EMBEDDING_REFRESH_FRESH_ABOVE", default_value_t = 0.5)]
+    pub refresh_fresh_above: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +135,37 @@ pub struct MapParameters {
     pub gradient: GradientMethod,
     pub init: Initialization,
     pub threads: usize,
+    pub layout: Layout,
+}
+
+/// How a map's layout began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// From the initialization, with early exaggeration.
+    Fresh,
+    /// From the map it refreshes: kept points where they were, new ones beside their neighbours.
+    Incremental,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Fresh => "fresh",
+            Layout::Incremental => "incremental",
+        }
+    }
+}
+
+impl MapParameters {
+    /// The parameters of a refresh that starts from its parent map.
+    pub fn incremental(self, settings: &MapSettings) -> Self {
+        MapParameters {
+            iterations: settings.refresh_iterations.max(1),
+            exaggeration_iterations: 0,
+            layout: Layout::Incremental,
+            ..self
+        }
+    }
 }
 
 impl MapSettings {
@@ -149,6 +190,9 @@ impl MapSettings {
             if !(rate.is_finite() && rate >= 0.0) {
                 return invalid(format!("learning rate must be positive, got {rate}"));
             }
+        }
+        if !(0.0..=1.0).contains(&self.refresh_fresh_above) {
+            return invalid(format!("--refresh-fresh-above must be within 0 to 1, got {}", self.refresh_fresh_above));
         }
         if self.knn_probes == 0 {
             return invalid("--knn-probes must be at least 1".into());
@@ -193,6 +237,7 @@ impl MapSettings {
             },
             init: self.init,
             threads: if self.threads == 0 { all_cores() } else { self.threads },
+            layout: Layout::Fresh,
         })
     }
 }
@@ -211,7 +256,10 @@ impl From<&MapParameters> for pb::MapParameters {
             neighbors: parameters.neighbors,
             knn_method: parameters.knn.name().to_owned(),
             gradient_method: parameters.gradient.name().to_owned(),
-            initialization: parameters.init.name().to_owned(),
+            initialization: match parameters.layout {
+                Layout::Fresh => parameters.init.name().to_owned(),
+                Layout::Incremental => "parent".to_owned(),
+            },
         }
     }
 }
