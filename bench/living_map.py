@@ -148,6 +148,43 @@ def run_change(args, name, x, labels, kind, share, work):
     return row
 
 
+def restart_seconds(args, corpus, runs=3):
+    """A service that computed its map and stored it is stopped and started again `runs` times:
+    the seconds from the start to the first answered GetEmbeddingMap (an outside client process,
+    whose own start is included), and that answer's state."""
+    bin_dir = Path(args.bin_dir)
+
+    def start(store):
+        service = subprocess.Popen(
+            [str(bin_dir / "embedding-service"), "--listen", "127.0.0.1:0", "--map-store", store, "--corpus", corpus],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = service.stdout.readline()
+        if "listening on" not in line:
+            sys.exit(f"embedding-service did not start: {line!r}")
+        return service, line.rsplit(" ", 1)[1].strip()
+
+    def status(address):
+        return subprocess.run([str(bin_dir / "embedding-map-client"), "--addr", f"http://{address}", "status"],
+                              check=True, capture_output=True, text=True).stdout
+
+    with tempfile.TemporaryDirectory() as store:
+        service, address = start(store)
+        while not status(address).startswith("READY"):
+            time.sleep(0.5)
+        service.terminate()
+        service.wait()
+        seconds, states = [], []
+        for _ in range(runs):
+            started = time.perf_counter()
+            service, address = start(store)
+            answer = status(address)
+            seconds.append(time.perf_counter() - started)
+            states.append(answer.split()[0])
+            service.terminate()
+            service.wait()
+    return median(seconds), states
+
+
 def fmt(value, digits=4):
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -184,12 +221,19 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--refresh-iterations", type=int, help="the service's flag, for the refreshed runs")
     parser.add_argument("--no-peer", action="store_true", help="skip openTSNE's transform (for quick tuning)")
+    parser.add_argument("--restart-only", action="store_true",
+                        help="only time a restart with a stored map (to the first answer)")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     for name in args.corpora:
         x = np.load(DATA / f"{name}_X.npy")
         labels_path = DATA / f"{name}_y.npy"
         labels = np.load(labels_path) if labels_path.exists() else None
+        seconds, states = restart_seconds(args, str(DATA / f"{name}_X.npy"))
+        print(f"{name}: a restart with a stored map answered {states} after {seconds * 1000:.0f} ms (median)",
+              flush=True)
+        if args.restart_only:
+            continue
         rows = []
         for title, kind, share in CHANGES:
             with tempfile.TemporaryDirectory() as work:

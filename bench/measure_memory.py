@@ -54,7 +54,7 @@ def measure(target, name, corpus):
             header = f.read(256).decode("latin1")
         rows = int(header.split("'shape': (")[1].split(",")[0])
         args = ["--corpus", corpus]
-    embedding, addresses = start([f"{target}/embedding-service", "--listen", "127.0.0.1:0", *args], {}, ["embedding-service"])
+    embedding, addresses = start([f"{target}/embedding-service", "--listen", "127.0.0.1:0", "--map-store", "", *args], {}, ["embedding-service"])
     url = f"http://{addresses['embedding-service']}"
     started = time.time()
     while True:

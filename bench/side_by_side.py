@@ -86,7 +86,7 @@ def boot_seconds(args):
     """Seconds from starting the service binary until a GetEmbeddingMap call returns."""
     started = time.perf_counter()
     service = subprocess.Popen(
-        [str(args.bin_dir / "embedding-service"), "--listen", "127.0.0.1:0", "--corpus", args.corpus],
+        [str(args.bin_dir / "embedding-service"), "--listen", "127.0.0.1:0", "--map-store", "", "--corpus", args.corpus],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:

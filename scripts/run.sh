@@ -17,7 +17,7 @@ export API_ADMIN_TOKEN="${API_ADMIN_TOKEN:-$(head -c 16 /dev/urandom | od -An -t
 
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
-"$bin/embedding-service" --listen "$embedding_listen" & pids+=($!)
+"$bin/embedding-service" --listen "$embedding_listen" --map-store "$(dirname "$database")/maps" & pids+=($!)
 "$bin/api-service" --grpc-listen "$grpc_listen" --http-listen "$http_listen" --database "$database" \
   --embedding-url "http://$embedding_listen" --cors-origins "http://$http_listen" & pids+=($!)
 

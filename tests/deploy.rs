@@ -220,8 +220,11 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
     // embedding-service: serving (all probes pass) while the map computes and once ready;
     // failing from SIGTERM on.
     let embedding = workload(&documents, "Deployment", "embedding-service");
+    // The map store in a directory of the test's, where the manifest mounts a volume.
+    let maps = tempfile::tempdir().unwrap();
+    let store = [("EMBEDDING_MAP_STORE", maps.path().to_str().unwrap().to_owned())];
     let (mut map_service, map_ports) =
-        start_like_the_manifest("embedding-service", &embedding, &[], &[("EMBEDDING_LISTEN", EMBEDDING)]);
+        start_like_the_manifest("embedding-service", &embedding, &store, &[("EMBEDDING_LISTEN", EMBEDDING)]);
     let mut client = map_client(&map_service).await;
     let first = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await.unwrap().into_inner();
     assert_eq!(all_probes(&embedding.container, &map_ports).await, [true; 3], "at boot");

@@ -655,8 +655,15 @@ async fn file_writes(card: &mut Scorecard) {
     }
     let env = [("HOME", home.to_str().unwrap()), ("TMPDIR", tmp.to_str().unwrap()), ("API_ADMIN_TOKEN", ADMIN_TOKEN)];
     let embedding_trace = sandbox.path().join("embedding.trace");
-    let embedding =
-        start_traced("embedding-service", &embedding_trace, &["--listen", "127.0.0.1:0"], &env, &[EMBEDDING]);
+    // The embedding service's map store, the one place it may write.
+    let maps = data.join("maps");
+    let embedding = start_traced(
+        "embedding-service",
+        &embedding_trace,
+        &["--listen", "127.0.0.1:0", "--map-store", maps.to_str().unwrap()],
+        &env,
+        &[EMBEDDING],
+    );
     let database = data.join("api.sqlite3");
     let api_trace = sandbox.path().join("api.trace");
     let embedding_url = embedding.url();
@@ -689,6 +696,8 @@ async fn file_writes(card: &mut Scorecard) {
     }
     let seen = written.iter().any(|path| path.starts_with(data.to_str().unwrap()));
     row.check(seen, format!("the trace sees the database writes: {written:?}"));
+    let stored = written.iter().any(|path| path.starts_with(maps.to_str().unwrap()));
+    row.check(stored, format!("the trace sees the map store's writes: {written:?}"));
     println!("files changed by both services: {written:?}");
 }
 

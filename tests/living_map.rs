@@ -375,3 +375,86 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     assert!(before["scale"].as_f64().unwrap() > 1.0, "{seen}");
     assert!(after["summary"].as_str().unwrap().contains("map 2"), "{seen}");
 }
+
+/// Every point of a READY map, as (id, x bits, y bits): equal means the same bits.
+fn bits(status: &EmbeddingMapStatus) -> Vec<(i64, u32, u32)> {
+    status.map.as_ref().expect("a map").points.iter().map(|p| (p.id, p.x.to_bits(), p.y.to_bits())).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A restart serves the stored map on its first answer; processes sharing a store serve the same
+/// bits whether a later one finds the refreshed map stored or refreshes from the parent itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn stored_maps_survive_restarts_and_agree_across_processes_in_either_boot_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (vectors, ids) = write_corpus(dir.path(), 6, 0);
+    let (store, parent_only) = (dir.path().join("store"), dir.path().join("store-with-the-parent-only"));
+    let start = |store: &Path| {
+        start_embedding(&[
+            "--corpus",
+            vectors.to_str().unwrap(),
+            "--ids",
+            ids.to_str().unwrap(),
+            "--watch-corpus",
+            "false",
+            "--map-store",
+            store.to_str().unwrap(),
+        ])
+    };
+    let first_answer = async |service: &end_to_end_tests::ServiceProcess| {
+        map_client(service)
+            .await
+            .get_embedding_map(GetEmbeddingMapRequest { omit_points: false })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    let ready = async |service: &end_to_end_tests::ServiceProcess, generation: u64| {
+        let client = map_client(service).await;
+        eventually("the map", LIMIT, Duration::from_millis(50), async || {
+            let status = client.clone().get_embedding_map(GetEmbeddingMapRequest { omit_points: false }).await.unwrap();
+            let status = status.into_inner();
+            (self::generation(&status) == generation && status.refresh.is_none()).then_some(status)
+        })
+        .await
+    };
+
+    let a = start(&store);
+    let first = ready(&a, 1).await;
+    // A restart (another process on the same store) is READY on its very first answer.
+    let restarted = start(&store);
+    let answer = first_answer(&restarted).await;
+    assert_eq!(answer.state(), MapState::Ready, "READY on the first answer after a restart: {:?}", answer.state());
+    assert_eq!(bits(&answer), bits(&first));
+    drop(restarted);
+    copy_dir(&store, &parent_only);
+
+    // The corpus changes (its 1,800 ids kept, 300 added); A refreshes in place and stores
+    // generation 2.
+    write_corpus(dir.path(), 7, 0);
+    map_client(&a).await.refresh_embedding_map(RefreshEmbeddingMapRequest {}).await.unwrap();
+    let refreshed = ready(&a, 2).await;
+    assert_eq!(refreshed.map.as_ref().unwrap().layout, "incremental");
+    // Booted after: finds generation 2 stored.
+    let later = start(&store);
+    let answer = first_answer(&later).await;
+    assert_eq!((answer.state(), generation(&answer)), (MapState::Ready, 2));
+    assert_eq!(bits(&answer), bits(&refreshed), "the stored refresh, bit for bit");
+    // Booted on a store holding only generation 1: serves it, then refreshes from it to the same
+    // bits as A's refresh in place.
+    let other = start(&parent_only);
+    assert_eq!(generation(&first_answer(&other).await), 1);
+    let own = ready(&other, 2).await;
+    assert_eq!(bits(&own), bits(&refreshed), "the same parent, corpus and parameters give the same map");
+}

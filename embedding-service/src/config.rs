@@ -30,6 +30,11 @@ pub struct Config {
     #[arg(long, env = "EMBEDDING_WATCH_CORPUS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_corpus: bool,
 
+    /// Where READY maps are kept, so a restart serves the last one at once and replicas sharing
+    /// the directory agree; empty turns the store off.
+    #[arg(long, env = "EMBEDDING_MAP_STORE", default_value = "data/maps")]
+    pub map_store: PathBuf,
+
     #[command(flatten)]
     pub map: MapSettings,
 

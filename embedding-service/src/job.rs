@@ -16,6 +16,7 @@ use embeddingmap_proto::v1::{self as pb, refresh_embedding_map_response::Start};
 use crate::{
     corpus::{Corpus, CorpusSource},
     error::MapError,
+    map_store::MapStore,
     pipeline::{self, MapOutput, MapSettings, WarmStart},
     status::{ReadyMap, StatusBoard, StatusPublisher},
 };
@@ -46,11 +47,12 @@ pub fn spawn_map_job(
     settings: MapSettings,
     publisher: StatusPublisher,
     board: StatusBoard,
+    store: Option<MapStore>,
 ) -> std::io::Result<RefreshRequests> {
     let (sender, requests) = mpsc::sync_channel(1);
     let _: JoinHandle<()> = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
         loop {
-            compute_and_publish(&source, &settings, &publisher);
+            compute_and_publish(&source, &settings, &publisher, store.as_ref());
             // Every sender gone means the server is gone.
             if requests.recv().is_err() {
                 return;
@@ -63,7 +65,12 @@ pub fn spawn_map_job(
 }
 
 /// One computation: the first map, or a refresh from the map served now.
-fn compute_and_publish(source: &CorpusSource, settings: &MapSettings, publisher: &StatusPublisher) {
+fn compute_and_publish(
+    source: &CorpusSource,
+    settings: &MapSettings,
+    publisher: &StatusPublisher,
+    store: Option<&MapStore>,
+) {
     let started = Instant::now();
     let parent = publisher.current();
     let outcome = catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), started)))
@@ -72,6 +79,12 @@ fn compute_and_publish(source: &CorpusSource, settings: &MapSettings, publisher:
         Ok(Some(map)) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
+            // Stored before it is served, so a replica that sees it served can also find it.
+            if let Some(store) = store
+                && let Err(error) = store.save(&map)
+            {
+                tracing::warn!(store = %store.dir().display(), "cannot store the map ({error}); serving it anyway");
+            }
             publisher.ready(map);
         }
         Ok(None) => {

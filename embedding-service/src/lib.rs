@@ -9,6 +9,7 @@ mod faiss_ext;
 mod faiss_layout;
 pub mod health;
 pub mod job;
+pub mod map_store;
 pub mod pipeline;
 pub mod server;
 pub mod service;

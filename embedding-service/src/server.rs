@@ -13,7 +13,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{server::NamedService, service::Routes};
 use tower::ServiceBuilder;
 
-use crate::{config::Config, corpus::CorpusSource, corpus_watch, health, job, service::MapService, status};
+use crate::{
+    config::Config, corpus::CorpusSource, corpus_watch, health, job, map_store::MapStore, service::MapService, status,
+};
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -22,8 +24,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
     let corpus_files = source.files();
     let (publisher, board) = status::status_channel(settings.iterations);
+    let store =
+        (!config.map_store.as_os_str().is_empty()).then(|| MapStore::new(&config.map_store, &source, &settings));
+    // The last map stored for this corpus and these parameters is served from the first RPC on;
+    // the job then checks the corpus against it and refreshes from it if it changed.
+    if let Some(stored) = store.as_ref().and_then(MapStore::load) {
+        tracing::info!(generation = stored.generation, points = stored.count, store = %store.as_ref().map_or_else(String::new, |s| s.dir().display().to_string()), "serving the stored map");
+        publisher.ready(stored);
+    }
     let refreshes =
-        job::spawn_map_job(source, settings, publisher, board.clone()).context("cannot start the map thread")?;
+        job::spawn_map_job(source, settings, publisher, board.clone(), store).context("cannot start the map thread")?;
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_not_serving(&reporter).await;

@@ -55,17 +55,25 @@ pub struct ServiceProcess {
     addresses: HashMap<String, SocketAddr>,
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
+    /// Directories the process uses, removed with it.
+    dirs: Vec<tempfile::TempDir>,
 }
 
 /// The embedding service's label in its `embedding-service listening on ADDR` line.
 pub const EMBEDDING: &str = "embedding-service";
 
 /// Starts the embedding service with `args`, on an ephemeral port unless `args` names its own
-/// `--listen`, and waits until it listens.
+/// `--listen`, with a map store of its own unless `args` names one, and waits until it listens.
 pub fn start_embedding(args: &[&str]) -> ServiceProcess {
     let listen: &[&str] = if args.contains(&"--listen") { &[] } else { &["--listen", "127.0.0.1:0"] };
-    let args: Vec<&str> = listen.iter().chain(args).copied().collect();
-    ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &[EMBEDDING])
+    let store = tempfile::tempdir().expect("map store directory");
+    let store_path = store.path().to_str().expect("UTF-8 temp path").to_owned();
+    let own_store = ["--map-store", store_path.as_str()];
+    let own_store: &[&str] = if args.contains(&"--map-store") { &[] } else { &own_store };
+    let args: Vec<&str> = listen.iter().chain(own_store).chain(args).copied().collect();
+    let mut process = ServiceProcess::start_listening(&binary("embedding-service"), &args, &[], &[EMBEDDING]);
+    process.dirs.push(store);
+    process
 }
 
 impl ServiceProcess {
@@ -107,7 +115,7 @@ impl ServiceProcess {
             }
         }
         let address = addresses[labels[0]];
-        ServiceProcess { child, address, addresses, log_path, _log_dir: log_dir }
+        ServiceProcess { child, address, addresses, log_path, _log_dir: log_dir, dirs: Vec::new() }
     }
 
     /// The address printed as `LABEL listening on ADDR`.

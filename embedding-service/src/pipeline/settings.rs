@@ -169,6 +169,34 @@ impl MapParameters {
 }
 
 impl MapSettings {
+    /// What, besides its corpus, decides a map's points, as text: every setting but the thread
+    /// count (maps are the same for any thread count). Keys stored maps.
+    pub fn identity(&self) -> String {
+        let MapSettings {
+            perplexity,
+            iterations,
+            exaggeration_iterations,
+            early_exaggeration,
+            seed,
+            pca_dims,
+            threads: _,
+            learning_rate,
+            final_learning_rate,
+            knn,
+            knn_probes,
+            gradient,
+            init,
+            refresh_iterations,
+            refresh_fresh_above,
+        } = self;
+        format!(
+            "perplexity={perplexity} iterations={iterations} exaggeration_iterations={exaggeration_iterations} \
+             early_exaggeration={early_exaggeration} seed={seed} pca_dims={pca_dims} learning_rate={learning_rate} \
+             final_learning_rate={final_learning_rate} knn={knn:?} knn_probes={knn_probes} gradient={gradient:?} \
+             init={init:?} refresh_iterations={refresh_iterations} refresh_fresh_above={refresh_fresh_above}"
+        )
+    }
+
     /// Validates the settings and decides every automatic choice for a corpus of
     /// `points` x `dimensions`; the only place defaults that depend on the corpus are made.
     pub fn resolve(&self, points: usize, dimensions: usize) -> Result<MapParameters, MapError> {
