@@ -58,6 +58,39 @@ fn poll_every_50ms(
     })
 }
 
+/// Polls the api-service's `GET /api/admin/embedding-map` every 50 ms (with the last ETag, so
+/// 304s come too) until `stop`: how many answers said a refresh was under way (the body's
+/// `refreshing`, or a 304's `X-Map-Refresh`), and every answer that was not the map.
+fn poll_http_every_50ms(
+    api: &end_to_end_tests::ServiceProcess,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    use end_to_end_tests::api::{ADMIN_TOKEN, http_client, http_url};
+    let (client, url) = (http_client(), http_url(api, "/api/admin/embedding-map"));
+    tokio::spawn(async move {
+        let (mut refreshing, mut dark, mut etag) = (0, Vec::new(), String::new());
+        while !stop.load(Ordering::Relaxed) {
+            let response =
+                client.get(&url).bearer_auth(ADMIN_TOKEN).header("if-none-match", &etag).send().await.unwrap();
+            let status = response.status();
+            let header = response.headers().get("x-map-refresh").is_some();
+            if let Some(tag) = response.headers().get("etag") {
+                etag = tag.to_str().unwrap().to_owned();
+            }
+            match status.as_u16() {
+                200 => {
+                    let body: serde_json::Value = response.json().await.unwrap();
+                    refreshing += usize::from(body["refreshing"].is_object());
+                }
+                304 => refreshing += usize::from(header),
+                _ => dark.push(format!("{status}: {}", response.text().await.unwrap_or_default())),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (refreshing, dark)
+    })
+}
+
 /// The corpus changed on disk, with no one asking: renamed over, then rewritten in place slowly.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corpus_replaced_or_rewritten_on_disk_is_noticed_and_mapped() {
@@ -72,8 +105,18 @@ async fn a_corpus_replaced_or_rewritten_on_disk_is_noticed_and_mapped() {
         (generation(&status().await) == 1).then_some(())
     })
     .await;
+    // The api-service in front, polled over HTTP as the gRPC poller polls the embedding service.
+    let api = end_to_end_tests::api::start_api(&dir.path().join("api.sqlite3"), &service.url(), &[]);
+    let http_client = end_to_end_tests::api::http_client();
+    let map_url = end_to_end_tests::api::http_url(&api, "/api/admin/embedding-map");
+    eventually("the api-service's first map", LIMIT, Duration::from_millis(50), async || {
+        let response = http_client.get(&map_url).bearer_auth(end_to_end_tests::api::ADMIN_TOKEN).send().await;
+        response.is_ok_and(|r| r.status() == 200).then_some(())
+    })
+    .await;
     let stop = Arc::new(AtomicBool::new(false));
     let poller = poll_every_50ms(&client, stop.clone());
+    let http_poller = poll_http_every_50ms(&api, stop.clone());
 
     // Renamed over: noticed (within 2 s of the change settling) and mapped.
     write_corpus(dir.path(), 8, 1000);
@@ -112,6 +155,9 @@ async fn a_corpus_replaced_or_rewritten_on_disk_is_noticed_and_mapped() {
     let (answers, refreshing, dark) = poller.await.unwrap();
     assert!(dark.is_empty(), "every answer after the first map was READY with a map: {dark:?}");
     assert!(refreshing > 0, "the poller saw refreshes under way ({refreshing} of {answers})");
+    let (refreshing, dark) = http_poller.await.unwrap();
+    assert!(dark.is_empty(), "HTTP: every answer after the first map was the map: {dark:?}");
+    assert!(refreshing > 0, "HTTP: the poller saw a refresh under way");
     println!("a renamed-over corpus became the map {noticed:?} after the rename");
 }
 
@@ -229,31 +275,7 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
 
     // Pollers on both transports, every 50 ms, from now on.
     let stop = Arc::new(AtomicBool::new(false));
-    let http_poller = tokio::spawn({
-        let (stop, client, url) = (stop.clone(), client.clone(), map_url.clone());
-        async move {
-            let (mut refreshing, mut dark, mut etag) = (0, Vec::new(), String::new());
-            while !stop.load(Ordering::Relaxed) {
-                let response =
-                    client.get(&url).bearer_auth(ADMIN_TOKEN).header("if-none-match", &etag).send().await.unwrap();
-                let status = response.status();
-                let header = response.headers().get("x-map-refresh").is_some();
-                if let Some(tag) = response.headers().get("etag") {
-                    etag = tag.to_str().unwrap().to_owned();
-                }
-                match status.as_u16() {
-                    200 => {
-                        let body: serde_json::Value = response.json().await.unwrap();
-                        refreshing += usize::from(body["refreshing"].is_object());
-                    }
-                    304 => refreshing += usize::from(header),
-                    _ => dark.push(format!("{status}: {}", response.text().await.unwrap_or_default())),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            (refreshing, dark)
-        }
-    });
+    let http_poller = poll_http_every_50ms(&api, stop.clone());
     let grpc_poller = tokio::spawn({
         let (stop, mut admin_map) = (stop.clone(), admin_map.clone());
         async move {
