@@ -388,6 +388,7 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     assert!(seen["updatingText"].as_str().unwrap().starts_with("updating: "), "{seen}");
     assert_eq!(after["sameDocument"], true, "no reload: {seen}");
     assert_eq!(seen["loads"], 1, "{seen}");
+    assert_eq!((&seen["animatingAtSwap"], &seen["transitions"]), (&serde_json::json!(true), &serde_json::json!(1)), "{seen}");
     assert_eq!(after["stillHidden"], true, "the hidden category stays hidden: {seen}");
     assert_eq!(after["total"], 2400, "{seen}");
     assert!(after["drawn"].as_u64() < after["total"].as_u64(), "{seen}");

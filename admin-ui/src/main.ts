@@ -22,6 +22,8 @@ let session = 0;
   get drawnPoints() { return view.drawnPoints; },
   get highlighted() { return view.highlighted; },
   get generation() { return shownGeneration; },
+  get transitions() { return view.transitions; },
+  get animating() { return view.animating; },
   get lastDrawMs() { return view.lastDrawMs; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,

@@ -16,6 +16,26 @@ const PALETTE = [
 ];
 const CELL = 8; // px, hover grid cell
 const HOVER_RADIUS = 6; // px
+/** How long a new version of the map takes to move in. */
+const TRANSITION_MS = 700;
+const LEAVING_COLOR = 0xff9e9e9e; // grey, for removed points whose category is gone
+
+/** A new version of the map moving in: where each point starts (its old place, or its new place
+ *  for an added point, which fades in) and the removed points, fading out where they were. */
+interface Transition {
+  from: Float32Array;
+  added: Uint8Array;
+  leaving: Point[];
+  started: number;
+}
+
+const ease = (t: number) => 1 - (1 - t) ** 3;
+
+/** `color` (0xAABBGGRR) mixed with white: `alpha` 0 is white, 1 the color. */
+function fade(color: number, alpha: number): number {
+  const mix = (shift: number) => Math.round(255 + (((color >> shift) & 0xff) - 255) * alpha) << shift;
+  return (0xff << 24) | mix(16) | mix(8) | mix(0);
+}
 
 export function categoryColor(index: number): string {
   return PALETTE[index % PALETTE.length];
@@ -36,6 +56,9 @@ export class MapView {
   drawnPoints = 0;
   highlighted = 0;
   lastDrawMs = 0;
+  /** Map versions moved in with an animation (for tests). */
+  transitions = 0;
+  private transition: Transition | null = null;
   private categoryIndex = new Map<string, number>();
   private colors: number[] = [];
   private scale = 1;
@@ -54,6 +77,9 @@ export class MapView {
    *  frame stay, so points that kept their place stay put on screen. */
   setPoints(points: Point[], keepView = false) {
     const keep = keepView && this.points.length > 0;
+    this.transition = keep && !matchMedia("(prefers-reduced-motion: reduce)").matches
+      ? this.transitionTo(points)
+      : null;
     this.points = points;
     this.categories = [...new Set(points.map((p) => p.category))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
     this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
@@ -92,6 +118,25 @@ export class MapView {
     this.offsetX += dx;
     this.offsetY += dy;
     this.requestDraw();
+  }
+
+  get animating(): boolean {
+    return this.transition !== null;
+  }
+
+  private transitionTo(points: Point[]): Transition {
+    const before = new Map(this.points.map((p) => [p.id, p]));
+    const from = new Float32Array(points.length * 2);
+    const added = new Uint8Array(points.length);
+    points.forEach((p, i) => {
+      const old = before.get(p.id);
+      from[2 * i] = old ? old.x : p.x;
+      from[2 * i + 1] = old ? old.y : p.y;
+      added[i] = old ? 0 : 1;
+      before.delete(p.id);
+    });
+    this.transitions++;
+    return { from, added, leaving: [...before.values()], started: performance.now() };
   }
 
   requestDraw() {
@@ -164,10 +209,24 @@ export class MapView {
     const densityCells = this.density ? new Float32Array(Math.ceil(width / 4) * Math.ceil(height / 4)) : null;
     const matches: number[] = [];
     let drawn = 0;
+    // Mid-transition: each point between its old place and its new one, added ones fading in.
+    const transition = this.transition;
+    const progress = transition ? ease(Math.min(1, (performance.now() - transition.started) / TRANSITION_MS)) : 1;
+    const toScreen = (x: number, y: number) => [originX + (x - this.bounds.minX) * fit, originY + (this.bounds.maxY - y) * fit];
+    if (transition && progress < 1) {
+      for (const p of transition.leaving) {
+        if (!this.isVisible(p)) continue;
+        const [sx, sy] = toScreen(p.x, p.y);
+        const index = this.categoryIndex.get(p.category);
+        this.plot(pixels, width, height, sx * ratio, sy * ratio, fade(index === undefined ? LEAVING_COLOR : this.colors[index], 1 - progress));
+      }
+    }
     for (let i = 0; i < this.points.length; i++) {
       const p = this.points[i];
-      const sx = originX + (p.x - this.bounds.minX) * fit;
-      const sy = originY + (this.bounds.maxY - p.y) * fit;
+      const [x, y] = transition && progress < 1
+        ? [transition.from[2 * i] + (p.x - transition.from[2 * i]) * progress, transition.from[2 * i + 1] + (p.y - transition.from[2 * i + 1]) * progress]
+        : [p.x, p.y];
+      const [sx, sy] = toScreen(x, y);
       this.screen[2 * i] = sx;
       this.screen[2 * i + 1] = sy;
       if (!this.isVisible(p)) continue;
@@ -184,10 +243,10 @@ export class MapView {
         continue;
       }
       const color = this.colors[this.categoryIndex.get(p.category)!];
-      const at = py * width + px;
-      pixels[at] = color; pixels[at + 1] = color;
-      pixels[at + width] = color; pixels[at + width + 1] = color;
+      this.plot(pixels, width, height, px, py, transition && progress < 1 && transition.added[i] ? fade(color, progress) : color);
     }
+    if (transition && progress < 1) this.requestDraw();
+    else this.transition = null;
     if (densityCells) this.paintDensity(pixels, densityCells, width, height);
     context.putImageData(image, 0, 0);
 
@@ -206,6 +265,16 @@ export class MapView {
     this.drawnPoints = drawn;
     this.highlighted = matches.length;
     this.lastDrawMs = performance.now() - started;
+  }
+
+  /** A 2x2 dot at device pixel (`px`, `py`), if it is on the canvas. */
+  private plot(pixels: Uint32Array, width: number, height: number, px: number, py: number, color: number) {
+    px = Math.round(px);
+    py = Math.round(py);
+    if (px < 0 || py < 0 || px >= width - 1 || py >= height - 1) return;
+    const at = py * width + px;
+    pixels[at] = color; pixels[at + 1] = color;
+    pixels[at + width] = color; pixels[at + width + 1] = color;
   }
 
   private paintDensity(pixels: Uint32Array, cells: Float32Array, width: number, height: number) {
