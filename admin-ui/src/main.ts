@@ -24,6 +24,7 @@ let session = 0;
   get generation() { return shownGeneration; },
   get transitions() { return view.transitions; },
   get animating() { return view.animating; },
+  get transitionFrames() { return view.transitionFrames; },
   get lastDrawMs() { return view.lastDrawMs; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
@@ -122,8 +123,9 @@ function showReady(status: AdminMapStatus) {
   $("map-summary").textContent = `${status.count} points · map ${status.generation}`;
   showRefresh(status);
   if (key === shownKey && status.points.length === 0) return;
-  // A new version of a map already on screen keeps the zoom, pan, hidden categories and search.
-  const replacing = shownKey !== "";
+  // A new version of a map already on screen keeps the hidden categories and search, and, when
+  // it was laid out from the one on screen (points kept their places), the zoom and pan too.
+  const replacing = shownKey !== "" && status.layout === "incremental";
   shownKey = key;
   shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));

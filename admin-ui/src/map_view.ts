@@ -56,8 +56,9 @@ export class MapView {
   drawnPoints = 0;
   highlighted = 0;
   lastDrawMs = 0;
-  /** Map versions moved in with an animation (for tests). */
+  /** Map versions moved in with an animation, and frames drawn mid-way (for tests). */
   transitions = 0;
+  transitionFrames = 0;
   private transition: Transition | null = null;
   private categoryIndex = new Map<string, number>();
   private colors: number[] = [];
@@ -77,7 +78,7 @@ export class MapView {
    *  frame stay, so points that kept their place stay put on screen. */
   setPoints(points: Point[], keepView = false) {
     const keep = keepView && this.points.length > 0;
-    this.transition = keep && !matchMedia("(prefers-reduced-motion: reduce)").matches
+    this.transition = this.points.length > 0 && !matchMedia("(prefers-reduced-motion: reduce)").matches
       ? this.transitionTo(points)
       : null;
     this.points = points;
@@ -245,8 +246,10 @@ export class MapView {
       const color = this.colors[this.categoryIndex.get(p.category)!];
       this.plot(pixels, width, height, px, py, transition && progress < 1 && transition.added[i] ? fade(color, progress) : color);
     }
-    if (transition && progress < 1) this.requestDraw();
-    else this.transition = null;
+    if (transition && progress < 1) {
+      this.transitionFrames++;
+      this.requestDraw();
+    } else this.transition = null;
     if (densityCells) this.paintDensity(pixels, densityCells, width, height);
     context.putImageData(image, 0, 0);
 

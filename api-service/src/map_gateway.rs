@@ -106,9 +106,9 @@ impl MapGateway {
 
     async fn joined(&self, summary: &pb::EmbeddingMap) -> Result<Arc<JoinedMap>, ApiError> {
         let version = self.items.version().await?;
-        let etag = etag(summary, version);
+        let wanted = etag(summary, version);
         let mut cache = self.cache.lock().await;
-        if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == etag) {
+        if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == wanted) {
             return Ok(cached.clone());
         }
         let full = self.fetch(false).await?;
@@ -116,6 +116,8 @@ impl MapGateway {
             .map
             .filter(|_| full.state == MapState::Ready as i32)
             .ok_or_else(|| ApiError::EmbeddingUnavailable("the map changed while it was being read; retry".into()))?;
+        // A new map may have come between the summary and the points: the ETag is the points'.
+        let etag = etag(&map, version);
         let labels = self.items.labels().await?;
         let joined = Arc::new(JoinedMap::new(map, &labels, etag));
         *cache = Some(joined.clone());
@@ -137,12 +139,13 @@ fn unavailable(status: tonic::Status) -> ApiError {
 
 /// The map's identity (its corpus, parameters and generation, which determine its points) and the
 /// items' persisted version; no clock, so two embedding replicas' identical maps share an ETag
-/// and a restart cannot make an old ETag match new content.
+/// and a restart cannot make an old ETag match new content. Weak (`W/`): the body's refresh
+/// fields (`refreshing`, `last_refresh`) change beside the same map, and say so in headers too.
 fn etag(summary: &pb::EmbeddingMap, items_version: i64) -> String {
     let mut hasher = Sha256::new();
     hasher.update(summary.corpus_fingerprint.as_bytes());
     hasher.update(summary.generation.to_le_bytes());
     hasher.update(summary.parameters.clone().unwrap_or_default().encode_to_vec());
     hasher.update(items_version.to_le_bytes());
-    format!("\"{}\"", &format!("{:x}", hasher.finalize())[..32])
+    format!("W/\"{}\"", &format!("{:x}", hasher.finalize())[..32])
 }

@@ -62,13 +62,24 @@ impl Refresh {
         )
     }
 
-    /// `X-Map-Refresh` for answers without a body (304): `optimizing; iteration=120/500` while a
-    /// refresh runs.
-    fn header(&self) -> Option<HeaderValue> {
-        let progress = self.refresh.as_ref()?;
-        let value =
-            format!("{}; iteration={}/{}", phase_name(progress.phase()), progress.iteration, progress.total_iterations);
-        HeaderValue::from_str(&value).ok()
+    /// The same in headers, for answers without a body (304) too: `X-Map-Refresh:
+    /// optimizing; iteration=60/75` while a refresh runs, `X-Map-Last-Refresh: failed` (or
+    /// `updated`, `unchanged`) once one has ended.
+    fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let refresh = self.refresh.as_ref().map(|progress| {
+            let value = format!(
+                "{}; iteration={}/{}",
+                phase_name(progress.phase()),
+                progress.iteration,
+                progress.total_iterations
+            );
+            (HeaderName::from_static(REFRESH_HEADER), value)
+        });
+        let last = self.last_refresh.as_ref().map(|last| {
+            let value = last.result().as_str_name().trim_start_matches("RESULT_").to_lowercase();
+            (HeaderName::from_static(LAST_REFRESH_HEADER), value)
+        });
+        refresh.into_iter().chain(last).filter_map(|(name, value)| Some((name, HeaderValue::from_str(&value).ok()?)))
     }
 }
 
@@ -127,6 +138,7 @@ impl JoinedMap {
             "count": map.count,
             "corpus_fingerprint": map.corpus_fingerprint,
             "generation": map.generation,
+            "layout": map.layout,
             "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
             "parameters": {
                 "perplexity": parameters.perplexity,
@@ -158,6 +170,7 @@ impl JoinedMap {
             computed_at: map.computed_at,
             parameters: map.parameters,
             generation: map.generation,
+            layout: map.layout.clone(),
             points,
             ..Default::default()
         };
@@ -204,6 +217,8 @@ fn progress_json(progress: &pb::Progress) -> serde_json::Value {
 
 /// The header that carries a refresh's progress on answers without a body.
 pub const REFRESH_HEADER: &str = "x-map-refresh";
+/// The header that says how the last refresh ended.
+pub const LAST_REFRESH_HEADER: &str = "x-map-last-refresh";
 
 impl MapView {
     /// A READY answer for gRPC as encoded pieces whose concatenation is the message (protobuf
@@ -229,21 +244,24 @@ impl MapView {
             }
             MapView::Ready(joined, refresh) => {
                 let etag = HeaderValue::from_str(&joined.etag).map_err(|e| ApiError::Internal(e.to_string()))?;
-                let matches = if_none_match
-                    .is_some_and(|tags| tags.split(',').any(|tag| tag.trim() == joined.etag || tag.trim() == "*"));
+                // Weak comparison (RFC 9110): a tag matches with or without its `W/`.
+                let weak = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+                let matches = if_none_match.is_some_and(|tags| {
+                    tags.split(',').any(|tag| weak(tag) == weak(&joined.etag) || tag.trim() == "*")
+                });
                 let mut response = if matches {
                     StatusCode::NOT_MODIFIED.into_response()
                 } else {
                     // The shared map, then this answer's end of the object: no copy of the points.
                     let end = Bytes::from(format!(",{}}}", refresh.json_fields()));
+                    let length = joined.json_open.len() + end.len();
                     let pieces = [joined.json_open.clone(), end].map(Ok::<_, std::convert::Infallible>);
                     let mut response = Response::new(Body::from_stream(futures_util::stream::iter(pieces)));
                     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
                     response
                 };
-                if let Some(value) = refresh.header() {
-                    response.headers_mut().insert(HeaderName::from_static(REFRESH_HEADER), value);
-                }
+                response.headers_mut().extend(refresh.headers());
                 response.headers_mut().insert(header::ETAG, etag);
                 response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
                 Ok(response)

@@ -90,15 +90,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc = listener::serve("grpc", grpc_listener, grpc_service, limits.clone(), shutdown.clone());
     let http = listener::serve("http", http_listener, http_service, limits, shutdown.clone());
 
+    // SIGHUP would stop the process by default; the map is refreshed by the embedding service.
+    tokio::spawn(service_kit::shutdown::on_hangup(|| {
+        tracing::info!("SIGHUP: the api-service has nothing to reload (refresh the map with the embedding service)")
+    }));
     state.ready.store(true, Ordering::Release);
     tracing::info!(grpc = %grpc_address, http = %http_address, database = %config.database.display(), "serving");
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
-    // SIGHUP would stop the process by default; the map is refreshed by the embedding service.
-    tokio::spawn(service_kit::shutdown::on_hangup(|| {
-        tracing::info!("SIGHUP: the api-service has nothing to reload (refresh the map with the embedding service)")
-    }));
     let servers = async { tokio::join!(grpc, http) };
     tokio::pin!(servers);
     tokio::select! {
@@ -199,6 +199,7 @@ fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
             header::ETAG,
             header::RETRY_AFTER,
             HeaderName::from_static(crate::map_view::REFRESH_HEADER),
+            HeaderName::from_static(crate::map_view::LAST_REFRESH_HEADER),
         ])
         .max_age(Duration::from_secs(600)))
 }

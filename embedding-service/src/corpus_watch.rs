@@ -44,7 +44,9 @@ fn signatures(files: &[PathBuf]) -> Vec<Signature> {
 pub async fn watch(files: Vec<PathBuf>, refreshes: RefreshRequests, settle: Duration, poll: Duration) {
     let (wake, mut woken) = mpsc::channel::<()>(1);
     // Kept alive for the loop's life; None when inotify is not to be had (polling alone then).
-    let _watcher = start_inotify(&files, wake);
+    let _watcher = start_inotify(&files, wake.clone());
+    // Held here too, so the channel stays open (and `recv` waits) when inotify could not start.
+    let _wake = wake;
     let mut last = signatures(&files);
     loop {
         tokio::select! {

@@ -51,8 +51,12 @@ pub fn spawn_map_job(
 ) -> std::io::Result<RefreshRequests> {
     let (sender, requests) = mpsc::sync_channel(1);
     let _: JoinHandle<()> = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
+        // A map served before the first computation came from the store: the first computation
+        // only checks the corpus against it, unasked, so an unchanged corpus is not reported.
+        let mut requested = publisher.current().is_none();
         loop {
-            compute_and_publish(&source, &settings, &publisher, store.as_ref());
+            compute_and_publish(&source, &settings, &publisher, store.as_ref(), requested);
+            requested = true;
             // Every sender gone means the server is gone.
             if requests.recv().is_err() {
                 return;
@@ -70,6 +74,7 @@ fn compute_and_publish(
     settings: &MapSettings,
     publisher: &StatusPublisher,
     store: Option<&MapStore>,
+    requested: bool,
 ) {
     let started = Instant::now();
     let parent = publisher.current();
@@ -89,7 +94,7 @@ fn compute_and_publish(
         }
         Ok(None) => {
             tracing::info!("the corpus is unchanged (same fingerprint); the map stays");
-            publisher.unchanged();
+            publisher.unchanged(requested);
         }
         Err(error) => {
             tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
@@ -121,6 +126,7 @@ fn compute(
         parent.map(|parent| WarmStart::from_parent(parent.points().into_iter().map(|p| (p.id, [p.x, p.y])), &ids));
     let start = start.filter(|start| start.applies(settings));
     tracing::info!(points = count, dimensions, incremental = start.is_some(), "corpus loaded; computing map");
+    publisher.planned(if start.is_some() { settings.refresh_iterations.max(1) } else { settings.iterations });
     let MapOutput { points, parameters, timings } = match &start {
         Some(start) => pipeline::compute_map_from(vectors, settings, publisher, start)?,
         None => pipeline::compute_map(vectors, settings, publisher)?,

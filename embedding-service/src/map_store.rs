@@ -5,9 +5,10 @@
 //! One directory per (corpus source, map parameters), named by a hash of both, holding the
 //! latest map (`map.pb`: the `EmbeddingMap` with its points, fingerprint, generation and parent)
 //! and what the key was made of (`key.txt`, for people). Writes are atomic: a temporary file in
-//! the same directory, synced, then renamed over the old one. Since a refreshed map is a pure
-//! function of its parent, its corpus and the parameters, replicas sharing a store write the same
-//! bytes for the same generation, whichever of them computes it.
+//! the same directory, synced, then renamed over the old one; a map is not stored over a later
+//! generation. Since a refreshed map's points are a pure function of its parent's points, its
+//! corpus and the parameters, replicas that refresh from the same stored map to the same corpus
+//! compute the same points, whichever of them computes them (their timestamps differ).
 
 use std::{
     io::Write,
@@ -33,7 +34,8 @@ pub struct MapStore {
 impl MapStore {
     /// The store under `root` for maps of `source` made with `settings`.
     pub fn new(root: &Path, source: &CorpusSource, settings: &MapSettings) -> Self {
-        let key = format!("corpus: {}\nparameters: {}\n", source.describe(), settings.identity());
+        let files: Vec<String> = source.files().iter().map(|file| file.display().to_string()).collect();
+        let key = format!("corpus: {} {files:?}\nparameters: {}\n", source.describe(), settings.identity());
         let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
         MapStore { dir: root.join(&digest[..16]), key }
     }
@@ -67,8 +69,12 @@ impl MapStore {
         }
     }
 
-    /// Stores `map` as the latest, atomically.
+    /// Stores `map` as the latest, atomically, unless the store already holds a later generation
+    /// (another replica's, sharing the store).
     pub fn save(&self, map: &pb::EmbeddingMap) -> std::io::Result<()> {
+        if self.load().is_some_and(|stored| stored.generation > map.generation) {
+            return Ok(());
+        }
         std::fs::create_dir_all(&self.dir)?;
         write_atomically(&self.dir.join(KEY_FILE), self.key.as_bytes())?;
         write_atomically(&self.dir.join(MAP_FILE), &map.encode_to_vec())
@@ -109,6 +115,8 @@ mod tests {
         store.save(&map(1)).unwrap();
         store.save(&map(2)).unwrap();
         assert_eq!(store.load(), Some(map(2)));
+        store.save(&map(1)).unwrap();
+        assert_eq!(store.load(), Some(map(2)), "not stored over a later generation");
         let other = MapStore::new(root.path(), &CorpusSource::FaissIndex("other.index".into()), &settings);
         assert!(other.load().is_none(), "another corpus source has its own maps");
         std::fs::write(store.dir().join(MAP_FILE), b"\xff\xff cut short").unwrap();

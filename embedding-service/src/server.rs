@@ -31,6 +31,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(stored) = store.as_ref().and_then(MapStore::load) {
         tracing::info!(generation = stored.generation, points = stored.count, store = %store.as_ref().map_or_else(String::new, |s| s.dir().display().to_string()), "serving the stored map");
         publisher.ready(stored);
+        // Checking the corpus against it shows as a refresh under way.
+        publisher.computation_started();
     }
     let refreshes =
         job::spawn_map_job(source, settings, publisher, board.clone(), store).context("cannot start the map thread")?;

@@ -44,16 +44,22 @@ impl EmbeddingMapService for MapService {
         let shutdown = self.shutdown.clone();
         let mut receiver = self.board.subscribe();
         receiver.mark_changed();
-        // The current status, then each change, until the client leaves or shutdown.
-        let updates = stream::unfold(receiver, move |mut receiver| {
+        // The current status, then each change, until the client leaves or shutdown. Points go
+        // out once per map: a refresh's progress comes with the summary only.
+        let updates = stream::unfold((receiver, None), move |(mut receiver, mut sent_generation)| {
             let shutdown = shutdown.clone();
             async move {
                 tokio::select! {
                     changed = receiver.changed() => changed.ok()?,
                     _ = shutdown.cancelled() => return None,
                 }
-                let message = receiver.borrow_and_update().to_proto(omit_points);
-                Some((Ok(message), receiver))
+                let status = receiver.borrow_and_update().clone();
+                let generation = status.ready.as_ref().map(|map| map.summary.generation);
+                let message = status.to_proto(omit_points || generation == sent_generation);
+                if generation.is_some() {
+                    sent_generation = generation;
+                }
+                Some((Ok(message), (receiver, sent_generation)))
             }
         });
         Ok(Response::new(updates.boxed()))

@@ -209,10 +209,17 @@ impl StatusPublisher {
         self.update_computing(|computing| computing.point_count = points);
     }
 
+    /// The iterations this computation will run, once it knows (a refresh that starts from the
+    /// current map runs fewer).
+    pub fn planned(&self, total_iterations: u32) {
+        self.update_computing(|computing| computing.total_iterations = total_iterations);
+    }
+
     /// Optimisation progress, published at most every `PROGRESS_INTERVAL` and at the last step.
     pub fn iteration(&self, done: u32) {
         let mut last = self.last_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if done < self.total_iterations && last.elapsed() < PROGRESS_INTERVAL {
+        let total = self.sender.borrow().computing.map_or(0, |computing| computing.total_iterations);
+        if done < total && last.elapsed() < PROGRESS_INTERVAL {
             return;
         }
         *last = Instant::now();
@@ -232,11 +239,14 @@ impl StatusPublisher {
         });
     }
 
-    /// A refresh found the corpus as it was: the map stays.
-    pub fn unchanged(&self) {
+    /// A refresh found the corpus as it was: the map stays. `report` is false for the check at
+    /// boot of a stored map, which nobody asked for.
+    pub fn unchanged(&self, report: bool) {
         self.sender.send_modify(|status| {
             status.computing = None;
-            status.last_refresh = Some(outcome(RefreshResult::Unchanged, None));
+            if report {
+                status.last_refresh = Some(outcome(RefreshResult::Unchanged, None));
+            }
         });
     }
 
@@ -366,7 +376,7 @@ mod tests {
         assert!(failed.refresh.is_none());
 
         publisher.computation_started();
-        publisher.unchanged();
+        publisher.unchanged(true);
         assert_eq!(board.current(true).last_refresh.unwrap().result(), RefreshResult::Unchanged);
 
         publisher.computation_started();

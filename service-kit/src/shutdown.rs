@@ -18,14 +18,16 @@ pub async fn wait_for_signal() -> &'static str {
     name
 }
 
-/// Calls `reload` on each SIGHUP, for as long as it runs (start it early: until the handler is
-/// installed, SIGHUP still kills the process).
-pub async fn on_hangup(mut reload: impl FnMut() + Send) {
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler; SIGHUP will stop the process");
-        return;
-    };
-    while hangups.recv().await.is_some() {
-        reload();
+/// Installs the SIGHUP handler now (until it is installed, SIGHUP kills the process) and returns
+/// the task that calls `reload` on each SIGHUP, for as long as it runs.
+pub fn on_hangup(mut reload: impl FnMut() + Send) -> impl Future<Output = ()> + Send {
+    let hangups = signal(SignalKind::hangup()).inspect_err(|error| {
+        tracing::error!("cannot install the SIGHUP handler ({error}); SIGHUP will stop the process")
+    });
+    async move {
+        let Ok(mut hangups) = hangups else { return };
+        while hangups.recv().await.is_some() {
+            reload();
+        }
     }
 }

@@ -51,9 +51,9 @@ try {
   const stateWhileUpdating = await page.evaluate(() => window.__adminMap.state);
   await page.waitForFunction(() => window.__adminMap.generation === 2n, null, { timeout: 120000, polling: "raf" });
   // The new version moves in: an animation (kept points glide, added ones fade in), then rest.
-  const animatingAtSwap = await page.evaluate(() => window.__adminMap.animating);
   await page.waitForFunction(() => !window.__adminMap.animating, null, { timeout: 10000 });
   const transitions = await page.evaluate(() => window.__adminMap.transitions);
+  const transitionFrames = await page.evaluate(() => window.__adminMap.transitionFrames);
   await page.waitForFunction(() => document.querySelector("#map-refresh").textContent === "", null, { timeout: 60000 });
   const after = await page.evaluate((category) => {
     const view = window.__adminMap.view;
@@ -67,7 +67,7 @@ try {
   }, hiddenCategory);
   await page.screenshot({ path: `${artifacts}/admin-refreshed.png` });
   check(errors.length === 0, `page errors: ${errors}`);
-  console.log(JSON.stringify({ hiddenCategory, before, after, updatingText, stateWhileUpdating, loads, animatingAtSwap, transitions }));
+  console.log(JSON.stringify({ hiddenCategory, before, after, updatingText, stateWhileUpdating, loads, transitions, transitionFrames }));
 } finally {
   await browser.close();
 }
