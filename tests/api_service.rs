@@ -8,7 +8,8 @@ use std::{
 };
 
 use embeddingmap_proto::api::{
-    self as pb, admin_map_service_client::AdminMapServiceClient, event_service_client::EventServiceClient,
+    self as pb, admin_map_service_client::AdminMapServiceClient,
+    admin_neighbor_service_client::AdminNeighborServiceClient, event_service_client::EventServiceClient,
     item_service_client::ItemServiceClient, stats_service_client::StatsServiceClient,
 };
 use end_to_end_tests::{
@@ -146,6 +147,8 @@ const HTTP_ADMIN_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/admin/items/1"),
     ("PUT", "/api/admin/items/1"),
     ("GET", "/api/admin/stats"),
+    ("GET", "/api/admin/items/1/neighbors"),
+    ("POST", "/api/admin/neighbors"),
 ];
 const GRPC_ADMIN_METHODS: &[&str] = &[
     "ItemService/CreateItem",
@@ -157,6 +160,7 @@ const GRPC_ADMIN_METHODS: &[&str] = &[
     "AdminMapService/GetEmbeddingMap",
     "AdminMapService/WatchEmbeddingMap",
     "AdminMapService/RefreshEmbeddingMap",
+    "AdminNeighborService/FindNeighbors",
 ];
 const PUBLIC_GRPC_SERVICES: &[&str] = &["EventService"];
 
@@ -194,6 +198,10 @@ async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&st
             .map(drop),
         "AdminMapService/RefreshEmbeddingMap" => AdminMapServiceClient::new(channel)
             .refresh_embedding_map(wrap(pb::RefreshAdminMapRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminNeighborService/FindNeighbors" => AdminNeighborServiceClient::new(channel)
+            .find_neighbors(wrap(pb::FindAdminNeighborsRequest::default(), token))
             .await
             .map(drop),
         other => panic!("no call for {other}"),

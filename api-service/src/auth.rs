@@ -3,8 +3,8 @@
 //! ports), by `http::require_admin` in front of the HTTP routes.
 
 use embeddingmap_proto::api::{
-    admin_map_service_server::AdminMapServiceServer, item_service_server::ItemServiceServer,
-    stats_service_server::StatsServiceServer,
+    admin_map_service_server::AdminMapServiceServer, admin_neighbor_service_server::AdminNeighborServiceServer,
+    item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
 };
 use service_kit::bearer::{BearerToken, RequireBearerLayer};
 use tonic::server::NamedService;
@@ -37,6 +37,7 @@ fn is_admin_path(path: &str) -> bool {
         <ItemServiceServer<Api> as NamedService>::NAME,
         <StatsServiceServer<Api> as NamedService>::NAME,
         <AdminMapServiceServer<Api> as NamedService>::NAME,
+        <AdminNeighborServiceServer<Api> as NamedService>::NAME,
     ]
     .contains(&service)
 }

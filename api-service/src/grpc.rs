@@ -14,6 +14,7 @@ use crate::{
     events::{self, EventKind, NewEvent},
     items::NewItem,
     map_gateway::MapGateway,
+    neighbors,
     state::AppState,
 };
 
@@ -93,6 +94,19 @@ impl pb::stats_service_server::StatsService for Api {
         let request = request.into_inner();
         let stats = events::stats(&self.0.pool, &request.item_ids, request.limit).await?;
         Ok(Response::new(pb::GetItemStatsResponse { stats: stats.into_iter().map(Into::into).collect() }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_neighbor_service_server::AdminNeighborService for Api {
+    async fn find_neighbors(&self, request: Request<pb::FindAdminNeighborsRequest>) -> Reply<pb::AdminNeighbors> {
+        let pb::FindAdminNeighborsRequest { query, k } = request.into_inner();
+        let query = match query {
+            Some(pb::find_admin_neighbors_request::Query::Id(id)) => neighbors::Query::Id(id),
+            Some(pb::find_admin_neighbors_request::Query::Vector(vector)) => neighbors::Query::Vector(vector.values),
+            None => return Err(ApiError::invalid("query", "give an id or a vector").into()),
+        };
+        Ok(Response::new(neighbors::find(&self.0, query, k).await?.into()))
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
     error::ApiError,
     events::{self, NewEvent},
     items::{self, NewItem},
+    neighbors,
     state::AppState,
 };
 
@@ -29,6 +30,8 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .route("/api/admin/items", get(list_items).post(create_item))
         .route("/api/admin/items/import", post(import_items))
         .route("/api/admin/items/{id}", get(get_item).put(update_item))
+        .route("/api/admin/items/{id}/neighbors", get(item_neighbors))
+        .route("/api/admin/neighbors", post(vector_neighbors))
         .route("/api/admin/stats", get(item_stats))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -104,6 +107,34 @@ async fn refresh_embedding_map(State(state): State<AppState>) -> Result<Response
     let start = state.map.refresh().await?.start();
     let start = start.as_str_name().trim_start_matches("START_").to_lowercase();
     Ok((StatusCode::ACCEPTED, Json(json!({ "refresh": start }))).into_response())
+}
+
+/// A corpus point's true neighbours: `?k=` (1-100, default 10).
+async fn item_neighbors(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<neighbors::Neighbors>, ApiError> {
+    let k = match query.get("k") {
+        Some(text) => match text.parse() {
+            Ok(k) if k > 0 => k,
+            _ => return Err(ApiError::invalid("k", "must be a whole number from 1 to 100")),
+        },
+        None => 0,
+    };
+    Ok(Json(neighbors::find(&state, neighbors::Query::Id(parse_id(&id)?), k).await?))
+}
+
+/// The true neighbours of a vector: `{"vector": [...], "k"}`.
+async fn vector_neighbors(
+    State(state): State<AppState>,
+    JsonBody(query): JsonBody<neighbors::VectorQuery>,
+) -> Result<Json<neighbors::Neighbors>, ApiError> {
+    let k = match query.k {
+        Some(0) => return Err(ApiError::invalid("k", "must be from 1 to 100")),
+        k => k.unwrap_or(0),
+    };
+    Ok(Json(neighbors::find(&state, neighbors::Query::Vector(query.vector), k).await?))
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {

@@ -243,6 +243,19 @@ impl ItemStore {
         Ok((created, updated))
     }
 
+    /// The names and categories of those of `ids` that are items.
+    pub async fn labels_of(&self, ids: &[i64]) -> Result<HashMap<i64, (String, String)>, ApiError> {
+        let mut labels = HashMap::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(row) =
+                sqlx::query("SELECT name, category FROM items WHERE id = ?").bind(id).fetch_optional(&self.pool).await?
+            {
+                labels.insert(id, (row.try_get("name")?, row.try_get("category")?));
+            }
+        }
+        Ok(labels)
+    }
+
     /// Every item's name and category by id, for joining with the map.
     pub async fn labels(&self) -> Result<HashMap<i64, (String, String)>, ApiError> {
         let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(&self.pool).await?;

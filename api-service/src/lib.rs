@@ -14,6 +14,7 @@ pub mod http;
 pub mod items;
 pub mod map_gateway;
 pub mod map_view;
+pub mod neighbors;
 pub mod rate_limit;
 pub mod server;
 pub mod state;

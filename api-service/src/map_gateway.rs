@@ -5,7 +5,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use embeddingmap_proto::v1::{self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient};
+use embeddingmap_proto::v1::{
+    self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient,
+    neighbor_service_client::NeighborServiceClient,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -23,6 +26,7 @@ use crate::{
 #[derive(Clone)]
 pub struct MapGateway {
     client: EmbeddingMapServiceClient<Channel>,
+    channel: Channel,
     /// Names and categories; its version is part of the ETag, so a joined map is never stale.
     items: ItemStore,
     cache: Arc<Mutex<Option<Arc<JoinedMap>>>>,
@@ -50,7 +54,8 @@ impl MapGateway {
             .timeout(call_timeout)
             .connect_lazy();
         Ok(MapGateway {
-            client: EmbeddingMapServiceClient::new(channel).max_decoding_message_size(max_message_bytes),
+            client: EmbeddingMapServiceClient::new(channel.clone()).max_decoding_message_size(max_message_bytes),
+            channel,
             items,
             cache: Arc::new(Mutex::new(None)),
             authorization,
@@ -88,6 +93,20 @@ impl MapGateway {
             .await
             .map_err(unavailable)?
             .into_inner())
+    }
+
+    /// A point's true neighbours, from the embedding service. Its refusals keep their meaning: an
+    /// unknown id is not found, a vector of the wrong dimension an invalid argument.
+    pub async fn find_neighbors(&self, query: pb::FindNeighborsRequest) -> Result<pb::FindNeighborsResponse, ApiError> {
+        let mut client = NeighborServiceClient::new(self.channel.clone());
+        match client.find_neighbors(self.request(query)).await {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) if status.code() == tonic::Code::NotFound => Err(ApiError::not_found(status.message())),
+            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+                Err(ApiError::invalid("vector", status.message()))
+            }
+            Err(status) => Err(unavailable(status)),
+        }
     }
 
     /// Asks the embedding service for a refresh.

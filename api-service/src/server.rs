@@ -12,8 +12,8 @@ use std::{
 use anyhow::Context;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use embeddingmap_proto::api::{
-    event_service_server::EventServiceServer, item_service_server::ItemServiceServer,
-    stats_service_server::StatsServiceServer,
+    admin_neighbor_service_server::AdminNeighborServiceServer, event_service_server::EventServiceServer,
+    item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
 };
 use service_kit::listener::{self, ConnectionLimits};
 use tokio::net::TcpListener;
@@ -162,6 +162,7 @@ fn grpc_service(
         .add_service(sized!(EventServiceServer::new(api())))
         .add_service(sized!(ItemServiceServer::new(api())))
         .add_service(sized!(StatsServiceServer::new(api())))
+        .add_service(sized!(AdminNeighborServiceServer::new(api())))
         .add_service(grpc::admin_map_service(state, limit_out))
         .prepare();
     Ok(ServiceBuilder::new()

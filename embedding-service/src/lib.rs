@@ -10,6 +10,7 @@ mod faiss_layout;
 pub mod health;
 pub mod job;
 pub mod map_store;
+pub mod neighbors;
 pub mod pipeline;
 pub mod server;
 pub mod service;

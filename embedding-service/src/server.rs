@@ -1,7 +1,9 @@
 //! Boot order and lifecycle: start the map job, bind, serve, drain on a signal.
 
 use anyhow::Context;
-use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
+use embeddingmap_proto::v1::{
+    embedding_map_service_server::EmbeddingMapServiceServer, neighbor_service_server::NeighborServiceServer,
+};
 use service_kit::{
     bearer::{BearerToken, RequireBearerLayer},
     listener::{self, ConnectionLimits},
@@ -14,8 +16,16 @@ use tonic::{server::NamedService, service::Routes};
 use tower::ServiceBuilder;
 
 use crate::{
-    config::Config, corpus::CorpusSource, corpus_watch, health, job, map_store::MapStore, service::MapService, status,
+    config::Config,
+    corpus::CorpusSource,
+    corpus_watch, health, job,
+    map_store::MapStore,
+    service::{MapService, NeighborSearch},
+    status,
 };
+
+/// Largest `FindNeighbors` request (and answer) accepted.
+const NEIGHBOR_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -30,7 +40,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // the job then checks the corpus against it and refreshes from it if it changed.
     if let Some(stored) = store.as_ref().and_then(MapStore::load) {
         tracing::info!(generation = stored.generation, points = stored.count, store = %store.as_ref().map_or_else(String::new, |s| s.dir().display().to_string()), "serving the stored map");
-        publisher.ready(stored);
+        publisher.ready(stored, None);
         // Checking the corpus against it shows as a refresh under way.
         publisher.computation_started();
     }
@@ -68,7 +78,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let map_service = EmbeddingMapServiceServer::new(MapService::new(board.clone(), refreshes, shutdown.clone()))
         .max_encoding_message_size(config.max_message_bytes)
         .max_decoding_message_size(MAP_REQUEST_BYTES);
-    let routes = Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha);
+    // A query vector of up to 64k float dimensions.
+    let neighbors = NeighborServiceServer::new(NeighborSearch::new(board.clone()))
+        .max_decoding_message_size(NEIGHBOR_REQUEST_BYTES)
+        .max_encoding_message_size(NEIGHBOR_REQUEST_BYTES);
+    let routes =
+        Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha).add_service(neighbors);
     let ready_answers = ReadyAnswersLayer::new(
         board,
         <EmbeddingMapServiceServer<MapService> as NamedService>::NAME,

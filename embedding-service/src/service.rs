@@ -7,7 +7,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{job::RefreshRequests, status::StatusBoard};
+use crate::{job::RefreshRequests, neighbors::QueryError, status::StatusBoard};
 
 pub struct MapService {
     board: StatusBoard,
@@ -72,5 +72,50 @@ impl EmbeddingMapService for MapService {
         let start = self.refreshes.request();
         tracing::info!(?start, "refresh requested over gRPC");
         Ok(Response::new(pb::RefreshEmbeddingMapResponse { start: start.into() }))
+    }
+}
+
+/// `embeddingmap.v1.NeighborService`: a point's true neighbours, from the corpus of the map being
+/// served (or, before the first map, of the one computing).
+pub struct NeighborSearch {
+    board: StatusBoard,
+}
+
+impl NeighborSearch {
+    pub fn new(board: StatusBoard) -> Self {
+        NeighborSearch { board }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::neighbor_service_server::NeighborService for NeighborSearch {
+    async fn find_neighbors(
+        &self,
+        request: Request<pb::FindNeighborsRequest>,
+    ) -> Result<Response<pb::FindNeighborsResponse>, Status> {
+        let pb::FindNeighborsRequest { query, k } = request.into_inner();
+        let query = query.ok_or_else(|| Status::invalid_argument("give the query: an id or a vector"))?;
+        // One snapshot: the index and the generation of the map it belongs to.
+        let (index, generation) = {
+            let status = self.board.subscribe();
+            let status = status.borrow();
+            (status.neighbors.clone(), status.ready.as_ref().map_or(0, |map| map.summary.generation))
+        };
+        let index = index.ok_or_else(|| Status::unavailable("the corpus is still loading; retry shortly"))?;
+        // A scan of every row: CPU work, kept off the async workers.
+        let found = tokio::task::spawn_blocking(move || match query {
+            pb::find_neighbors_request::Query::Id(id) => index.by_id(id, k),
+            pb::find_neighbors_request::Query::Vector(vector) => index.by_vector(&vector.values, k),
+        })
+        .await
+        .map_err(|error| Status::internal(format!("the neighbour search failed: {error}")))?;
+        let neighbors = found.map_err(|error| match error {
+            QueryError::UnknownId(_) => Status::not_found(error.to_string()),
+            _ => Status::invalid_argument(error.to_string()),
+        })?;
+        Ok(Response::new(pb::FindNeighborsResponse {
+            neighbors: neighbors.into_iter().map(|(id, similarity)| pb::Neighbor { id, similarity }).collect(),
+            generation,
+        }))
     }
 }

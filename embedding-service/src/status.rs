@@ -14,6 +14,8 @@ use embeddingmap_proto::v1::{self as pb, MapState, Phase, refresh_outcome::Resul
 use prost::Message;
 use tokio::sync::watch;
 
+use crate::neighbors::NeighborIndex;
+
 /// How often optimisation progress is published at most; phase changes always are.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -27,6 +29,9 @@ pub struct MapStatus {
     pub failure: Option<pb::Failure>,
     /// How the last refresh ended.
     pub last_refresh: Option<pb::RefreshOutcome>,
+    /// The corpus of the map served (or, before the first map, of the one computing), searched
+    /// for a point's true neighbours.
+    pub neighbors: Option<Arc<NeighborIndex>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,13 +231,27 @@ impl StatusPublisher {
         self.update_computing(|computing| computing.iteration = done);
     }
 
-    /// The map served from now on; a refresh's outcome says it replaced one.
-    pub fn ready(&self, map: pb::EmbeddingMap) {
+    /// The first map's corpus is loaded: while no map is served, its neighbours can be asked for
+    /// already (once one is, they come only with a map, so they are always points on it).
+    pub fn corpus_loaded(&self, neighbors: &Arc<NeighborIndex>) {
+        self.sender.send_if_modified(|status| {
+            let first = status.ready.is_none();
+            if first {
+                status.neighbors = Some(neighbors.clone());
+            }
+            first
+        });
+    }
+
+    /// The map served from now on, with its corpus's neighbours (None for a stored map, whose
+    /// corpus is loaded after); a refresh's outcome says it replaced one.
+    pub fn ready(&self, map: pb::EmbeddingMap, neighbors: Option<Arc<NeighborIndex>>) {
         let map = Arc::new(ReadyMap::new(map));
         self.sender.send_modify(|status| {
             if status.ready.is_some() {
                 status.last_refresh = Some(outcome(RefreshResult::Updated, None));
             }
+            status.neighbors = neighbors;
             status.ready = Some(map);
             status.computing = None;
             status.failure = None;
@@ -241,9 +260,11 @@ impl StatusPublisher {
 
     /// A refresh found the corpus as it was: the map stays. `report` is false for the check at
     /// boot of a stored map, which nobody asked for.
-    pub fn unchanged(&self, report: bool) {
+    pub fn unchanged(&self, report: bool, neighbors: Arc<NeighborIndex>) {
         self.sender.send_modify(|status| {
             status.computing = None;
+            // The served map's own corpus (a stored map's, the first time it is read).
+            status.neighbors = Some(neighbors);
             if report {
                 status.last_refresh = Some(outcome(RefreshResult::Unchanged, None));
             }
@@ -341,7 +362,7 @@ mod tests {
     #[test]
     fn ready_can_omit_points_and_answers_share_one_encoding() {
         let (publisher, board) = status_channel(10);
-        publisher.ready(one_point_map(1));
+        publisher.ready(one_point_map(1), None);
         assert_eq!(board.current(false).map.unwrap().points.len(), 1);
         let summary = board.current(true).map.unwrap();
         assert_eq!((summary.points.len(), summary.count), (0, 1));
@@ -354,7 +375,7 @@ mod tests {
     #[test]
     fn a_refresh_keeps_the_map_served_and_reports_how_it_went() {
         let (publisher, board) = status_channel(10);
-        publisher.ready(one_point_map(1));
+        publisher.ready(one_point_map(1), None);
         publisher.computation_started();
         publisher.phase(Phase::Pca);
         let refreshing = sent(&board, true);
@@ -376,11 +397,11 @@ mod tests {
         assert!(failed.refresh.is_none());
 
         publisher.computation_started();
-        publisher.unchanged(true);
+        publisher.unchanged(true, Arc::new(NeighborIndex::new(vec![1], ndarray::Array2::zeros((1, 2)))));
         assert_eq!(board.current(true).last_refresh.unwrap().result(), RefreshResult::Unchanged);
 
         publisher.computation_started();
-        publisher.ready(one_point_map(2));
+        publisher.ready(one_point_map(2), None);
         let updated = sent(&board, false);
         assert_eq!((updated.map.as_ref().unwrap().generation, updated.refresh), (2, None));
         assert_eq!(updated.last_refresh.unwrap().result(), RefreshResult::Updated);

@@ -20,7 +20,7 @@ use ndarray::Array2;
 use crate::error::MapError;
 
 pub use knn::KnnMethod;
-pub use prepare::PcaWidth;
+pub use prepare::{PcaWidth, l2_normalized};
 pub use settings::{GradientChoice, KnnChoice, Layout, MapParameters, MapSettings};
 pub use warm_start::WarmStart;
 
