@@ -78,16 +78,17 @@ impl NeighborIndex {
         Ok(self.search(ArrayView1::from(&query), k, None))
     }
 
-    /// Every row's cosine similarity to `query`, the best `k` (other than `skip`), best first;
-    /// ties by id so answers are the same every time.
+    /// Every row's cosine similarity to `query` (one matrix-vector product), the best `k`
+    /// (other than `skip`), best first; ties by id so answers are the same every time.
     fn search(&self, query: ArrayView1<f32>, k: usize, skip: Option<usize>) -> Vec<(i64, f32)> {
+        let similarities = self.vectors.dot(&query);
         let mut best: Vec<(i64, f32)> = Vec::with_capacity(k + 1);
         let order = |a: &(i64, f32), b: &(i64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        for (row, vector) in self.vectors.outer_iter().enumerate() {
+        for (row, &similarity) in similarities.iter().enumerate() {
             if Some(row) == skip {
                 continue;
             }
-            let candidate = (self.ids[row], vector.dot(&query));
+            let candidate = (self.ids[row], similarity);
             if best.len() == k && order(&candidate, &best[k - 1]) != Ordering::Less {
                 continue;
             }
