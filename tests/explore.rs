@@ -150,3 +150,69 @@ async fn neighbours_are_the_true_nearest_by_cosine_on_every_transport_and_bad_qu
     assert_eq!(refused(short, 10).await, Code::InvalidArgument);
     assert_eq!(direct.find_neighbors(by_id(999_999, 10)).await.unwrap_err().code(), Code::NotFound);
 }
+
+/// Clusters on a real corpus's map: every point in one cluster per level, the same on a second
+/// run, and labelled from the items (their categories and the words of their names).
+#[tokio::test(flavor = "multi_thread")]
+async fn clusters_cover_every_point_at_each_level_the_same_across_runs_and_are_labelled() {
+    use embeddingmap_proto::v1::GetEmbeddingMapRequest;
+
+    let (path, _) = corpus();
+    let label_names: Vec<String> = std::fs::read_to_string(fixtures_dir().join("docs1200_labels.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let texts: Vec<String> =
+        std::fs::read_to_string(fixtures_dir().join("docs1200_text.txt")).unwrap().lines().map(str::to_owned).collect();
+    let labels: Vec<i32> = {
+        let bytes = std::fs::read(fixtures_dir().join("docs1200_y.npy")).unwrap();
+        npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+    };
+    let map_of = async |service: &end_to_end_tests::ServiceProcess| {
+        let mut client = end_to_end_tests::map_client(service).await;
+        end_to_end_tests::poll_until_final(&mut client, Duration::from_secs(120)).await;
+        client.get_embedding_map(GetEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner().map.unwrap()
+    };
+    let first = start_embedding(&["--corpus", path.to_str().unwrap()]);
+    let map = map_of(&first).await;
+    let again = map_of(&start_embedding(&["--corpus", path.to_str().unwrap()])).await;
+    assert_eq!(map.cluster_levels, again.cluster_levels, "the same clusters on every run");
+    assert_eq!(map.cluster_levels.len(), 3);
+    for level in &map.cluster_levels {
+        assert_eq!(level.assignment.len(), 1200, "every point in a cluster at level {}", level.level);
+        assert_eq!(level.clusters.iter().map(|c| c.size).sum::<u64>(), 1200);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("clusters.sqlite3"), &first.url(), &[]);
+    let items: Vec<Value> = (0..1200)
+        .map(|id| {
+            let name: String = texts[id].chars().take(200).collect();
+            json!({ "id": id, "name": name, "category": label_names[labels[id] as usize] })
+        })
+        .collect();
+    let imported = admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await;
+    assert!(imported.status().is_success(), "{:?}", imported.text().await);
+    let body: Value = admin_get_json(&api, "/api/admin/embedding-map").await;
+    let clusters = body["clusters"].as_array().unwrap();
+    assert_eq!(clusters.len(), map.cluster_levels.iter().map(|l| l.clusters.len()).sum::<usize>());
+    for cluster in clusters {
+        let label = cluster["label"].as_str().unwrap();
+        let category = cluster["category"].as_str().unwrap();
+        assert!(label_names.iter().any(|name| name == category), "{cluster}");
+        assert!(label.starts_with(category), "a label leads with its dominant category: {cluster}");
+    }
+    let coarse: Vec<&str> = clusters.iter().filter(|c| c["level"] == 0).map(|c| c["label"].as_str().unwrap()).collect();
+    println!("the coarsest clusters' labels: {coarse:?}");
+    // Over gRPC the same, also with the points omitted.
+    let mut admin_map =
+        embeddingmap_proto::api::admin_map_service_client::AdminMapServiceClient::new(grpc_channel(&api).await);
+    let summary = admin_map
+        .get_embedding_map(admin(api_pb::GetAdminMapRequest { omit_points: true }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.clusters.len(), clusters.len());
+    assert_eq!(summary.clusters[0].label, clusters[0]["label"]);
+}

@@ -3,6 +3,7 @@
 
 pub mod admin_page;
 pub mod auth;
+pub mod cluster_labels;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -103,6 +103,13 @@ pub fn phase_name(phase: Phase) -> String {
 
 impl JoinedMap {
     pub fn new(map: pb::EmbeddingMap, labels: &HashMap<i64, (String, String)>, etag: String) -> Self {
+        let clusters = crate::cluster_labels::label(&map.cluster_levels, &map.points, labels);
+        let clusters_json: Vec<serde_json::Value> = clusters
+            .iter()
+            .map(|c| {
+                json!({ "level": c.level, "id": c.id, "x": c.x, "y": c.y, "size": c.size, "label": c.label, "category": c.category })
+            })
+            .collect();
         let points: Vec<api_pb::MapPoint> = map
             .points
             .iter()
@@ -139,6 +146,7 @@ impl JoinedMap {
             "corpus_fingerprint": map.corpus_fingerprint,
             "generation": map.generation,
             "layout": map.layout,
+            "clusters": clusters_json,
             "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
             "parameters": {
                 "perplexity": parameters.perplexity,
@@ -172,6 +180,7 @@ impl JoinedMap {
             generation: map.generation,
             layout: map.layout.clone(),
             points,
+            clusters,
             ..Default::default()
         };
         let summary = api_pb::AdminMapStatus { points: Vec::new(), ..status.clone() };

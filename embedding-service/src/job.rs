@@ -141,9 +141,13 @@ fn compute(
         None => pipeline::compute_map(vectors, settings, publisher)?,
     };
     tracing::info!(?timings, "map phases done");
+    let points: Vec<pb::Point> = ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect();
+    // Found once per map version, on the map itself.
+    let cluster_levels = crate::clusters::find(&points);
     Ok((
         Some(pb::EmbeddingMap {
-            points: ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect(),
+            points,
+            cluster_levels,
             count: count as u64,
             parameters: Some((&parameters).into()),
             corpus_fingerprint,

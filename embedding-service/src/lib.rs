@@ -1,6 +1,7 @@
 //! The embedding service: computes a t-SNE map of an embedding corpus in the background and
 //! serves its status (computing, ready, failed) over gRPC from the moment it starts.
 
+pub mod clusters;
 pub mod config;
 pub mod corpus;
 pub mod corpus_watch;

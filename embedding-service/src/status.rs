@@ -126,7 +126,7 @@ impl ReadyMap {
     pub fn new(map: pb::EmbeddingMap) -> Self {
         let status =
             |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
-        let summary = pb::EmbeddingMap { points: Vec::new(), ..map.clone() };
+        let summary = pb::EmbeddingMap { points: Vec::new(), cluster_levels: Vec::new(), ..map.clone() };
         ReadyMap {
             without_points: status(summary.clone()).encode_to_vec().into(),
             with_points: status(map).encode_to_vec().into(),
