@@ -40,7 +40,10 @@ async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
     assert_eq!(seen["searchCount"], "1 match");
     assert_eq!((seen["downloads"].as_u64(), seen["reloadDownloads"].as_u64()), (Some(1), Some(1)), "{seen}");
     assert_eq!(seen["violations"], serde_json::json!([]), "no CSP violations: {seen}");
-    for shot in ["admin-computing.png", "admin-ready.png", "admin-density.png"] {
+    assert!(seen["labels"].as_u64().unwrap() > 0, "{seen}");
+    assert_eq!(seen["listed"].as_array().unwrap().len(), 10, "{seen}");
+    assert_eq!(seen["listed"], seen["ringed"], "the listed neighbours are the ringed ones: {seen}");
+    for shot in ["admin-computing.png", "admin-ready.png", "admin-density.png", "admin-explore.png"] {
         assert!(artifacts.join(shot).metadata().unwrap().len() > 1000, "{shot} saved");
     }
 }

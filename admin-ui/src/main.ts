@@ -2,7 +2,7 @@
 // the map over gRPC-web (WatchEmbeddingMap, no polling loop), and draws it when ready.
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { AdminMapService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
+import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
 import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
 import { MapView, categoryColor, type Point } from "./map_view";
 
@@ -11,7 +11,11 @@ const TOKEN_KEY = "embedding-map-admin-token";
 const RECHECK_MS = 5000;
 
 const view = new MapView($<HTMLCanvasElement>("map"));
+/** How many true neighbours the panel lists and rings. */
+const NEIGHBORS = 10;
 let shownKey = "";
+/** Finds a point's true neighbours; set once signed in. */
+let findNeighbors: ((id: bigint) => Promise<{ id: bigint; similarity: number; name?: string; category?: string }[]>) | null = null;
 let shownGeneration = 0n;
 let session = 0;
 
@@ -25,6 +29,8 @@ let session = 0;
   get transitions() { return view.transitions; },
   get animating() { return view.animating; },
   get transitionFrames() { return view.transitionFrames; },
+  get ringed() { return view.selection?.neighbors.map((i) => Number(view.points[i].id)) ?? []; },
+  get drawnLabels() { return view.drawnLabels; },
   get lastDrawMs() { return view.lastDrawMs; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
@@ -121,6 +127,7 @@ function showReady(status: AdminMapStatus) {
   $("status").hidden = true;
   $("map-panel").hidden = false;
   $("map-summary").textContent = `${status.count} points · map ${status.generation}`;
+  view.clusters = status.clusters.map((c) => ({ level: c.level, x: c.x, y: c.y, size: Number(c.size), label: c.label }));
   showRefresh(status);
   if (key === shownKey && status.points.length === 0) return;
   // A new version of a map already on screen keeps the hidden categories and search, and, when
@@ -130,8 +137,50 @@ function showReady(status: AdminMapStatus) {
   shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
   view.setPoints(points, replacing);
+  closePanel();
   renderLegend();
   updateSearchCount();
+}
+
+function closePanel() {
+  view.selection = null;
+  $("point-panel").hidden = true;
+  view.requestDraw();
+}
+
+/** Shows a point's true neighbours: listed with their similarity, ringed on the map with lines to
+ *  the point, and how many of them the map also draws nearest to it. */
+async function selectPoint(index: number) {
+  if (!findNeighbors || index < 0) return;
+  const point = view.points[index];
+  $("point-panel").hidden = false;
+  $("point-name").textContent = point.name || `#${point.id}`;
+  $("point-category").textContent = `${point.category} · id ${point.id}`;
+  $("point-overlap").textContent = "Finding its true neighbours…";
+  $("point-neighbors").replaceChildren();
+  let found;
+  try {
+    found = await findNeighbors(point.id);
+  } catch (error) {
+    $("point-overlap").textContent = `The neighbours could not be found: ${ConnectError.from(error).rawMessage}`;
+    return;
+  }
+  if (view.points[index] !== point) return; // the map changed meanwhile
+  const neighbors = found.map((n) => view.indexOf(n.id)).filter((i) => i >= 0);
+  view.selection = { index, neighbors };
+  const onMap = new Set(view.mapNeighbors(index, found.length));
+  const shared = neighbors.filter((i) => onMap.has(i)).length;
+  $("point-overlap").textContent =
+    `${shared} of its ${found.length} true neighbours are also among its ${found.length} nearest on the map.`;
+  $("point-neighbors").replaceChildren(
+    ...found.map((n) => {
+      const item = document.createElement("li");
+      item.dataset.id = String(n.id);
+      item.textContent = `${n.name ?? `#${n.id} (no item)`} · ${n.category ?? "no category"} · ${n.similarity.toFixed(3)}`;
+      return item;
+    }),
+  );
+  view.requestDraw();
 }
 
 function renderLegend() {
@@ -163,8 +212,12 @@ function updateSearchCount() {
 /** Follows the map until sign-out: watch, and after each stream ends look again for a new map. */
 async function follow(token: string, baseUrl: string) {
   const mine = ++session;
-  const client = createClient(AdminMapService, createGrpcWebTransport({ baseUrl }));
+  const transport = createGrpcWebTransport({ baseUrl });
+  const client = createClient(AdminMapService, transport);
   const headers = { authorization: `Bearer ${token}` };
+  const neighborClient = createClient(AdminNeighborService, transport);
+  findNeighbors = async (id) =>
+    (await neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers })).neighbors;
   let retry = 1000;
   while (mine === session) {
     try {
@@ -242,7 +295,24 @@ async function main() {
     dragging = { x: e.clientX, y: e.clientY };
     canvas.setPointerCapture(e.pointerId);
   });
-  canvas.addEventListener("pointerup", () => (dragging = null));
+  let pressedAt: { x: number; y: number } | null = null;
+  canvas.addEventListener("pointerdown", (e) => (pressedAt = { x: e.clientX, y: e.clientY }));
+  canvas.addEventListener("pointerup", (e) => {
+    dragging = null;
+    // A click, not a drag: the point under it, if any.
+    if (pressedAt && Math.abs(e.clientX - pressedAt.x) + Math.abs(e.clientY - pressedAt.y) < 4) {
+      const rect = canvas.getBoundingClientRect();
+      const point = view.pick(e.clientX - rect.left, e.clientY - rect.top);
+      if (point) void selectPoint(view.indexOf(point.id));
+    }
+    pressedAt = null;
+  });
+  $("point-close").addEventListener("click", closePanel);
+  $("labels").addEventListener("click", (event) => {
+    view.showLabels = !view.showLabels;
+    (event.currentTarget as HTMLElement).setAttribute("aria-pressed", String(view.showLabels));
+    view.draw();
+  });
   canvas.addEventListener("pointermove", (e) => {
     if (dragging) {
       view.pan(e.clientX - dragging.x, e.clientY - dragging.y);
@@ -276,6 +346,12 @@ async function main() {
       ArrowRight: () => view.pan(-step, 0),
       ArrowUp: () => view.pan(0, step),
       ArrowDown: () => view.pan(0, -step),
+      // The point nearest the middle of the view.
+      Enter: () => {
+        const point = view.pick(canvas.clientWidth / 2, canvas.clientHeight / 2, Infinity);
+        if (point) void selectPoint(view.indexOf(point.id));
+      },
+      Escape: () => closePanel(),
     };
     const action = actions[e.key];
     if (action) {

@@ -2,6 +2,21 @@
 // per point), so 100k points draw in a few milliseconds. Hover uses a screen-space grid index
 // rebuilt with each draw.
 
+/** A cluster's label, at the zoom level it belongs to. */
+export interface ClusterLabel {
+  level: number;
+  x: number;
+  y: number;
+  size: number;
+  label: string;
+}
+
+/** A selected point and its true neighbours (indices into `points`). */
+export interface Selection {
+  index: number;
+  neighbors: number[];
+}
+
 export interface Point {
   id: bigint;
   x: number;
@@ -56,6 +71,11 @@ export class MapView {
   drawnPoints = 0;
   highlighted = 0;
   lastDrawMs = 0;
+  clusters: ClusterLabel[] = [];
+  showLabels = true;
+  selection: Selection | null = null;
+  /** The labels drawn last, with their boxes in CSS pixels (for tests). */
+  drawnLabels: { label: string; box: [number, number, number, number] }[] = [];
   /** Map versions moved in with an animation, and frames drawn mid-way (for tests). */
   transitions = 0;
   transitionFrames = 0;
@@ -78,6 +98,8 @@ export class MapView {
    *  frame stay, so points that kept their place stay put on screen. */
   setPoints(points: Point[], keepView = false) {
     const keep = keepView && this.points.length > 0;
+    // Indices change with the points: a selection does not carry over.
+    this.selection = null;
     this.transition = this.points.length > 0 && !matchMedia("(prefers-reduced-motion: reduce)").matches
       ? this.transitionTo(points)
       : null;
@@ -155,10 +177,21 @@ export class MapView {
     return { x: this.screen[2 * index], y: this.screen[2 * index + 1] };
   }
 
-  /** The drawn point nearest to a screen position, within a few pixels. */
-  pick(x: number, y: number): Point | null {
+  /** The drawn point nearest to a screen position, within a few pixels (or `radius`). */
+  pick(x: number, y: number, radius = HOVER_RADIUS): Point | null {
+    if (!Number.isFinite(radius)) {
+      // Any distance: every drawn point is a candidate.
+      let best: Point | null = null;
+      let bestDistance = Infinity;
+      this.points.forEach((p, i) => {
+        if (!this.isVisible(p)) return;
+        const d = (this.screen[2 * i] - x) ** 2 + (this.screen[2 * i + 1] - y) ** 2;
+        if (d < bestDistance) [best, bestDistance] = [p, d];
+      });
+      return best;
+    }
     let best: Point | null = null;
-    let bestDistance = HOVER_RADIUS * HOVER_RADIUS;
+    let bestDistance = radius * radius;
     const [gx, gy] = [Math.floor(x / CELL), Math.floor(y / CELL)];
     for (let dx = -1; dx <= 1; dx++) {
       for (let dy = -1; dy <= 1; dy++) {
@@ -263,11 +296,98 @@ export class MapView {
       context.arc(this.screen[2 * i], this.screen[2 * i + 1], 6, 0, 2 * Math.PI);
       context.stroke();
     }
+    this.drawSelection(context);
+    this.drawLabels(context, cssWidth, cssHeight, toScreen);
     context.restore();
 
     this.drawnPoints = drawn;
     this.highlighted = matches.length;
     this.lastDrawMs = performance.now() - started;
+  }
+
+  /** The selected point's true neighbours: a line from the point to each, and a ring on each. */
+  private drawSelection(context: CanvasRenderingContext2D) {
+    const selection = this.selection;
+    if (!selection) return;
+    const [px, py] = [this.screen[2 * selection.index], this.screen[2 * selection.index + 1]];
+    context.strokeStyle = "rgba(200, 30, 30, 0.55)";
+    context.lineWidth = 1;
+    for (const i of selection.neighbors) {
+      context.beginPath();
+      context.moveTo(px, py);
+      context.lineTo(this.screen[2 * i], this.screen[2 * i + 1]);
+      context.stroke();
+    }
+    context.strokeStyle = "#c81e1e";
+    context.lineWidth = 2;
+    for (const i of selection.neighbors) {
+      context.beginPath();
+      context.arc(this.screen[2 * i], this.screen[2 * i + 1], 5, 0, 2 * Math.PI);
+      context.stroke();
+    }
+    context.fillStyle = "#c81e1e";
+    context.beginPath();
+    context.arc(px, py, 4, 0, 2 * Math.PI);
+    context.fill();
+  }
+
+  /** The level of clusters this zoom shows: coarse when zoomed out, finer as it zooms in. */
+  labelLevel(): number {
+    return this.scale < 2.5 ? 0 : this.scale < 7 ? 1 : 2;
+  }
+
+  /** Cluster labels of the zoom's level, largest clusters first, each drawn only where it
+   *  overlaps no label already drawn and fits on the canvas. */
+  private drawLabels(
+    context: CanvasRenderingContext2D,
+    width: number,
+    height: number,
+    toScreen: (x: number, y: number) => number[],
+  ) {
+    this.drawnLabels = [];
+    if (!this.showLabels) return;
+    const level = this.labelLevel();
+    const candidates = this.clusters.filter((c) => c.level === level && c.size > 0).sort((a, b) => b.size - a.size);
+    context.font = "600 13px system-ui, sans-serif";
+    context.textAlign = "center";
+    context.textBaseline = "middle";
+    context.lineWidth = 4;
+    context.strokeStyle = "rgba(255, 255, 255, 0.9)";
+    context.fillStyle = "#1a1a1a";
+    const boxes: [number, number, number, number][] = [];
+    for (const cluster of candidates) {
+      const [x, y] = toScreen(cluster.x, cluster.y);
+      const text = cluster.label.length > 40 ? `${cluster.label.slice(0, 39)}…` : cluster.label;
+      const w = context.measureText(text).width + 6;
+      const box: [number, number, number, number] = [x - w / 2, y - 10, x + w / 2, y + 10];
+      if (box[0] < 0 || box[1] < 0 || box[2] > width || box[3] > height) continue;
+      if (boxes.some((b) => b[0] < box[2] && box[0] < b[2] && b[1] < box[3] && box[1] < b[3])) continue;
+      boxes.push(box);
+      context.strokeText(text, x, y);
+      context.fillText(text, x, y);
+      this.drawnLabels.push({ label: text, box });
+    }
+  }
+
+  /** Indices of the `k` points nearest point `index` on the map (the picture's neighbours). */
+  mapNeighbors(index: number, k: number): number[] {
+    const p = this.points[index];
+    const nearest: [number, number][] = [];
+    this.points.forEach((q, i) => {
+      if (i === index) return;
+      const d = (q.x - p.x) ** 2 + (q.y - p.y) ** 2;
+      if (nearest.length < k || d < nearest[nearest.length - 1][0]) {
+        nearest.push([d, i]);
+        nearest.sort((a, b) => a[0] - b[0]);
+        if (nearest.length > k) nearest.pop();
+      }
+    });
+    return nearest.map(([, i]) => i);
+  }
+
+  /** The index of the point with this id, or -1. */
+  indexOf(id: bigint): number {
+    return this.points.findIndex((p) => p.id === id);
   }
 
   /** A 2x2 dot at device pixel (`px`, `py`), if it is on the canvas. */

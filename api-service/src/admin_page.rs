@@ -16,7 +16,14 @@ use tonic::server::NamedService;
 use tonic_web::GrpcWebLayer;
 use tower::ServiceBuilder;
 
-use crate::{auth::AdminToken, grpc::AdminMapService, grpc_conventions::GrpcConventionsLayer, state::AppState};
+use embeddingmap_proto::api::admin_neighbor_service_server::AdminNeighborServiceServer;
+
+use crate::{
+    auth::AdminToken,
+    grpc::{AdminMapService, Api},
+    grpc_conventions::GrpcConventionsLayer,
+    state::AppState,
+};
 
 #[derive(rust_embed::Embed)]
 #[folder = "../admin-ui/dist/"]
@@ -28,24 +35,33 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
     built into this binary. Run <code>npm ci &amp;&amp; npm run build</code> in <code>admin-ui/</code> \
     (scripts/run.sh does), then rebuild the api-service.</p>";
 
-/// The page, its config, and the one gRPC service it calls (`grpc::admin_map_service`), as
+/// The page, its config, and the two gRPC services it calls (the map and a point's neighbours), as
 /// gRPC-web on this same origin (so the page needs no CORS), inside the same gRPC layers as on the
 /// gRPC port (the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
 pub fn routes(
     grpc_web_url: String,
     map_service: AdminMapService,
+    neighbor_service: AdminNeighborServiceServer<Api>,
     token: &AdminToken,
     request_timeout: Duration,
 ) -> Router<AppState> {
     let csp = content_security_policy(&grpc_web_url);
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
-    let map_service = ServiceBuilder::new()
-        .layer(GrpcWebLayer::new())
-        .layer(GrpcConventionsLayer::new(request_timeout))
-        .layer(token.admin_only())
-        .service(map_service);
+    let grpc_web = || {
+        ServiceBuilder::new()
+            .layer(GrpcWebLayer::new())
+            .layer(GrpcConventionsLayer::new(request_timeout))
+            .layer(token.admin_only())
+    };
     Router::new()
-        .route_service(&format!("/{}/{{*method}}", <AdminMapService as NamedService>::NAME), map_service)
+        .route_service(
+            &format!("/{}/{{*method}}", <AdminMapService as NamedService>::NAME),
+            grpc_web().service(map_service),
+        )
+        .route_service(
+            &format!("/{}/{{*method}}", <AdminNeighborServiceServer<Api> as NamedService>::NAME),
+            grpc_web().service(neighbor_service),
+        )
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route(
             "/admin/",

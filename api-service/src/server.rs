@@ -73,6 +73,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_page = admin_page::routes(
         config.admin_grpc_web_url.clone(),
         grpc::admin_map_service(&state, config.max_response_bytes),
+        AdminNeighborServiceServer::new(Api(state.clone())).max_decoding_message_size(config.max_body_bytes),
         &state.token,
         config.request_timeout,
     );

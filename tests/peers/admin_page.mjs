@@ -75,6 +75,23 @@ try {
   const tooltip = await page.textContent("#tooltip");
   check(tooltip === target.label && tooltip.startsWith("digit "), `tooltip said ${JSON.stringify(tooltip)}, expected ${target.label}`);
 
+  // Cluster labels at the default zoom: some drawn, none overlapping another.
+  const labels = await page.evaluate(() => window.__adminMap.drawnLabels);
+  check(labels.length > 0, "no cluster labels drawn");
+  const overlap = (a, b) => a[0] < b[2] && b[0] < a[2] && a[1] < b[3] && b[1] < a[3];
+  check(!labels.some((a, i) => labels.some((b, j) => i < j && overlap(a.box, b.box))), `labels overlap: ${JSON.stringify(labels)}`);
+
+  // Click a point: its true neighbours are listed, and exactly they are ringed.
+  await page.mouse.click(box.x + target.position.x, box.y + target.position.y);
+  await page.waitForFunction(() => document.querySelectorAll("#point-neighbors li").length === 10, null, { timeout: 15000 });
+  const listed = await page.$$eval("#point-neighbors li", (items) => items.map((item) => Number(item.dataset.id)));
+  const ringed = await page.evaluate(() => window.__adminMap.ringed);
+  check(JSON.stringify(listed) === JSON.stringify(ringed), `listed ${listed}, ringed ${ringed}`);
+  const overlapText = await page.textContent("#point-overlap");
+  check(/^\d+ of its 10 true neighbours are also among its 10 nearest on the map\.$/.test(overlapText), `said ${overlapText}`);
+  await page.screenshot({ path: `${artifacts}/admin-explore.png` });
+  await page.click("#point-close");
+
   // Toggle a category off: the drawn count drops by that category's size.
   const threes = await page.evaluate(() => window.__adminMap.view.points.filter((p) => p.category === "3").length);
   await page.click('#legend button[data-category="3"]');
@@ -104,7 +121,7 @@ try {
   check(reloadDownloads === 1, `after a reload the page downloaded the map ${reloadDownloads} times`);
   check(violations.length === 0, `CSP violations or page errors: ${violations.join(" | ")}`);
 
-  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount, csp, downloads, reloadDownloads, violations }));
+  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount, csp, downloads, reloadDownloads, violations, labels: labels.length, listed, ringed, overlapText }));
 } finally {
   await browser.close();
 }
