@@ -216,3 +216,58 @@ async fn clusters_cover_every_point_at_each_level_the_same_across_runs_and_are_l
     assert_eq!(summary.clusters.len(), clusters.len());
     assert_eq!(summary.clusters[0].label, clusters[0]["label"]);
 }
+
+/// 58 categories (a real corpus's 38 and 20 rare ones): the largest get distinct colours, the rest
+/// one "Other" entry, so the legend is short and the map in view of a 1280x900 window.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_categories_keep_distinct_colours_a_short_legend_and_the_map_in_view() {
+    let peers = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
+    assert!(
+        peers.join("node_modules/playwright-core").exists(),
+        "run scripts/test.sh, which runs npm ci in tests/peers"
+    );
+    let (path, _) = corpus();
+    let label_names: Vec<String> = std::fs::read_to_string(fixtures_dir().join("docs1200_labels.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let labels: Vec<i32> = {
+        let bytes = std::fs::read(fixtures_dir().join("docs1200_y.npy")).unwrap();
+        npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
+    };
+    let embedding = start_embedding(&["--corpus", path.to_str().unwrap()]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("categories.sqlite3"), &embedding.url(), &[]);
+    let items: Vec<Value> = (0..1200)
+        .map(|id| {
+            let category = if id < 20 { format!("rare {id}") } else { label_names[labels[id] as usize].clone() };
+            json!({ "id": id, "name": format!("doc {id}"), "category": category })
+        })
+        .collect();
+    assert!(admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await.status().is_success());
+    let artifacts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let output = std::process::Command::new("node")
+        .arg(peers.join("admin_categories.mjs"))
+        .arg(http_url(&api, "/admin/"))
+        .arg(ADMIN_TOKEN)
+        .arg(&artifacts)
+        .output()
+        .expect("node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let categories = seen["categories"].as_u64().unwrap();
+    assert!(categories >= 58, "{seen}");
+    assert_eq!(seen["buttons"], 16, "15 distinct categories and one Other: {seen}");
+    assert_eq!(seen["other"][0], format!("Other ({} categories)", categories - 15), "{seen}");
+    let colors: std::collections::HashSet<&str> =
+        seen["colors"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert_eq!(colors.len(), 15, "each of the 15 largest has a colour of its own: {seen}");
+    assert!(seen["canvasTop"].as_f64().unwrap() < 300.0, "the map starts high on the page: {seen}");
+    assert!(seen["canvasBottom"].as_f64().unwrap() <= 900.0 + 1.0, "the whole map fits the window: {seen}");
+    assert!(!seen["placeholder"].as_str().unwrap().contains("digit"), "{seen}");
+    assert!(seen["afterOther"].as_u64() < seen["before"].as_u64(), "Other hides the grouped categories: {seen}");
+    assert_eq!(seen["errors"], json!([]), "{seen}");
+}

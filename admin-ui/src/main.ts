@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
 import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
-import { MapView, categoryColor, type Point } from "./map_view";
+import { DISTINCT_CATEGORIES, MapView, categoryColor, type Point } from "./map_view";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const TOKEN_KEY = "embedding-map-admin-token";
@@ -183,26 +183,40 @@ async function selectPoint(index: number) {
   view.requestDraw();
 }
 
+/** One button per category with a colour of its own (in name order), and one for the rest:
+ *  the legend stays a line or two, so the map stays in view whatever the corpus. */
 function renderLegend() {
   const legend = $("legend");
   legend.replaceChildren();
-  view.categories.forEach((category, index) => {
-    const button = document.createElement("button");
-    button.type = "button";
-    button.dataset.category = category;
-    button.setAttribute("aria-pressed", String(!view.hidden.has(category)));
+  const button = (label: string, color: string, categories: string[]) => {
+    const element = document.createElement("button");
+    element.type = "button";
+    if (categories.length === 1) element.dataset.category = categories[0];
+    const shown = () => categories.some((c) => !view.hidden.has(c));
+    element.setAttribute("aria-pressed", String(shown()));
     const swatch = document.createElement("span");
     swatch.className = "swatch";
-    swatch.style.background = categoryColor(index);
-    button.append(swatch, category);
-    button.addEventListener("click", () => {
-      if (view.hidden.has(category)) view.hidden.delete(category); else view.hidden.add(category);
-      button.setAttribute("aria-pressed", String(!view.hidden.has(category)));
+    swatch.style.background = color;
+    element.append(swatch, label);
+    element.addEventListener("click", () => {
+      const hide = shown();
+      for (const c of categories) if (hide) view.hidden.add(c); else view.hidden.delete(c);
+      element.setAttribute("aria-pressed", String(shown()));
       view.draw();
       updateSearchCount();
     });
-    legend.append(button);
-  });
+    return element;
+  };
+  const distinct = view.categories.slice(0, DISTINCT_CATEGORIES);
+  const byName = [...distinct].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+  legend.append(...byName.map((c) => button(c, categoryColor(view.categories.indexOf(c)), [c])));
+  const rest = view.categories.slice(DISTINCT_CATEGORIES);
+  if (rest.length > 0) {
+    const other = button(`Other (${rest.length} categories)`, categoryColor(DISTINCT_CATEGORIES), rest);
+    other.dataset.other = "true";
+    other.title = rest.join(", ");
+    legend.append(other);
+  }
 }
 
 function updateSearchCount() {

@@ -25,10 +25,14 @@ export interface Point {
   category: string;
 }
 
+/** Distinct colours for the largest categories (no grey: grey is "other"). */
 const PALETTE = [
-  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-  "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
+  "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+  "#17becf", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
 ];
+/** Every category past the palette's size shares this colour and one legend entry. */
+export const DISTINCT_CATEGORIES = PALETTE.length;
+const OTHER_COLOR = "#a8a8a8";
 const CELL = 8; // px, hover grid cell
 const HOVER_RADIUS = 6; // px
 /** How long a new version of the map takes to move in. */
@@ -52,8 +56,9 @@ function fade(color: number, alpha: number): number {
   return (0xff << 24) | mix(16) | mix(8) | mix(0);
 }
 
-export function categoryColor(index: number): string {
-  return PALETTE[index % PALETTE.length];
+/** The colour of the category ranked `rank` by size (0 the largest). */
+export function categoryColor(rank: number): string {
+  return rank < PALETTE.length ? PALETTE[rank] : OTHER_COLOR;
 }
 
 function rgba(hex: string): number {
@@ -104,7 +109,12 @@ export class MapView {
       ? this.transitionTo(points)
       : null;
     this.points = points;
-    this.categories = [...new Set(points.map((p) => p.category))].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    // Categories by size, largest first: the largest get distinct colours, the rest share one.
+    const sizes = new Map<string, number>();
+    for (const p of points) sizes.set(p.category, (sizes.get(p.category) ?? 0) + 1);
+    this.categories = [...sizes.keys()].sort(
+      (a, b) => sizes.get(b)! - sizes.get(a)! || a.localeCompare(b, undefined, { numeric: true }),
+    );
     this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
     this.colors = this.categories.map((_, i) => rgba(categoryColor(i)));
     this.hidden = new Set([...this.hidden].filter((c) => this.categoryIndex.has(c)));
