@@ -31,6 +31,7 @@ let session = 0;
   get transitionFrames() { return view.transitionFrames; },
   get ringed() { return view.selection?.neighbors.map((i) => Number(view.points[i].id)) ?? []; },
   get drawnLabels() { return view.drawnLabels; },
+  get contourSegments() { return view.contourSegments; },
   get lastDrawMs() { return view.lastDrawMs; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
@@ -322,6 +323,11 @@ async function main() {
     pressedAt = null;
   });
   $("point-close").addEventListener("click", closePanel);
+  $("contours").addEventListener("click", (event) => {
+    view.showContours = !view.showContours;
+    (event.currentTarget as HTMLElement).setAttribute("aria-pressed", String(view.showContours));
+    view.draw();
+  });
   $("labels").addEventListener("click", (event) => {
     view.showLabels = !view.showLabels;
     (event.currentTarget as HTMLElement).setAttribute("aria-pressed", String(view.showLabels));

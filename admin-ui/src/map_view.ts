@@ -78,6 +78,9 @@ export class MapView {
   lastDrawMs = 0;
   clusters: ClusterLabel[] = [];
   showLabels = true;
+  showContours = false;
+  /** Contour segments drawn last (for tests). */
+  contourSegments = 0;
   selection: Selection | null = null;
   /** The labels drawn last, with their boxes in CSS pixels (for tests). */
   drawnLabels: { label: string; box: [number, number, number, number] }[] = [];
@@ -306,6 +309,7 @@ export class MapView {
       context.arc(this.screen[2 * i], this.screen[2 * i + 1], 6, 0, 2 * Math.PI);
       context.stroke();
     }
+    if (this.showContours) this.drawContours(context, cssWidth, cssHeight);
     this.drawSelection(context);
     this.drawLabels(context, cssWidth, cssHeight, toScreen);
     context.restore();
@@ -313,6 +317,68 @@ export class MapView {
     this.drawnPoints = drawn;
     this.highlighted = matches.length;
     this.lastDrawMs = performance.now() - started;
+  }
+
+  /** Density contours: the drawn points counted on a coarse grid, smoothed, and lines traced
+   *  (marching squares) where the density crosses a quarter, a half and three quarters of its
+   *  peak on a log scale. */
+  private drawContours(context: CanvasRenderingContext2D, width: number, height: number) {
+    const cell = 8;
+    const columns = Math.ceil(width / cell) + 1;
+    const rows = Math.ceil(height / cell) + 1;
+    const counts = new Float32Array(columns * rows);
+    this.points.forEach((p, i) => {
+      if (!this.isVisible(p)) return;
+      const [x, y] = [this.screen[2 * i] / cell, this.screen[2 * i + 1] / cell];
+      if (x < 0 || y < 0 || x >= columns - 1 || y >= rows - 1) return;
+      counts[Math.floor(y) * columns + Math.floor(x)] += 1;
+    });
+    // A 3x3 box blur, twice: contours of points, not of pixels.
+    let grid = counts;
+    for (let pass = 0; pass < 2; pass++) {
+      const next = new Float32Array(grid.length);
+      for (let y = 1; y < rows - 1; y++) {
+        for (let x = 1; x < columns - 1; x++) {
+          let sum = 0;
+          for (let dy = -1; dy <= 1; dy++) for (let dx = -1; dx <= 1; dx++) sum += grid[(y + dy) * columns + x + dx];
+          next[y * columns + x] = sum / 9;
+        }
+      }
+      grid = next;
+    }
+    let peak = 0;
+    for (const v of grid) peak = Math.max(peak, v);
+    this.contourSegments = 0;
+    if (peak === 0) return;
+    const logPeak = Math.log1p(peak);
+    context.lineWidth = 1.2;
+    context.strokeStyle = "rgba(40, 40, 90, 0.6)";
+    context.beginPath();
+    for (const share of [0.25, 0.5, 0.75]) {
+      const level = Math.expm1(share * logPeak);
+      for (let y = 0; y < rows - 1; y++) {
+        for (let x = 0; x < columns - 1; x++) {
+          const corners = [grid[y * columns + x], grid[y * columns + x + 1], grid[(y + 1) * columns + x + 1], grid[(y + 1) * columns + x]];
+          const inside = corners.map((v) => v >= level);
+          const crossings: [number, number][] = [];
+          // Each edge the level crosses, at the interpolated point.
+          const edges: [number, number, number, number, number, number][] = [
+            [0, 1, x, y, 1, 0], [1, 2, x + 1, y, 0, 1], [3, 2, x, y + 1, 1, 0], [0, 3, x, y, 0, 1],
+          ];
+          for (const [a, b, ex, ey, dx, dy] of edges) {
+            if (inside[a] === inside[b]) continue;
+            const t = (level - corners[a]) / (corners[b] - corners[a]);
+            crossings.push([(ex + dx * t) * cell, (ey + dy * t) * cell]);
+          }
+          for (let k = 0; k + 1 < crossings.length; k += 2) {
+            context.moveTo(crossings[k][0], crossings[k][1]);
+            context.lineTo(crossings[k + 1][0], crossings[k + 1][1]);
+            this.contourSegments++;
+          }
+        }
+      }
+    }
+    context.stroke();
   }
 
   /** The selected point's true neighbours: a line from the point to each, and a ring on each. */

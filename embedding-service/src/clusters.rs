@@ -6,7 +6,7 @@ use embeddingmap_proto::v1 as pb;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 /// Clusters per level, before the cap of one per `MIN_POINTS_PER_CLUSTER` points.
-const LEVELS: [usize; 3] = [8, 24, 72];
+const LEVELS: [usize; 3] = [12, 36, 108];
 const MIN_POINTS_PER_CLUSTER: usize = 20;
 const ITERATIONS: usize = 25;
 const SEED: u64 = 0x5eed_c105;
@@ -116,7 +116,7 @@ mod tests {
             assert_eq!(sizes, 600, "every point counted once");
             assert!(level.assignment.iter().all(|&c| (c as usize) < level.clusters.len()));
         }
-        assert_eq!(levels[0].clusters.len(), 8);
+        assert_eq!(levels[0].clusters.len(), 12);
         assert_eq!(levels[2].clusters.len(), 30, "at most one cluster per 20 points");
         assert_eq!(levels, find(&points), "the same on every run");
     }

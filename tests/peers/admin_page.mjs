@@ -89,7 +89,12 @@ try {
   check(JSON.stringify(listed) === JSON.stringify(ringed), `listed ${listed}, ringed ${ringed}`);
   const overlapText = await page.textContent("#point-overlap");
   check(/^\d+ of its 10 true neighbours are also among its 10 nearest on the map\.$/.test(overlapText), `said ${overlapText}`);
+  // Density contours as a toggle, drawn over the points with the labels.
+  await page.click("#contours");
+  const contourSegments = await page.evaluate(() => window.__adminMap.contourSegments);
+  check(contourSegments > 0, "no density contours drawn");
   await page.screenshot({ path: `${artifacts}/admin-explore.png` });
+  await page.click("#contours");
   await page.click("#point-close");
 
   // Toggle a category off: the drawn count drops by that category's size.
