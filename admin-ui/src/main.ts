@@ -14,6 +14,8 @@ const view = new MapView($<HTMLCanvasElement>("map"));
 /** How many true neighbours the panel lists and rings. */
 const NEIGHBORS = 10;
 let shownKey = "";
+/** The item's attributes, from the api-service's JSON API on this origin; set once signed in. */
+let itemAttributes: ((id: bigint) => Promise<Record<string, string> | null>) | null = null;
 /** Finds a point's true neighbours; set once signed in. */
 let findNeighbors: ((id: bigint) => Promise<{ id: bigint; similarity: number; name?: string; category?: string }[]>) | null = null;
 let shownGeneration = 0n;
@@ -159,6 +161,18 @@ async function selectPoint(index: number) {
   $("point-category").textContent = `${point.category} · id ${point.id}`;
   $("point-overlap").textContent = "Finding its true neighbours…";
   $("point-neighbors").replaceChildren();
+  $("point-attributes").replaceChildren();
+  void itemAttributes?.(point.id).then((attributes) => {
+    if (view.points[index] !== point || !attributes) return;
+    $("point-attributes").replaceChildren(
+      ...Object.entries(attributes).flatMap(([key, value]) => {
+        const [term, detail] = [document.createElement("dt"), document.createElement("dd")];
+        term.textContent = key;
+        detail.textContent = value;
+        return [term, detail];
+      }),
+    );
+  }, () => {});
   let found;
   try {
     found = await findNeighbors(point.id);
@@ -231,6 +245,10 @@ async function follow(token: string, baseUrl: string) {
   const client = createClient(AdminMapService, transport);
   const headers = { authorization: `Bearer ${token}` };
   const neighborClient = createClient(AdminNeighborService, transport);
+  itemAttributes = async (id) => {
+    const response = await fetch(`/api/admin/items/${id}`, { headers });
+    return response.ok ? (await response.json()).attributes : null;
+  };
   findNeighbors = async (id) =>
     (await neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers })).neighbors;
   let retry = 1000;

@@ -32,7 +32,9 @@ pub struct Config {
 
     /// Where READY maps are kept, so a restart serves the last one at once and replicas sharing
     /// the directory agree; empty turns the store off.
-    #[arg(long, env = "EMBEDDING_MAP_STORE", default_value = "data/maps")]
+    // An OS string parsed to a path: clap's path parser refuses the empty value that means "off".
+    #[arg(long, env = "EMBEDDING_MAP_STORE", default_value = "data/maps",
+          value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub map_store: PathBuf,
 
     #[command(flatten)]
@@ -85,6 +87,9 @@ mod tests {
     #[test]
     fn every_flag_parses_from_its_defaults() {
         let config = Config::try_parse_from(["embedding-service"]).unwrap();
+        assert_eq!(config.map_store, PathBuf::from("data/maps"));
+        let off = Config::try_parse_from(["embedding-service", "--map-store", ""]).unwrap();
+        assert!(off.map_store.as_os_str().is_empty(), "an empty store turns it off");
         assert_eq!(config.map.perplexity, 30.0);
         assert_eq!(config.map.iterations, 500);
         assert!(config.corpus.is_none());

@@ -100,7 +100,10 @@ pub async fn import_digits(api: &ServiceProcess) {
     let items: Vec<serde_json::Value> = crate::digits_labels()
         .iter()
         .enumerate()
-        .map(|(id, label)| serde_json::json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string() }))
+        .map(|(id, label)| {
+            let attributes = serde_json::json!({ "digit": label.to_string(), "row": id.to_string() });
+            serde_json::json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string(), "attributes": attributes })
+        })
         .collect();
     let response = admin_post(api, "/api/admin/items/import", &serde_json::json!({ "items": items })).await;
     assert_eq!(response.status(), reqwest::StatusCode::OK, "{:?}", response.text().await);
