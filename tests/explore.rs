@@ -268,6 +268,9 @@ async fn many_categories_keep_distinct_colours_a_short_legend_and_the_map_in_vie
     assert!(seen["canvasTop"].as_f64().unwrap() < 300.0, "the map starts high on the page: {seen}");
     assert!(seen["canvasBottom"].as_f64().unwrap() <= 900.0 + 1.0, "the whole map fits the window: {seen}");
     assert!(!seen["placeholder"].as_str().unwrap().contains("digit"), "{seen}");
-    assert!(seen["afterOther"].as_u64() < seen["before"].as_u64(), "Other hides the grouped categories: {seen}");
+    assert!(
+        seen["afterOther"].as_u64().unwrap() < seen["before"].as_u64().unwrap(),
+        "Other hides the grouped categories: {seen}"
+    );
     assert_eq!(seen["errors"], json!([]), "{seen}");
 }

@@ -17,7 +17,9 @@ let shownKey = "";
 /** The item's attributes, from the api-service's JSON API on this origin; set once signed in. */
 let itemAttributes: ((id: bigint) => Promise<Record<string, string> | null>) | null = null;
 /** Finds a point's true neighbours; set once signed in. */
-let findNeighbors: ((id: bigint) => Promise<{ id: bigint; similarity: number; name?: string; category?: string }[]>) | null = null;
+let findNeighbors:
+  | ((id: bigint) => Promise<{ generation: bigint; neighbors: { id: bigint; similarity: number; name?: string; category?: string }[] }>)
+  | null = null;
 let shownGeneration = 0n;
 let session = 0;
 
@@ -146,6 +148,7 @@ function showReady(status: AdminMapStatus) {
 }
 
 function closePanel() {
+  selecting++;
   view.selection = null;
   $("point-panel").hidden = true;
   view.requestDraw();
@@ -153,8 +156,12 @@ function closePanel() {
 
 /** Shows a point's true neighbours: listed with their similarity, ringed on the map with lines to
  *  the point, and how many of them the map also draws nearest to it. */
+let selecting = 0;
 async function selectPoint(index: number) {
   if (!findNeighbors || index < 0) return;
+  // Answers to an earlier click, or after the panel closed, are dropped.
+  const mine = ++selecting;
+  const current = () => mine === selecting && !$("point-panel").hidden && view.points[index] === point;
   const point = view.points[index];
   $("point-panel").hidden = false;
   $("point-name").textContent = point.name || `#${point.id}`;
@@ -163,7 +170,7 @@ async function selectPoint(index: number) {
   $("point-neighbors").replaceChildren();
   $("point-attributes").replaceChildren();
   void itemAttributes?.(point.id).then((attributes) => {
-    if (view.points[index] !== point || !attributes) return;
+    if (!current() || !attributes) return;
     $("point-attributes").replaceChildren(
       ...Object.entries(attributes).flatMap(([key, value]) => {
         const [term, detail] = [document.createElement("dt"), document.createElement("dd")];
@@ -173,14 +180,19 @@ async function selectPoint(index: number) {
       }),
     );
   }, () => {});
-  let found;
+  let answer;
   try {
-    found = await findNeighbors(point.id);
+    answer = await findNeighbors(point.id);
   } catch (error) {
-    $("point-overlap").textContent = `The neighbours could not be found: ${ConnectError.from(error).rawMessage}`;
+    if (current()) $("point-overlap").textContent = `The neighbours could not be found: ${ConnectError.from(error).rawMessage}`;
     return;
   }
-  if (view.points[index] !== point) return; // the map changed meanwhile
+  if (!current()) return;
+  if (answer.generation !== shownGeneration) {
+    $("point-overlap").textContent = "The map changed while its neighbours were being found; click the point again.";
+    return;
+  }
+  const found = answer.neighbors;
   const neighbors = found.map((n) => view.indexOf(n.id)).filter((i) => i >= 0);
   view.selection = { index, neighbors };
   const onMap = new Set(view.mapNeighbors(index, found.length));
@@ -208,7 +220,9 @@ function renderLegend() {
     element.type = "button";
     if (categories.length === 1) element.dataset.category = categories[0];
     const shown = () => categories.some((c) => !view.hidden.has(c));
-    element.setAttribute("aria-pressed", String(shown()));
+    // "mixed" when some of a group are hidden and some shown; a click then hides them all.
+    const state = () => (!shown() ? "false" : categories.every((c) => !view.hidden.has(c)) ? "true" : "mixed");
+    element.setAttribute("aria-pressed", state());
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = color;
@@ -216,7 +230,7 @@ function renderLegend() {
     element.addEventListener("click", () => {
       const hide = shown();
       for (const c of categories) if (hide) view.hidden.add(c); else view.hidden.delete(c);
-      element.setAttribute("aria-pressed", String(shown()));
+      element.setAttribute("aria-pressed", state());
       view.draw();
       updateSearchCount();
     });
@@ -249,8 +263,7 @@ async function follow(token: string, baseUrl: string) {
     const response = await fetch(`/api/admin/items/${id}`, { headers });
     return response.ok ? (await response.json()).attributes : null;
   };
-  findNeighbors = async (id) =>
-    (await neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers })).neighbors;
+  findNeighbors = (id) => neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers });
   let retry = 1000;
   while (mine === session) {
     try {

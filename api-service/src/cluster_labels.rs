@@ -34,8 +34,11 @@ pub fn label(
     }
     let mut out = Vec::new();
     for level in levels {
-        if level.assignment.len() != points.len() {
-            continue; // not this map's clusters
+        // Not this map's clusters, or not numbered by position: skipped rather than mislabelled.
+        if level.assignment.len() != points.len()
+            || level.clusters.iter().enumerate().any(|(index, cluster)| cluster.id as usize != index)
+        {
+            continue;
         }
         let mut categories: Vec<BTreeMap<&str, usize>> = vec![BTreeMap::new(); level.clusters.len()];
         let mut counts: Vec<HashMap<&str, usize>> = vec![HashMap::new(); level.clusters.len()];

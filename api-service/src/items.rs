@@ -245,25 +245,27 @@ impl ItemStore {
 
     /// The names and categories of those of `ids` that are items.
     pub async fn labels_of(&self, ids: &[i64]) -> Result<HashMap<i64, (String, String)>, ApiError> {
-        let mut labels = HashMap::with_capacity(ids.len());
-        for &id in ids {
-            if let Some(row) =
-                sqlx::query("SELECT name, category FROM items WHERE id = ?").bind(id).fetch_optional(&self.pool).await?
-            {
-                labels.insert(id, (row.try_get("name")?, row.try_get("category")?));
-            }
-        }
-        Ok(labels)
+        let ids = serde_json::to_string(ids).map_err(|error| ApiError::Internal(error.to_string()))?;
+        let rows = sqlx::query("SELECT id, name, category FROM items WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?;
+        labels_by_id(&rows)
     }
 
     /// Every item's name and category by id, for joining with the map.
     pub async fn labels(&self) -> Result<HashMap<i64, (String, String)>, ApiError> {
         let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(ApiError::from)
+        labels_by_id(&rows)
     }
+}
+
+/// `id, name, category` rows as name and category by id.
+fn labels_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<i64, (String, String)>, ApiError> {
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(ApiError::from)
 }
 
 async fn exists(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<bool, sqlx::Error> {

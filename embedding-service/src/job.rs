@@ -120,12 +120,13 @@ fn compute(
     publisher.point_count(count as u64);
     // Fingerprinted now: the pipeline consumes the vectors.
     let corpus_fingerprint = corpus.fingerprint();
+    if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
+        // The served map's own corpus: its index takes the vectors as they are.
+        return Ok((None, Arc::new(NeighborIndex::new(corpus.ids, corpus.vectors))));
+    }
     // The neighbours are searched in the corpus's own space, so a copy is kept before the pipeline
     // consumes the vectors (92 MB at 60k x 384).
     let neighbors = Arc::new(NeighborIndex::new(corpus.ids.clone(), corpus.vectors.clone()));
-    if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
-        return Ok((None, neighbors));
-    }
     if parent.is_none() {
         publisher.corpus_loaded(&neighbors);
     }

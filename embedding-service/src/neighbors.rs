@@ -23,6 +23,8 @@ pub enum QueryError {
     WrongDimensions { got: usize, expected: usize },
     #[error("the query vector must be finite and not all zeros")]
     BadVector,
+    #[error("point {0}'s vector is all zeros: it has no direction to compare")]
+    ZeroVector(i64),
     #[error("k must be within 1..={MAX_K}, got {0}")]
     BadK(u32),
 }
@@ -61,6 +63,9 @@ impl NeighborIndex {
     pub fn by_id(&self, id: i64, k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
         let k = checked_k(k)?;
         let row = *self.rows.get(&id).ok_or(QueryError::UnknownId(id))?;
+        if self.vectors.row(row).iter().all(|v| *v == 0.0) {
+            return Err(QueryError::ZeroVector(id));
+        }
         Ok(self.search(self.vectors.row(row), k, Some(row)))
     }
 
@@ -70,11 +75,12 @@ impl NeighborIndex {
         if vector.len() != self.dimensions() {
             return Err(QueryError::WrongDimensions { got: vector.len(), expected: self.dimensions() });
         }
-        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        // In f64: squares of large finite f32 values would overflow.
+        let norm = vector.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
         if !norm.is_finite() || norm == 0.0 {
             return Err(QueryError::BadVector);
         }
-        let query: Vec<f32> = vector.iter().map(|v| v / norm).collect();
+        let query: Vec<f32> = vector.iter().map(|v| (f64::from(*v) / norm) as f32).collect();
         Ok(self.search(ArrayView1::from(&query), k, None))
     }
 

@@ -101,7 +101,16 @@ impl pb::neighbor_service_server::NeighborService for NeighborSearch {
             let status = status.borrow();
             (status.neighbors.clone(), status.ready.as_ref().map_or(0, |map| map.summary.generation))
         };
-        let index = index.ok_or_else(|| Status::unavailable("the corpus is still loading; retry shortly"))?;
+        let index = index.ok_or_else(|| {
+            Status::unavailable(if generation == 0 {
+                "the corpus is still loading; retry shortly"
+            } else {
+                // A map restored from the store whose corpus has since changed: its own vectors are
+                // gone, and the new map brings the new corpus's (see the map's refresh status).
+                "the map served was restored from the store and its corpus has changed; neighbours \
+                 come with the next map (see its refresh and last_refresh)"
+            })
+        })?;
         // A scan of every row: CPU work, kept off the async workers.
         let found = tokio::task::spawn_blocking(move || match query {
             pb::find_neighbors_request::Query::Id(id) => index.by_id(id, k),
