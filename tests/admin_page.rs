@@ -2,35 +2,21 @@
 //! against both real services on the demo corpus. Screenshots go to `artifacts/` at the
 //! repository root (ignored by git).
 
-use std::{path::PathBuf, process::Command};
-
-use end_to_end_tests::{api::*, start_embedding};
+use end_to_end_tests::{
+    api::*,
+    browser::{artifact_saved, run_page_script},
+    start_embedding,
+};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
-    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
-    assert!(
-        peers.join("node_modules/playwright-core").exists(),
-        "run scripts/test.sh, which runs npm ci in tests/peers"
-    );
     // More iterations than the default keep the computing state on screen long enough to read.
     let embedding = start_embedding(&["--iterations", "4000"]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
     import_digits(&api).await;
 
-    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let output = Command::new("node")
-        .arg(peers.join("admin_page.mjs"))
-        .arg(http_url(&api, "/admin/"))
-        .arg(ADMIN_TOKEN)
-        .arg(&artifacts)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let seen = run_page_script("admin_page.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
     assert!(seen["unauthorized"].as_str().unwrap().contains("401"), "{seen}");
     assert!(seen["progressText"].as_str().unwrap().contains("Iteration"), "{seen}");
     assert!(seen["etaText"].as_str().unwrap().contains("s left"), "{seen}");
@@ -44,6 +30,6 @@ async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
     assert_eq!(seen["listed"].as_array().unwrap().len(), 10, "{seen}");
     assert_eq!(seen["listed"], seen["ringed"], "the listed neighbours are the ringed ones: {seen}");
     for shot in ["admin-computing.png", "admin-ready.png", "admin-density.png", "admin-explore.png"] {
-        assert!(artifacts.join(shot).metadata().unwrap().len() > 1000, "{shot} saved");
+        assert!(artifact_saved(shot), "{shot} saved");
     }
 }

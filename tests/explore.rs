@@ -24,6 +24,13 @@ fn corpus() -> (std::path::PathBuf, Vec<Vec<f32>>) {
     (path, values.chunks(columns).map(<[f32]>::to_vec).collect())
 }
 
+/// The committed corpus's label names, and each row's label.
+fn labelled() -> (Vec<String>, Vec<i32>) {
+    let names = std::fs::read_to_string(fixtures_dir().join("docs1200_labels.txt")).unwrap();
+    let bytes = std::fs::read(fixtures_dir().join("docs1200_y.npy")).unwrap();
+    (names.lines().map(str::to_owned).collect(), npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap())
+}
+
 /// The `k` rows most cosine-similar to `query`, other than `skip`: (row, similarity), best first.
 fn brute_force(rows: &[Vec<f32>], query: &[f32], k: usize, skip: Option<usize>) -> Vec<(i64, f32)> {
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -158,17 +165,9 @@ async fn clusters_cover_every_point_at_each_level_the_same_across_runs_and_are_l
     use embeddingmap_proto::v1::GetEmbeddingMapRequest;
 
     let (path, _) = corpus();
-    let label_names: Vec<String> = std::fs::read_to_string(fixtures_dir().join("docs1200_labels.txt"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let (label_names, labels) = labelled();
     let texts: Vec<String> =
         std::fs::read_to_string(fixtures_dir().join("docs1200_text.txt")).unwrap().lines().map(str::to_owned).collect();
-    let labels: Vec<i32> = {
-        let bytes = std::fs::read(fixtures_dir().join("docs1200_y.npy")).unwrap();
-        npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
-    };
     let map_of = async |service: &end_to_end_tests::ServiceProcess| {
         let mut client = end_to_end_tests::map_client(service).await;
         end_to_end_tests::poll_until_final(&mut client, Duration::from_secs(120)).await;
@@ -221,21 +220,8 @@ async fn clusters_cover_every_point_at_each_level_the_same_across_runs_and_are_l
 /// one "Other" entry, so the legend is short and the map in view of a 1280x900 window.
 #[tokio::test(flavor = "multi_thread")]
 async fn many_categories_keep_distinct_colours_a_short_legend_and_the_map_in_view() {
-    let peers = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
-    assert!(
-        peers.join("node_modules/playwright-core").exists(),
-        "run scripts/test.sh, which runs npm ci in tests/peers"
-    );
     let (path, _) = corpus();
-    let label_names: Vec<String> = std::fs::read_to_string(fixtures_dir().join("docs1200_labels.txt"))
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let labels: Vec<i32> = {
-        let bytes = std::fs::read(fixtures_dir().join("docs1200_y.npy")).unwrap();
-        npyz::NpyFile::new(&bytes[..]).unwrap().into_vec().unwrap()
-    };
+    let (label_names, labels) = labelled();
     let embedding = start_embedding(&["--corpus", path.to_str().unwrap()]);
     let dir = tempfile::tempdir().unwrap();
     let api = start_api(&dir.path().join("categories.sqlite3"), &embedding.url(), &[]);
@@ -246,18 +232,8 @@ async fn many_categories_keep_distinct_colours_a_short_legend_and_the_map_in_vie
         })
         .collect();
     assert!(admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await.status().is_success());
-    let artifacts = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let output = std::process::Command::new("node")
-        .arg(peers.join("admin_categories.mjs"))
-        .arg(http_url(&api, "/admin/"))
-        .arg(ADMIN_TOKEN)
-        .arg(&artifacts)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let seen =
+        end_to_end_tests::browser::run_page_script("admin_categories.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
     let categories = seen["categories"].as_u64().unwrap();
     assert!(categories >= 58, "{seen}");
     assert_eq!(seen["buttons"], 16, "15 distinct categories and one Other: {seen}");

@@ -31,6 +31,14 @@ fn write_corpus(dir: &Path, clusters: usize, first_id: i64) -> (PathBuf, PathBuf
     (vectors, ids)
 }
 
+/// The embedding service on the corpus `write_corpus` wrote, its corpus watch off (refreshes come
+/// only when a test asks), with `extra` flags.
+fn start_on(vectors: &Path, ids: &Path, extra: &[&str]) -> end_to_end_tests::ServiceProcess {
+    let (vectors, ids) = (vectors.to_str().unwrap(), ids.to_str().unwrap());
+    let args = ["--corpus", vectors, "--ids", ids, "--watch-corpus", "false"];
+    start_embedding(&args.iter().chain(extra).copied().collect::<Vec<_>>())
+}
+
 fn generation(status: &EmbeddingMapStatus) -> u64 {
     status.map.as_ref().map_or(0, |map| map.generation)
 }
@@ -165,14 +173,7 @@ async fn a_corpus_replaced_or_rewritten_on_disk_is_noticed_and_mapped() {
 async fn a_changed_corpus_gives_a_new_map_while_the_current_one_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let service = start_embedding(&[
-        "--corpus",
-        vectors.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--watch-corpus",
-        "false",
-    ]);
+    let service = start_on(&vectors, &ids, &[]);
     let mut client = map_client(&service).await;
     let reader = client.clone();
     let get = move |omit_points| {
@@ -248,14 +249,7 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
 
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let embedding = start_embedding(&[
-        "--corpus",
-        vectors.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--watch-corpus",
-        "false",
-    ]);
+    let embedding = start_on(&vectors, &ids, &[]);
     let api = start_api(&dir.path().join("api.sqlite3"), &embedding.url(), &[]);
     let client = http_client();
     let map_url = http_url(&api, "/api/admin/embedding-map");
@@ -339,21 +333,9 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
 async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     use end_to_end_tests::api::{ADMIN_TOKEN, admin_post, http_client, http_url, start_api};
 
-    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
-    assert!(
-        peers.join("node_modules/playwright-core").exists(),
-        "run scripts/test.sh, which runs npm ci in tests/peers"
-    );
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
-    let embedding = start_embedding(&[
-        "--corpus",
-        vectors.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--watch-corpus",
-        "false",
-    ]);
+    let embedding = start_on(&vectors, &ids, &[]);
     let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
     // Items for both corpora (the second keeps the first's 1,800 ids and adds 300), in
     // categories by cluster.
@@ -371,18 +353,7 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     // The corpus changes on disk (an incremental change); the page asks for the refresh.
     write_corpus(dir.path(), 7, 0);
 
-    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let output = std::process::Command::new("node")
-        .arg(peers.join("admin_refresh.mjs"))
-        .arg(http_url(&api, "/admin/"))
-        .arg(ADMIN_TOKEN)
-        .arg(&artifacts)
-        .output()
-        .expect("node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    let seen = end_to_end_tests::browser::run_page_script("admin_refresh.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
     let (before, after) = (&seen["before"], &seen["after"]);
     assert_eq!(seen["stateWhileUpdating"], "ready", "the map stayed on screen while updating: {seen}");
     assert!(seen["updatingText"].as_str().unwrap().starts_with("updating: "), "{seen}");
@@ -424,18 +395,7 @@ async fn stored_maps_survive_restarts_and_agree_across_processes_in_either_boot_
     let dir = tempfile::tempdir().unwrap();
     let (vectors, ids) = write_corpus(dir.path(), 6, 0);
     let (store, parent_only) = (dir.path().join("store"), dir.path().join("store-with-the-parent-only"));
-    let start = |store: &Path| {
-        start_embedding(&[
-            "--corpus",
-            vectors.to_str().unwrap(),
-            "--ids",
-            ids.to_str().unwrap(),
-            "--watch-corpus",
-            "false",
-            "--map-store",
-            store.to_str().unwrap(),
-        ])
-    };
+    let start = |store: &Path| start_on(&vectors, &ids, &["--map-store", store.to_str().unwrap()]);
     let first_answer = async |service: &end_to_end_tests::ServiceProcess| {
         map_client(service)
             .await

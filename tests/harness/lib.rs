@@ -5,6 +5,7 @@
 //! them; `EMBEDDING_SERVICE_BIN` overrides the path.
 
 pub mod api;
+pub mod browser;
 pub mod corpus_files;
 pub mod sqlite;
 
