@@ -40,7 +40,7 @@ impl Refresh {
         Refresh { refresh: status.refresh, last_refresh: status.last_refresh.clone() }
     }
 
-    /// The fields as an `AdminMapStatus` of their own, to merge into (or append to) the map's.
+    /// The fields as an `AdminMapStatus` of their own, whose encoding is appended to the map's.
     fn admin_fields(&self) -> api_pb::AdminMapStatus {
         api_pb::AdminMapStatus { refresh: self.refresh, last_refresh: self.last_refresh.clone(), ..Default::default() }
     }
@@ -50,7 +50,7 @@ impl Refresh {
         let last_refresh = self.last_refresh.as_ref().map(|last| {
             let finished = last.finished_at.unwrap_or_default();
             json!({
-                "result": last.result().as_str_name().trim_start_matches("RESULT_").to_lowercase(),
+                "result": result_name(last),
                 "finished_at_unix": finished.seconds as f64 + f64::from(finished.nanos) / 1e9,
                 "failure": last.failure.as_ref().map(|f| json!({ "phase": phase_name(f.phase()), "message": f.message })),
             })
@@ -76,7 +76,7 @@ impl Refresh {
             (HeaderName::from_static(REFRESH_HEADER), value)
         });
         let last = self.last_refresh.as_ref().map(|last| {
-            let value = last.result().as_str_name().trim_start_matches("RESULT_").to_lowercase();
+            let value = result_name(last);
             (HeaderName::from_static(LAST_REFRESH_HEADER), value)
         });
         refresh.into_iter().chain(last).filter_map(|(name, value)| Some((name, HeaderValue::from_str(&value).ok()?)))
@@ -94,6 +94,11 @@ pub struct JoinedMap {
     /// bytes as they are (`service_kit::ready_answers`).
     with_points: Bytes,
     summary: Bytes,
+}
+
+/// `RESULT_UPDATED` -> `updated`, as HTTP names a refresh's outcome.
+fn result_name(outcome: &pb::RefreshOutcome) -> String {
+    outcome.result().as_str_name().trim_start_matches("RESULT_").to_lowercase()
 }
 
 /// `PHASE_NEAREST_NEIGHBORS` -> `nearest_neighbors`, as HTTP JSON names phases.
@@ -291,9 +296,8 @@ impl MapView {
             },
             MapView::Ready(joined, refresh) => {
                 // Encoded by `JoinedMap::new` from a valid message, so it decodes.
-                let mut status = api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default();
-                status.merge(refresh.admin_fields().encode_to_vec().as_slice()).unwrap_or_default();
-                status
+                let status = api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default();
+                api_pb::AdminMapStatus { refresh: refresh.refresh, last_refresh: refresh.last_refresh, ..status }
             }
             MapView::Failed(failure) => {
                 api_pb::AdminMapStatus { state: MapState::Failed.into(), failure: Some(failure), ..Default::default() }

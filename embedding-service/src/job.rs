@@ -136,7 +136,6 @@ fn compute(
         parent.map(|parent| WarmStart::from_parent(parent.points().into_iter().map(|p| (p.id, [p.x, p.y])), &ids));
     let start = start.filter(|start| start.applies(settings));
     tracing::info!(points = count, dimensions, incremental = start.is_some(), "corpus loaded; computing map");
-    publisher.planned(if start.is_some() { settings.refresh_iterations.max(1) } else { settings.iterations });
     let MapOutput { points, parameters, timings } = match &start {
         Some(start) => pipeline::compute_map_from(vectors, settings, publisher, start)?,
         None => pipeline::compute_map(vectors, settings, publisher)?,

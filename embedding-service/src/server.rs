@@ -38,8 +38,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         (!config.map_store.as_os_str().is_empty()).then(|| MapStore::new(&config.map_store, &source, &settings));
     // The last map stored for this corpus and these parameters is served from the first RPC on;
     // the job then checks the corpus against it and refreshes from it if it changed.
-    if let Some(stored) = store.as_ref().and_then(MapStore::load) {
-        tracing::info!(generation = stored.generation, points = stored.count, store = %store.as_ref().map_or_else(String::new, |s| s.dir().display().to_string()), "serving the stored map");
+    if let Some((store, stored)) = store.as_ref().and_then(|store| Some((store, store.load()?))) {
+        let dir = store.dir().display();
+        tracing::info!(generation = stored.generation, points = stored.count, store = %dir, "serving the stored map");
         publisher.ready(stored, None);
         // Checking the corpus against it shows as a refresh under way.
         publisher.computation_started();

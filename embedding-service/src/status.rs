@@ -78,9 +78,8 @@ impl MapStatus {
     pub fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
         match (&self.ready, self.state()) {
             (Some(map), _) => {
-                let mut status = map.to_proto(omit_points);
-                status.merge(self.refresh_fields().encode_to_vec().as_slice()).unwrap_or_default();
-                status
+                let pb::EmbeddingMapStatus { refresh, last_refresh, .. } = self.refresh_fields();
+                pb::EmbeddingMapStatus { refresh, last_refresh, ..map.to_proto(omit_points) }
             }
             (None, MapState::Failed) => pb::EmbeddingMapStatus {
                 state: MapState::Failed.into(),
@@ -310,6 +309,10 @@ fn outcome(result: RefreshResult, failure: Option<pb::Failure>) -> pb::RefreshOu
 }
 
 impl crate::pipeline::ProgressSink for StatusPublisher {
+    fn planned(&self, total_iterations: u32) {
+        StatusPublisher::planned(self, total_iterations);
+    }
+
     fn phase(&self, phase: Phase) {
         StatusPublisher::phase(self, phase);
     }

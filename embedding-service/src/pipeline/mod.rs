@@ -69,6 +69,8 @@ fn all_cores() -> usize {
 
 /// Receives the pipeline's progress; called from the computing thread.
 pub trait ProgressSink: Sync {
+    /// The optimisation iterations this run will make, once its parameters are resolved.
+    fn planned(&self, _total_iterations: u32) {}
     fn phase(&self, phase: Phase);
     /// `done` optimisation iterations of the run's total are finished.
     fn iteration(&self, done: u32);
@@ -131,6 +133,7 @@ fn compute(
         }
         parameters = parameters.incremental(settings);
     }
+    progress.planned(parameters.iterations);
     use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
