@@ -4,7 +4,7 @@
 //!
 //! The corpus's rows are kept L2-normalised beside the map being served (float32: 4 bytes per
 //! dimension per point, 92 MB at 60k x 384), and a query is an exact scan: one dot product per
-//! row, the best `k` kept. Exact at every size served here (see the README's latency figures).
+//! row, the best `k` kept. Exact at every size served here (see the latency figures in docs/benchmarks.md).
 
 use std::{cmp::Ordering, collections::HashMap};
 

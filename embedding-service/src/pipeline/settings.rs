@@ -13,7 +13,7 @@ use crate::error::MapError;
 pub const MIN_PERPLEXITY: f64 = 2.0;
 
 /// Below this many points Barnes-Hut is used: it scores a little higher there, though FFT
-/// interpolation is faster at every size measured (README).
+/// interpolation is faster at every size measured (docs/benchmarks.md).
 pub const FFT_MIN_POINTS: usize = 5_000;
 
 /// The automatic PCA width's bounds: at most N / `ROWS_PER_PCA_DIMENSION` within these.
@@ -28,7 +28,7 @@ pub struct MapSettings {
     pub perplexity: f64,
 
     /// Optimisation iterations in all, early exaggeration included. 500 with the rate raised to N
-    /// after exaggeration keep real corpora's neighbours better than openTSNE's 1000 (README).
+    /// after exaggeration keep real corpora's neighbours better than openTSNE's 1000 (docs/benchmarks.md).
     #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 500)]
     pub iterations: u32,
 
@@ -50,7 +50,7 @@ pub struct MapSettings {
     /// On sentence embeddings that is 200, which keep most of their true neighbours where the
     /// usual 50 lost a fifth of those the map could keep; on clustered synthetic data, whose
     /// extra components are noise, 50; below 2,000 points there are too few rows to estimate
-    /// 200 components (README, "Benchmark").
+    /// 200 components (docs/benchmarks.md).
     #[arg(long, env = "EMBEDDING_PCA_DIMS", default_value_t = 0)]
     pub pca_dims: u32,
 
