@@ -12,7 +12,7 @@ venv="$HOME/.cache/embedding-map/venv-tests"
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt
 export PEERS_PYTHON="$venv/bin/python"
-(cd tests/peers && npm ci --no-audit --no-fund --loglevel=error)
+npm_ci_if_changed tests/peers
 
 scripts/build-admin-ui.sh
 cargo build --workspace --bins --locked
