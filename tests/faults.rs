@@ -36,6 +36,8 @@ use tonic::Code;
 mod connections;
 #[path = "faults/group_commit.rs"]
 mod group_commit;
+#[path = "faults/map_files.rs"]
+mod map_files;
 #[path = "faults/replays.rs"]
 mod replays;
 
@@ -715,6 +717,10 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     connections::rapid_reset(&mut local).await;
     group_commit::locked_past_busy_timeout(&mut local).await;
     group_commit::full_queue(&mut local).await;
+    map_files::two_file_update(&mut local).await;
+    map_files::fifo_corpus(&mut local).await;
+    map_files::oversized_npy_header(&mut local).await;
+    map_files::planted_stored_maps(&mut local).await;
     replays::reused_keys(&mut local).await;
     replays::etags_across_restarts(&mut local).await;
     shutdown_under_load(&mut local).await;

@@ -17,6 +17,7 @@ use crate::{
     error::MapError,
     faiss_ext,
     faiss_layout::{self, Layout},
+    files::{FileSignature, OpenError, RegularFile},
 };
 
 /// The bundled demo corpus: scikit-learn's digits, 1797 x 64 float32 (labels 0-9 beside it).
@@ -59,19 +60,65 @@ impl CorpusSource {
         }
     }
 
+    /// The corpus as it is now, read from scratch.
     pub fn load(&self) -> Result<Corpus, MapError> {
-        let (vectors, ids) = match self {
-            CorpusSource::Demo => (read_npy_matrix(DEMO_VECTORS, Path::new("<demo>"))?, None),
-            CorpusSource::FaissIndex(path) => load_faiss_index(path)?,
-            CorpusSource::Npy { vectors, ids } => {
-                let matrix = read_npy_matrix(open(vectors)?, vectors)?;
-                let ids = ids.as_ref().map(|path| read_npy_ids(open(path)?, path, matrix.nrows())).transpose()?;
-                (matrix, ids)
+        self.load_after(None).map(|(corpus, _)| corpus)
+    }
+
+    /// The corpus as it is now, and the version of its files that was read. `previous` is the
+    /// version the served map was read from: a vectors file and its ids file are one version only
+    /// when both changed since, so a pair replaced one file at a time is refused until the second
+    /// file arrives, never read half old and half new (ids on the wrong rows).
+    pub fn load_after(&self, previous: Option<&CorpusVersion>) -> Result<(Corpus, CorpusVersion), MapError> {
+        let (vectors, ids, version) = match self {
+            CorpusSource::Demo => {
+                let bytes = DEMO_VECTORS;
+                (read_npy_matrix(bytes, Path::new("<demo>"), bytes.len() as u64)?, None, CorpusVersion(Vec::new()))
+            }
+            CorpusSource::FaissIndex(path) => {
+                let file = open(path)?;
+                let version = CorpusVersion(vec![file.signature]);
+                let (vectors, ids) = load_faiss_index(path, file)?;
+                (vectors, ids, version)
+            }
+            CorpusSource::Npy { vectors: vectors_path, ids: ids_path } => {
+                let vectors_file = open(vectors_path)?;
+                let ids_file = ids_path.as_ref().map(|path| Ok::<_, MapError>((path, open(path)?))).transpose()?;
+                let version = CorpusVersion(
+                    std::iter::once(vectors_file.signature)
+                        .chain(ids_file.iter().map(|(_, file)| file.signature))
+                        .collect(),
+                );
+                if let (Some(previous), Some((ids_path, _))) = (previous, &ids_file) {
+                    let changed: Vec<bool> = version.0.iter().zip(&previous.0).map(|(now, then)| now != then).collect();
+                    if let [vectors_changed, ids_changed] = changed[..]
+                        && vectors_changed != ids_changed
+                    {
+                        let (changed, unchanged) =
+                            if vectors_changed { (vectors_path, *ids_path) } else { (*ids_path, vectors_path) };
+                        return Err(MapError::HalfChangedPair {
+                            changed: changed.clone(),
+                            unchanged: unchanged.clone(),
+                        });
+                    }
+                }
+                let matrix =
+                    read_whole(vectors_path, vectors_file, |reader, path, len| read_npy_matrix(reader, path, len))?;
+                let ids = ids_file
+                    .map(|(path, file)| {
+                        read_whole(path, file, |reader, path, len| read_npy_ids(reader, path, len, matrix.nrows()))
+                    })
+                    .transpose()?;
+                (matrix, ids, version)
             }
         };
-        Corpus::new(vectors, ids)
+        Ok((Corpus::new(vectors, ids)?, version))
     }
 }
+
+/// Which version of each corpus file a corpus was read from (none for the demo).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorpusVersion(Vec<FileSignature>);
 
 /// Validated vectors with one unique id per row.
 #[derive(Debug, Clone)]
@@ -134,15 +181,26 @@ impl Corpus {
     }
 }
 
-fn open(path: &Path) -> Result<BufReader<File>, MapError> {
-    let unreadable = |reason: String| MapError::CorpusUnreadable { path: path.to_owned(), reason };
-    match File::open(path) {
-        // Opening a directory succeeds on Linux; reading it is what fails.
-        Ok(file) if file.metadata().is_ok_and(|m| m.is_dir()) => Err(unreadable("it is a directory".into())),
-        Ok(file) => Ok(BufReader::new(file)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(MapError::CorpusMissing { path: path.to_owned() }),
-        Err(e) => Err(unreadable(e.to_string())),
-    }
+/// Opens a corpus file: a regular file only, so a FIFO or a device fails here instead of blocking
+/// or flooding the map thread.
+fn open(path: &Path) -> Result<RegularFile, MapError> {
+    RegularFile::open(path).map_err(|error| match error {
+        OpenError::Missing => MapError::CorpusMissing { path: path.to_owned() },
+        other => MapError::CorpusUnreadable { path: path.to_owned(), reason: other.to_string() },
+    })
+}
+
+/// Reads `file` with `read` (given the file's length), then checks that it was not rewritten in
+/// place meanwhile.
+fn read_whole<T>(
+    path: &Path,
+    file: RegularFile,
+    read: impl FnOnce(BufReader<&File>, &Path, u64) -> Result<T, MapError>,
+) -> Result<T, MapError> {
+    let value = read(BufReader::new(&file.file), path, file.signature.len)?;
+    file.unchanged_since_opened()
+        .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })?;
+    Ok(value)
 }
 
 fn corrupt(path: &Path, format: &'static str, reason: impl ToString) -> MapError {
@@ -164,7 +222,8 @@ const NPY_HEADER_MAX: usize = 16 * 1024;
 /// nesting depth: a 200-byte file with 20 `[` took 8 s, 30 would take hours, and the map would sit
 /// in COMPUTING all that time (found by fuzzing). A plain array's header is one flat dict with
 /// one shape tuple, so anything nested deeper is refused here.
-fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) -> Result<impl Read, MapError> {
+/// Also returns the header's length in bytes, where the data begins.
+fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) -> Result<(impl Read, u64), MapError> {
     let no_header = |e: std::io::Error| corrupt(path, format, format!("no .npy header: {e}"));
     let mut prefix = vec![0u8; 10];
     reader.read_exact(&mut prefix).map_err(no_header)?;
@@ -198,14 +257,51 @@ fn checked_npy_header(mut reader: impl Read, path: &Path, format: &'static str) 
             "the .npy header is not a plain array's (structured or nested dtypes are not supported)",
         ));
     }
-    Ok(std::io::Cursor::new(prefix).chain(reader))
+    let header_bytes = prefix.len() as u64;
+    Ok((std::io::Cursor::new(prefix).chain(reader), header_bytes))
 }
 
-/// A 2-D float matrix, C or Fortran order, float32 (float64 is narrowed). `path` names the
-/// source in errors.
-pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, MapError> {
+/// Checks, before any data is read, that the file is as long as its header says: a header may
+/// declare billions of values in a short (or sparse) file, and reading them would allocate for
+/// all of them before finding out.
+fn check_data_length(
+    path: &Path,
+    format: &'static str,
+    npy: &NpyFile<impl Read>,
+    header_bytes: u64,
+    file_bytes: u64,
+) -> Result<(), MapError> {
+    let item_bytes = match type_str(npy).as_str() {
+        "<f8" | "<i8" | "<u8" => 8,
+        "<f4" | "<i4" | "<u4" => 4,
+        // Any other type is refused by name afterwards.
+        _ => return Ok(()),
+    };
+    let shape = npy.shape();
+    let data_bytes = shape.iter().try_fold(item_bytes, |bytes: u64, &n| bytes.checked_mul(n));
+    let expected = data_bytes.and_then(|data| data.checked_add(header_bytes));
+    if expected != Some(file_bytes) {
+        let declared = data_bytes.map_or_else(|| "more than 2^64".to_owned(), |bytes| bytes.to_string());
+        return Err(corrupt(
+            path,
+            format,
+            format!(
+                "its header declares shape {shape:?} of {item_bytes}-byte values, {declared} bytes of data, \
+                 but the file holds {} bytes after its {header_bytes}-byte header",
+                file_bytes.saturating_sub(header_bytes)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A 2-D float matrix, C or Fortran order, float32 (float64 is narrowed), from a file of `len`
+/// bytes. `path` names the source in errors.
+pub fn read_npy_matrix(reader: impl Read, path: &Path, len: u64) -> Result<Array2<f32>, MapError> {
     const FORMAT: &str = ".npy matrix";
-    let npy = NpyFile::new(checked_npy_header(reader, path, FORMAT)?).map_err(|e| corrupt(path, FORMAT, e))?;
+    let (reader, header_bytes) = checked_npy_header(reader, path, FORMAT)?;
+    let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
+    check_data_length(path, FORMAT, &npy, header_bytes, len)?;
     let &[rows, columns] = npy.shape() else {
         return Err(corrupt(path, FORMAT, format!("expected 2 dimensions, found shape {:?}", npy.shape())));
     };
@@ -227,10 +323,12 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path) -> Result<Array2<f32>, Ma
     matrix.map_err(|e| corrupt(path, FORMAT, e))
 }
 
-/// A 1-D integer vector with one id per corpus row.
-pub fn read_npy_ids(reader: impl Read, path: &Path, rows: usize) -> Result<Vec<i64>, MapError> {
+/// A 1-D integer vector with one id per corpus row, from a file of `len` bytes.
+pub fn read_npy_ids(reader: impl Read, path: &Path, len: u64, rows: usize) -> Result<Vec<i64>, MapError> {
     const FORMAT: &str = ".npy id vector";
-    let npy = NpyFile::new(checked_npy_header(reader, path, FORMAT)?).map_err(|e| corrupt(path, FORMAT, e))?;
+    let (reader, header_bytes) = checked_npy_header(reader, path, FORMAT)?;
+    let npy = NpyFile::new(reader).map_err(|e| corrupt(path, FORMAT, e))?;
+    check_data_length(path, FORMAT, &npy, header_bytes, len)?;
     if npy.shape().len() != 1 {
         return Err(corrupt(path, FORMAT, format!("expected 1 dimension, found shape {:?}", npy.shape())));
     }
@@ -256,20 +354,22 @@ fn widen<T: Into<i64>>(values: std::io::Result<Vec<T>>, path: &Path) -> Result<V
     Ok(values.map_err(|e| corrupt(path, ".npy id vector", e))?.into_iter().map(Into::into).collect())
 }
 
-/// A FAISS index file: flat (IP or L2), optionally inside an ID map.
-fn load_faiss_index(path: &Path) -> Result<(Array2<f32>, Option<Vec<i64>>), MapError> {
+/// A FAISS index file, opened as `file`: flat (IP or L2), optionally inside an ID map.
+fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Option<Vec<i64>>), MapError> {
     const FORMAT: &str = "FAISS index";
-    let mut file = open(path)?;
-    let unreadable = |e: std::io::Error| MapError::CorpusUnreadable { path: path.to_owned(), reason: e.to_string() };
-    let len = file.get_ref().metadata().map_err(unreadable)?.len();
-    match faiss_layout::check(&mut file, len).map_err(|reason| corrupt(path, FORMAT, reason))? {
+    let mut reader = BufReader::new(&file.file);
+    match faiss_layout::check(&mut reader, file.signature.len).map_err(|reason| corrupt(path, FORMAT, reason))? {
         Layout::Loadable => {}
         Layout::Unsupported(fourcc) => {
             return Err(MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) });
         }
     }
-    drop(file);
-    let index = faiss::read_index(path.to_string_lossy().as_ref()).map_err(|e| corrupt(path, FORMAT, e))?;
+    drop(reader);
+    // FAISS opens the file by name itself: given the one checked above, not whatever the path
+    // names by now.
+    let index = faiss::read_index(file.proc_path()).map_err(|e| corrupt(path, FORMAT, e))?;
+    file.unchanged_since_opened()
+        .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })?;
     let contents = faiss_ext::read_flat_contents(&index)
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
@@ -346,10 +446,62 @@ mod tests {
         let c_order: Vec<f32> = rows.iter().flatten().copied().collect();
         let fortran_order = [1.0, 4.0, 2.0, 5.0, 3.0, 6.0];
         for (fortran, values) in [(false, &c_order[..]), (true, &fortran_order[..])] {
-            let matrix = read_npy_matrix(&npy(fortran, (2, 3), values)[..], Path::new("m.npy")).unwrap();
+            let file = npy(fortran, (2, 3), values);
+            let matrix = read_npy_matrix(&file[..], Path::new("m.npy"), file.len() as u64).unwrap();
             assert!(matrix.is_standard_layout(), "fortran order {fortran}");
             assert_eq!(matrix.as_slice().unwrap(), c_order, "fortran order {fortran}");
         }
+    }
+
+    #[test]
+    fn a_header_that_promises_more_than_the_file_holds_is_refused_before_reading() {
+        let mut file = npy(false, (2_000_000, 384), &[]);
+        let header = file.len() as u64;
+        let message = read_npy_matrix(&file[..], Path::new("big.npy"), header + 1_500_000_000).unwrap_err().to_string();
+        assert!(message.contains("3072000000 bytes of data") && message.contains("1500000000 bytes"), "{message}");
+        file.extend([0u8; 4]);
+        let short = read_npy_matrix(&file[..], Path::new("m.npy"), file.len() as u64 + 4).unwrap_err().to_string();
+        assert!(short.contains("declares shape [2000000, 384]"), "{short}");
+    }
+
+    #[test]
+    fn a_pair_is_read_only_once_both_files_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (vectors, ids) = (dir.path().join("v.npy"), dir.path().join("ids.npy"));
+        // Each version written beside and renamed over, as tools replace files.
+        let replace = |path: &Path, bytes: Vec<u8>| {
+            std::fs::write(path.with_extension("new"), bytes).unwrap();
+            std::fs::rename(path.with_extension("new"), path).unwrap();
+        };
+        let write_ids = |values: &[i64]| {
+            use npyz::WriterBuilder;
+            let mut bytes = Vec::new();
+            let mut writer = npyz::WriteOptions::<i64>::new()
+                .default_dtype()
+                .shape(&[values.len() as u64])
+                .writer(&mut bytes)
+                .begin_nd()
+                .unwrap();
+            writer.extend(values.iter().copied()).unwrap();
+            writer.finish().unwrap();
+            replace(&ids, bytes);
+        };
+        replace(&vectors, npy(false, (2, 3), &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]));
+        write_ids(&[10, 20]);
+        let source = CorpusSource::Npy { vectors: vectors.clone(), ids: Some(ids.clone()) };
+        let (first, version) = source.load_after(None).unwrap();
+        assert_eq!(first.ids, [10, 20]);
+
+        // The rows swapped, the ids not yet: refused, naming both files.
+        replace(&vectors, npy(false, (2, 3), &[4.0, 5.0, 6.0, 1.0, 2.0, 3.0]));
+        let refused = source.load_after(Some(&version)).unwrap_err();
+        assert!(
+            matches!(&refused, MapError::HalfChangedPair { changed, unchanged } if *changed == vectors && *unchanged == ids)
+        );
+        // Then the ids: read together.
+        write_ids(&[20, 10]);
+        let (second, _) = source.load_after(Some(&version)).unwrap();
+        assert_eq!((second.ids, second.vectors.row(0).to_vec()), (vec![20, 10], vec![4.0, 5.0, 6.0]));
     }
 
     #[test]

@@ -2,42 +2,28 @@
 //! then renamed over them, as tools do) or rewritten in place.
 //!
 //! The files' directories are watched with inotify (through `notify`), which only wakes the loop;
-//! what decides is each file's signature (size, modification time, inode), looked at on every
+//! what decides is each file's signature (length, modification time, inode), looked at on every
 //! wake and, as a fallback that needs no inotify, on a timer. A change is acted on once the
 //! signature has held still for `settle`, so a file still being written is not read half done
 //! (and if it is, the refresh fails, the map stays, and the next change is read again).
 
 use std::{
-    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::job::RefreshRequests;
+use crate::{files::FileSignature, job::RefreshRequests};
 
 /// How long a changed corpus must stay unchanged before it is read.
 pub const SETTLE: Duration = Duration::from_millis(500);
 /// How often the files are looked at without an inotify wake (always: it is the fallback too).
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// What identifies one version of a file without reading it.
-#[derive(Debug, Clone, PartialEq)]
-struct Signature(Option<(u64, SystemTime, u64)>);
-
-fn signatures(files: &[PathBuf]) -> Vec<Signature> {
-    files
-        .iter()
-        .map(|file| {
-            Signature(
-                std::fs::metadata(file)
-                    .ok()
-                    .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.ino())),
-            )
-        })
-        .collect()
+fn signatures(files: &[PathBuf]) -> Vec<Option<FileSignature>> {
+    files.iter().map(|file| FileSignature::at(file)).collect()
 }
 
 /// Watches `files` until the task is dropped, asking `refreshes` for a refresh after each change.

@@ -34,8 +34,21 @@ pub enum MapError {
     #[error("ids file {path} has {ids} ids for {rows} corpus rows: give one id per row")]
     IdCountMismatch { path: PathBuf, ids: usize, rows: usize },
 
+    #[error(
+        "{changed} changed but {unchanged} did not: a vectors file and its ids file are read only \
+         once both have changed, so that no id lands on another item's vector (replace both; to \
+         keep the ids, rename a copy of them over the ids file)"
+    )]
+    HalfChangedPair { changed: PathBuf, unchanged: PathBuf },
+
     #[error("item id {id} appears twice (rows {first} and {second}): ids must be unique")]
     DuplicateId { id: i64, first: usize, second: usize },
+
+    #[error(
+        "the served map is generation {generation}, the last one a map may carry: clear the map \
+         store (--map-store) and restart to begin again at 1"
+    )]
+    GenerationsExhausted { generation: u64 },
 
     #[error("invalid map parameter: {0}")]
     InvalidParameter(String),

@@ -15,9 +15,9 @@ use std::{
 use embeddingmap_proto::v1::{self as pb, refresh_embedding_map_response::Start};
 
 use crate::{
-    corpus::{Corpus, CorpusSource},
+    corpus::{Corpus, CorpusSource, CorpusVersion},
     error::MapError,
-    map_store::MapStore,
+    map_store::{MAX_GENERATION, MapStore},
     neighbors::NeighborIndex,
     pipeline::{self, MapOutput, MapSettings, WarmStart},
     status::{ReadyMap, StatusBoard, StatusPublisher},
@@ -54,11 +54,17 @@ pub fn spawn_map_job(
     let (sender, requests) = mpsc::sync_channel(1);
     let _: JoinHandle<()> = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
         // A map served before the first computation came from the store: the first computation
-        // only checks the corpus against it, unasked, so an unchanged corpus is not reported.
-        let mut requested = publisher.current().is_none();
+        // checks the corpus against it, unasked, so an unchanged corpus is not reported.
+        let mut first = if publisher.current().is_some() { Trigger::StoredMapCheck } else { Trigger::Requested };
+        // The version of the corpus files the served map was read from.
+        let mut served: Option<CorpusVersion> = None;
         loop {
-            compute_and_publish(&source, &settings, &publisher, store.as_ref(), requested);
-            requested = true;
+            if let Some(version) =
+                compute_and_publish(&source, &settings, &publisher, store.as_ref(), first, served.as_ref())
+            {
+                served = Some(version);
+            }
+            first = Trigger::Requested;
             // Every sender gone means the server is gone.
             if requests.recv().is_err() {
                 return;
@@ -70,20 +76,48 @@ pub fn spawn_map_job(
     Ok(RefreshRequests { sender, board })
 }
 
-/// One computation: the first map, or a refresh from the map served now.
+/// Why a computation runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Trigger {
+    /// The first map, or a refresh someone asked for (or the corpus watch saw a change).
+    Requested,
+    /// The check, at boot, of a map served from the store before its corpus was read.
+    StoredMapCheck,
+}
+
+/// What a computation that succeeded found.
+enum Outcome {
+    /// A new map of the corpus as it is now.
+    New(pb::EmbeddingMap),
+    /// The corpus has the served map's fingerprint: the map stays.
+    Unchanged,
+}
+
+struct Computed {
+    outcome: Outcome,
+    /// The corpus's neighbour index, for the map served after this computation.
+    neighbors: Arc<NeighborIndex>,
+    /// The version of the corpus files read.
+    version: CorpusVersion,
+}
+
+/// One computation: the first map, or a refresh from the map served now. Returns the version of
+/// the corpus files read when it succeeded.
 fn compute_and_publish(
     source: &CorpusSource,
     settings: &MapSettings,
     publisher: &StatusPublisher,
     store: Option<&MapStore>,
-    requested: bool,
-) {
+    trigger: Trigger,
+    served: Option<&CorpusVersion>,
+) -> Option<CorpusVersion> {
     let started = Instant::now();
     let parent = publisher.current();
-    let outcome = catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), started)))
-        .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
+    let outcome =
+        catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), served, started)))
+            .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
     match outcome {
-        Ok((Some(map), neighbors)) => {
+        Ok(Computed { outcome: Outcome::New(map), neighbors, version }) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
             // Stored before it is served, so a replica that sees it served can also find it.
@@ -93,37 +127,58 @@ fn compute_and_publish(
                 tracing::warn!(store = %store.dir().display(), "cannot store the map ({error}); serving it anyway");
             }
             publisher.ready(map, Some(neighbors));
+            Some(version)
         }
-        Ok((None, neighbors)) => {
+        Ok(Computed { outcome: Outcome::Unchanged, neighbors, version }) => {
             tracing::info!("the corpus is unchanged (same fingerprint); the map stays");
-            publisher.unchanged(requested, neighbors);
+            publisher.unchanged(trigger == Trigger::Requested, neighbors);
+            Some(version)
+        }
+        Err(error) if trigger == Trigger::StoredMapCheck => {
+            // Nothing says the stored map is this corpus's map until the corpus is read.
+            tracing::error!(corpus = %source.describe(), "embedding map failed: {error}; the stored map is withdrawn");
+            publisher.stored_map_unconfirmed(error.to_string());
+            None
         }
         Err(error) => {
             tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
             publisher.failed(error.to_string());
+            None
         }
     }
 }
 
-/// The map of the corpus as it is now (None if it has the `parent` map's fingerprint), and the
-/// corpus's neighbour index.
+/// The map of the corpus as it is now (unchanged if it has the `parent` map's fingerprint), with
+/// the corpus's neighbour index and the version of its files read. `served` is the version the
+/// served map was read from.
 fn compute(
     source: &CorpusSource,
     settings: &MapSettings,
     publisher: &StatusPublisher,
     parent: Option<&ReadyMap>,
+    served: Option<&CorpusVersion>,
     started: Instant,
-) -> Result<(Option<pb::EmbeddingMap>, Arc<NeighborIndex>), MapError> {
+) -> Result<Computed, MapError> {
     tracing::info!(corpus = %source.describe(), "loading corpus");
-    let corpus = source.load()?;
+    let (corpus, version) = source.load_after(served)?;
     let (count, dimensions) = (corpus.len(), corpus.dimensions());
     publisher.point_count(count as u64);
     // Fingerprinted now: the pipeline consumes the vectors.
     let corpus_fingerprint = corpus.fingerprint();
     if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
         // The served map's own corpus: its index takes the vectors as they are.
-        return Ok((None, Arc::new(NeighborIndex::new(corpus.ids, corpus.vectors))));
+        let neighbors = Arc::new(NeighborIndex::new(corpus.ids, corpus.vectors));
+        return Ok(Computed { outcome: Outcome::Unchanged, neighbors, version });
     }
+    let generation = match parent {
+        None => 1,
+        Some(parent) => parent
+            .summary
+            .generation
+            .checked_add(1)
+            .filter(|&next| next <= MAX_GENERATION)
+            .ok_or_else(|| MapError::GenerationsExhausted { generation: parent.summary.generation })?,
+    };
     // The neighbours are searched in the corpus's own space, so a copy is kept before the pipeline
     // consumes the vectors (92 MB at 60k x 384).
     let neighbors = Arc::new(NeighborIndex::new(corpus.ids.clone(), corpus.vectors.clone()));
@@ -144,22 +199,20 @@ fn compute(
     let points: Vec<pb::Point> = ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect();
     // Found once per map version, on the map itself.
     let cluster_levels = crate::clusters::find(&points);
-    Ok((
-        Some(pb::EmbeddingMap {
-            points,
-            cluster_levels,
-            count: count as u64,
-            parameters: Some((&parameters).into()),
-            corpus_fingerprint,
-            computed_at: Some(prost_types::Timestamp::from(SystemTime::now())),
-            compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
-            input_dimensions: dimensions as u32,
-            generation: parent.map_or(1, |parent| parent.summary.generation + 1),
-            layout: parameters.layout.name().to_owned(),
-            parent_fingerprint: parent.map(|parent| parent.summary.corpus_fingerprint.clone()).unwrap_or_default(),
-        }),
-        neighbors,
-    ))
+    let map = pb::EmbeddingMap {
+        points,
+        cluster_levels,
+        count: count as u64,
+        parameters: Some((&parameters).into()),
+        corpus_fingerprint,
+        computed_at: Some(prost_types::Timestamp::from(SystemTime::now())),
+        compute_duration: prost_types::Duration::try_from(started.elapsed()).ok(),
+        input_dimensions: dimensions as u32,
+        generation,
+        layout: parameters.layout.name().to_owned(),
+        parent_fingerprint: parent.map(|parent| parent.summary.corpus_fingerprint.clone()).unwrap_or_default(),
+    };
+    Ok(Computed { outcome: Outcome::New(map), neighbors, version })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -8,6 +8,7 @@ pub mod corpus_watch;
 pub mod error;
 mod faiss_ext;
 mod faiss_layout;
+pub mod files;
 pub mod health;
 pub mod job;
 pub mod map_store;
@@ -26,10 +27,11 @@ pub mod fuzzing {
 
     /// `data` as a `.npy` corpus matrix, then as an id vector; whatever parses is validated.
     pub fn npy_corpus(data: &[u8]) {
-        if let Ok(matrix) = read_npy_matrix(data, Path::new("<fuzz>")) {
+        let len = data.len() as u64;
+        if let Ok(matrix) = read_npy_matrix(data, Path::new("<fuzz>"), len) {
             let rows = matrix.nrows();
             let _ = Corpus::new(matrix, None);
-            let _ = read_npy_ids(data, Path::new("<fuzz>"), rows);
+            let _ = read_npy_ids(data, Path::new("<fuzz>"), len, rows);
         }
     }
 

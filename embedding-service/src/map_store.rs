@@ -4,7 +4,9 @@
 //!
 //! One directory per (corpus source, map parameters), named by a hash of both, holding the
 //! latest map (`map.pb`: the `EmbeddingMap` with its points, fingerprint, generation and parent)
-//! and what the key was made of (`key.txt`, for people). Writes are atomic: a temporary file in
+//! and what the key was made of (`key.txt`), which must match for the map to be served. A stored
+//! map is read only from a regular file no larger than the largest map the service sends, and
+//! only served until the corpus is loaded and checked against it (`job`). Writes are atomic: a temporary file in
 //! the same directory, synced, then renamed over the old one; a map is not stored over a later
 //! generation. Since a refreshed map's points are a pure function of its parent's points, its
 //! corpus and the parameters, replicas that refresh from the same stored map to the same corpus
@@ -19,66 +21,115 @@ use embeddingmap_proto::v1 as pb;
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::{corpus::CorpusSource, pipeline::MapSettings};
+use crate::{
+    corpus::CorpusSource,
+    files::{OpenError, RegularFile},
+    pipeline::MapSettings,
+};
 
 const MAP_FILE: &str = "map.pb";
 const KEY_FILE: &str = "key.txt";
+/// Longest key file read back; a key is a few hundred bytes.
+const KEY_BYTES_MAX: u64 = 64 * 1024;
+
+/// The highest generation a map may carry: the admin page reads it as a JavaScript number, exact
+/// up to 2^53 - 1. A stored map past it is refused, so a planted one cannot make the next
+/// generation wrap.
+pub const MAX_GENERATION: u64 = (1 << 53) - 1;
 
 #[derive(Debug, Clone)]
 pub struct MapStore {
     /// This corpus source's and parameters' directory.
     dir: PathBuf,
     key: String,
+    /// Largest map file read back: the largest map the service would send.
+    max_bytes: u64,
 }
 
 impl MapStore {
-    /// The store under `root` for maps of `source` made with `settings`.
-    pub fn new(root: &Path, source: &CorpusSource, settings: &MapSettings) -> Self {
+    /// The store under `root` for maps of `source` made with `settings`, reading back map files
+    /// of at most `max_bytes`.
+    pub fn new(root: &Path, source: &CorpusSource, settings: &MapSettings, max_bytes: u64) -> Self {
         let files: Vec<String> = source.files().iter().map(|file| file.display().to_string()).collect();
         let key = format!("corpus: {} {files:?}\nparameters: {}\n", source.describe(), settings.identity());
         let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
-        MapStore { dir: root.join(&digest[..16]), key }
+        MapStore { dir: root.join(&digest[..16]), key, max_bytes }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// The latest stored map, if there is one that reads; a file that does not (cut short,
-    /// corrupt, from an incompatible version) is logged and skipped: the map is computed anew.
+    /// The latest stored map, if there is one that passes every check; one that does not (cut
+    /// short, corrupt, too large, not a regular file, another key's, an impossible generation) is
+    /// logged and skipped: the map is computed anew.
     pub fn load(&self) -> Option<pb::EmbeddingMap> {
-        let path = self.dir.join(MAP_FILE);
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(error) => {
-                tracing::warn!(path = %path.display(), "cannot read the stored map ({error}); computing anew");
-                return None;
-            }
-        };
-        match pb::EmbeddingMap::decode(bytes.as_slice()) {
-            Ok(map) if map.generation > 0 && map.points.len() as u64 == map.count => Some(map),
-            Ok(_) => {
-                tracing::warn!(path = %path.display(), "the stored map is incomplete; computing anew");
-                None
-            }
-            Err(error) => {
-                tracing::warn!(path = %path.display(), "the stored map does not decode ({error}); computing anew");
+        match self.read() {
+            Ok(map) => map,
+            Err(reason) => {
+                tracing::warn!(store = %self.dir.display(), "the stored map is not used: {reason}; computing anew");
                 None
             }
         }
     }
 
+    /// The stored map; None if there is none, an error saying why one is not to be used.
+    fn read(&self) -> Result<Option<pb::EmbeddingMap>, String> {
+        let map_path = self.dir.join(MAP_FILE);
+        let bytes = match RegularFile::open(&map_path) {
+            Err(OpenError::Missing) => return Ok(None),
+            Ok(file) => file.read_at_most(self.max_bytes),
+            Err(error) => Err(std::io::Error::other(error)),
+        };
+        let bytes = bytes.map_err(|error| format!("{} cannot be read: {error}", map_path.display()))?;
+        let key = RegularFile::open(&self.dir.join(KEY_FILE))
+            .map_err(std::io::Error::other)
+            .and_then(|file| file.read_at_most(KEY_BYTES_MAX))
+            .map_err(|error| format!("its key file cannot be read ({error})"))?;
+        if key != self.key.as_bytes() {
+            return Err("its key file names another corpus or other parameters".to_owned());
+        }
+        let map =
+            pb::EmbeddingMap::decode(bytes.as_slice()).map_err(|error| format!("it does not decode ({error})"))?;
+        check(&map)?;
+        Ok(Some(map))
+    }
+
     /// Stores `map` as the latest, atomically, unless the store already holds a later generation
-    /// (another replica's, sharing the store).
+    /// of the same corpus or of its successor (another replica's, sharing the store). A stored map
+    /// that fails the checks, or whose lineage is not this map's, never blocks it.
     pub fn save(&self, map: &pb::EmbeddingMap) -> std::io::Result<()> {
-        if self.load().is_some_and(|stored| stored.generation > map.generation) {
+        let newer = |stored: &pb::EmbeddingMap| {
+            stored.generation > map.generation
+                && (stored.corpus_fingerprint == map.corpus_fingerprint
+                    || stored.parent_fingerprint == map.corpus_fingerprint)
+        };
+        if self.read().ok().flatten().is_some_and(|stored| newer(&stored)) {
             return Ok(());
         }
         std::fs::create_dir_all(&self.dir)?;
         write_atomically(&self.dir.join(KEY_FILE), self.key.as_bytes())?;
         write_atomically(&self.dir.join(MAP_FILE), &map.encode_to_vec())
     }
+}
+
+/// What a stored map must be to be served: a generation with a successor, one point per count,
+/// distinct ids, a fingerprint to check the corpus against.
+fn check(map: &pb::EmbeddingMap) -> Result<(), String> {
+    if !(1..=MAX_GENERATION).contains(&map.generation) {
+        return Err(format!("its generation {} is outside 1..={MAX_GENERATION}", map.generation));
+    }
+    if map.count == 0 || map.points.len() as u64 != map.count {
+        return Err(format!("it has {} points for a count of {}", map.points.len(), map.count));
+    }
+    if map.corpus_fingerprint.is_empty() {
+        return Err("it has no corpus fingerprint".to_owned());
+    }
+    let mut ids = std::collections::HashSet::with_capacity(map.points.len());
+    if let Some(point) = map.points.iter().find(|point| !ids.insert(point.id)) {
+        return Err(format!("id {} appears twice", point.id));
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it, renames it over `path` and syncs
@@ -106,20 +157,73 @@ mod tests {
         }
     }
 
+    fn store_in(root: &Path, source: &CorpusSource) -> MapStore {
+        let settings = <MapSettingsFlags as clap::Parser>::parse_from(["test"]).map;
+        MapStore::new(root, source, &settings, 1 << 20)
+    }
+
     #[test]
     fn the_latest_map_is_read_back_and_a_damaged_file_is_skipped() {
         let root = tempfile::tempdir().unwrap();
-        let settings = <MapSettingsFlags as clap::Parser>::parse_from(["test"]).map;
-        let store = MapStore::new(root.path(), &CorpusSource::Demo, &settings);
+        let store = store_in(root.path(), &CorpusSource::Demo);
         assert!(store.load().is_none());
         store.save(&map(1)).unwrap();
         store.save(&map(2)).unwrap();
         assert_eq!(store.load(), Some(map(2)));
         store.save(&map(1)).unwrap();
         assert_eq!(store.load(), Some(map(2)), "not stored over a later generation");
-        let other = MapStore::new(root.path(), &CorpusSource::FaissIndex("other.index".into()), &settings);
+        let other = store_in(root.path(), &CorpusSource::FaissIndex("other.index".into()));
         assert!(other.load().is_none(), "another corpus source has its own maps");
         std::fs::write(store.dir().join(MAP_FILE), b"\xff\xff cut short").unwrap();
+        assert!(store.load().is_none());
+    }
+
+    #[test]
+    fn a_planted_map_is_refused_and_never_blocks_saving() {
+        let root = tempfile::tempdir().unwrap();
+        let store = store_in(root.path(), &CorpusSource::Demo);
+        store.save(&map(1)).unwrap();
+        let map_file = store.dir().join(MAP_FILE);
+
+        // Another key: refused.
+        std::fs::write(store.dir().join(KEY_FILE), "corpus: elsewhere\n").unwrap();
+        assert!(store.load().is_none());
+        store.save(&map(1)).unwrap();
+        assert_eq!(store.load(), Some(map(1)), "saving writes the key again");
+
+        // A generation with no successor, a count that lies, a repeated id: refused, and saving
+        // goes on over them.
+        let planted = |map: pb::EmbeddingMap| std::fs::write(&map_file, map.encode_to_vec()).unwrap();
+        planted(map(u64::MAX));
+        assert!(store.load().is_none());
+        store.save(&map(2)).unwrap();
+        assert_eq!(store.load(), Some(map(2)));
+        planted(pb::EmbeddingMap { count: 5, ..map(3) });
+        assert!(store.load().is_none());
+        let repeated =
+            pb::EmbeddingMap { points: vec![pb::Point { id: 7, ..Default::default() }; 2], count: 2, ..map(3) };
+        planted(repeated);
+        assert!(store.load().is_none());
+
+        // A later generation of another lineage: read, but it does not block this corpus's map.
+        planted(pb::EmbeddingMap { corpus_fingerprint: "foreign".into(), ..map(1000) });
+        assert_eq!(store.load().unwrap().generation, 1000);
+        store.save(&map(3)).unwrap();
+        assert_eq!(store.load(), Some(map(3)));
+        // Its successor's does (a replica that got further).
+        let successor =
+            pb::EmbeddingMap { corpus_fingerprint: "next".into(), parent_fingerprint: "abc".into(), ..map(9) };
+        planted(successor.clone());
+        store.save(&map(4)).unwrap();
+        assert_eq!(store.load(), Some(successor));
+
+        // A device or an oversized file: refused unread.
+        std::fs::remove_file(&map_file).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", &map_file).unwrap();
+        assert!(store.load().is_none());
+        store.save(&map(5)).unwrap();
+        assert_eq!(store.load(), Some(map(5)), "the link is replaced by the map");
+        std::fs::File::create(&map_file).unwrap().set_len(2 << 20).unwrap();
         assert!(store.load().is_none());
     }
 

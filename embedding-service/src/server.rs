@@ -18,7 +18,9 @@ use tower::ServiceBuilder;
 use crate::{
     config::Config,
     corpus::CorpusSource,
-    corpus_watch, health, job,
+    corpus_watch,
+    files::RegularFile,
+    health, job,
     map_store::MapStore,
     service::{MapService, NeighborSearch},
     status,
@@ -34,11 +36,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
     let corpus_files = source.files();
     let (publisher, board) = status::status_channel(settings.iterations);
-    let store =
-        (!config.map_store.as_os_str().is_empty()).then(|| MapStore::new(&config.map_store, &source, &settings));
-    // The last map stored for this corpus and these parameters is served from the first RPC on;
+    // A stored map larger than the largest answer could not be sent anyway; reading one is bounded by it.
+    let store = (!config.map_store.as_os_str().is_empty())
+        .then(|| MapStore::new(&config.map_store, &source, &settings, config.max_message_bytes as u64));
+    // The last map stored for this corpus and these parameters is served from the first RPC on,
+    // if the corpus files are there to check it against (opened, not read: that is the job's);
     // the job then checks the corpus against it and refreshes from it if it changed.
-    if let Some((store, stored)) = store.as_ref().and_then(|store| Some((store, store.load()?))) {
+    let corpus_there = corpus_files.iter().all(|file| RegularFile::open(file).is_ok());
+    if let Some((store, stored)) =
+        store.as_ref().filter(|_| corpus_there).and_then(|store| Some((store, store.load()?)))
+    {
         let dir = store.dir().display();
         tracing::info!(generation = stored.generation, points = stored.count, store = %dir, "serving the stored map");
         publisher.ready(stored, None);

@@ -2,7 +2,8 @@
 //!
 //! A `watch` channel holds the latest status: RPCs answer from it without waiting, watchers wake
 //! on each change, and intermediate progress is coalesced for free. Once a map is ready, a map is
-//! always served: a refresh computes beside it, and only a new map replaces it.
+//! always served: a refresh computes beside it, and only a new map replaces it. The one exception
+//! is a map restored from the store whose corpus then cannot be read to confirm it.
 
 use std::{
     sync::{Arc, Mutex},
@@ -281,6 +282,21 @@ impl StatusPublisher {
             } else {
                 status.failure = Some(failure);
             }
+        });
+    }
+
+    /// The map served since boot came from the store, and the corpus it was to be checked against
+    /// could not be read: nothing says it is this corpus's map (a file planted in a shared store
+    /// would look the same), so it is withdrawn, and the map is FAILED with the reason.
+    pub fn stored_map_unconfirmed(&self, message: String) {
+        self.sender.send_modify(|status| {
+            let phase = status.computing.take().map_or(Phase::Unspecified, |computing| computing.phase);
+            let message = format!(
+                "{message} (the stored map served since start is withdrawn: it cannot be checked against the corpus)"
+            );
+            status.ready = None;
+            status.neighbors = None;
+            status.failure = Some(pb::Failure { message, phase: phase.into() });
         });
     }
 
