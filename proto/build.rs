@@ -1,5 +1,6 @@
 //! Compiles the protocol with protox (pure Rust, no system `protoc`) and writes the descriptor set
-//! that the services register for gRPC reflection.
+//! that the services register for gRPC reflection. Every generated client and server uses the codec
+//! in `src/codec.rs`.
 use std::{env, path::PathBuf};
 
 const PROTOS: &[&str] = &["proto/embeddingmap/v1/embedding_map.proto", "proto/embeddingmap/api/v1/api.proto"];
@@ -12,6 +13,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(PROTOS, ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("embeddingmap_descriptor.bin"), prost::Message::encode_to_vec(&descriptors))?;
-    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(descriptors)?;
+    // Our codec (src/codec.rs): prost's, with a message that does not decode as INVALID_ARGUMENT.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::Codec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -557,7 +557,7 @@ async fn hostile_input(card: &mut Scorecard) {
         row.bad_input(clear, format!("{what}: got {answer:?}, expected grpc-status {}", expected as u16));
     };
     let garbage_proto = grpc_web("/embeddingmap.api.v1.ItemService/GetItem", grpc_web_frame(&[0xff; 6])).await;
-    tried_grpc(garbage_proto, Code::Internal, "garbage protobuf");
+    tried_grpc(garbage_proto, Code::InvalidArgument, "garbage protobuf");
     let unknown = grpc_web("/embeddingmap.api.v1.ItemService/DropTables", grpc_web_frame(&[])).await;
     tried_grpc(unknown, Code::Unimplemented, "unknown method");
     let big =

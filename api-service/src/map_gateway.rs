@@ -5,9 +5,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use embeddingmap_proto::v1::{
-    self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient,
-    neighbor_service_client::NeighborServiceClient,
+use embeddingmap_proto::{
+    codec::is_decode_error,
+    v1::{
+        self as pb, MapState, embedding_map_service_client::EmbeddingMapServiceClient,
+        neighbor_service_client::NeighborServiceClient,
+    },
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -102,7 +105,8 @@ impl MapGateway {
         match client.find_neighbors(self.request(query)).await {
             Ok(answer) => Ok(answer.into_inner()),
             Err(status) if status.code() == tonic::Code::NotFound => Err(ApiError::not_found(status.message())),
-            Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            // A message that did not decode, on either side, is no fault of the query.
+            Err(status) if status.code() == tonic::Code::InvalidArgument && !is_decode_error(&status) => {
                 Err(ApiError::invalid("vector", status.message()))
             }
             Err(status) => Err(unavailable(status)),

@@ -11,6 +11,8 @@ pub mod embeddingmap {
     }
 }
 
+pub mod codec;
+
 pub use embeddingmap::{api::v1 as api, v1};
 
 /// Encoded `FileDescriptorSet` of every proto in this crate, for gRPC reflection.
