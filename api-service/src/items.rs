@@ -65,13 +65,39 @@ impl From<Item> for pb::Item {
     }
 }
 
-fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), ApiError> {
+/// What text a field holds: one line (names, categories, attribute keys), or lines (attribute
+/// values, which may also hold tabs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Text {
+    Line,
+    Lines,
+}
+
+/// The bidirectional-text controls: marks, embeddings, overrides and isolates. They reorder what
+/// is shown around them (U+202E shows `gpj.exe` as `exe.jpg`).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The one rule for item text: from `min` to `max` characters, and no control character (C0 with
+/// NUL, DEL, C1) nor bidi control, except tab, line feed and carriage return in `Text::Lines`.
+/// Item text reaches terminals (logs) and spreadsheets (CSV exports), where an ANSI escape or a
+/// bidi override makes what is shown differ from what is stored; so it is refused where it
+/// enters, rather than escaped at every place it leaves.
+fn check_text(field: &str, value: &str, min: usize, max: usize, text: Text) -> Result<(), ApiError> {
     let chars = value.chars().count();
     if chars < min || chars > max {
         return Err(ApiError::invalid(field, format!("must be {min} to {max} characters, got {chars}")));
     }
-    if value.contains('\0') {
-        return Err(ApiError::invalid(field, "must not contain NUL characters"));
+    let line_break = |c: char| text == Text::Lines && matches!(c, '\t' | '\n' | '\r');
+    let refused = |c: char| (c.is_control() && !line_break(c)) || is_bidi_control(c);
+    if let Some((at, c)) = value.chars().enumerate().find(|&(_, c)| refused(c)) {
+        let what = if c.is_control() { "a control character" } else { "a bidirectional-text control" };
+        let lines = if text == Text::Lines { " (tab and line breaks are allowed)" } else { "" };
+        return Err(ApiError::invalid(
+            field,
+            format!("must not contain {what}: U+{:04X} at character {at}{lines}", c as u32),
+        ));
     }
     Ok(())
 }
@@ -79,17 +105,17 @@ fn check_text(field: &str, value: &str, min: usize, max: usize) -> Result<(), Ap
 impl NewItem {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&self) -> Result<(), ApiError> {
-        check_text("name", &self.name, 1, MAX_NAME_CHARS)?;
+        check_text("name", &self.name, 1, MAX_NAME_CHARS, Text::Line)?;
         if self.name.trim().is_empty() {
             return Err(ApiError::invalid("name", "must not be blank"));
         }
-        check_text("category", &self.category, 0, MAX_CATEGORY_CHARS)?;
+        check_text("category", &self.category, 0, MAX_CATEGORY_CHARS, Text::Line)?;
         if self.attributes.len() > MAX_ATTRIBUTES {
             return Err(ApiError::invalid("attributes", format!("at most {MAX_ATTRIBUTES} entries")));
         }
         for (key, value) in &self.attributes {
-            check_text("attributes key", key, 1, MAX_ATTRIBUTE_KEY_CHARS)?;
-            check_text(&format!("attributes[{key}]"), value, 0, MAX_ATTRIBUTE_VALUE_CHARS)?;
+            check_text("attributes key", key, 1, MAX_ATTRIBUTE_KEY_CHARS, Text::Line)?;
+            check_text(&format!("attributes[{key}]"), value, 0, MAX_ATTRIBUTE_VALUE_CHARS, Text::Lines)?;
         }
         Ok(())
     }
@@ -97,6 +123,29 @@ impl NewItem {
     fn attributes_json(&self) -> String {
         serde_json::to_string(&self.attributes).unwrap_or_else(|_| "{}".to_owned())
     }
+}
+
+/// Checks an import as a whole, before anything of it is written: its size, each item
+/// (the error names `items[i].field`), and that no id comes twice, since which copy would be
+/// kept is not for the order of a list to decide.
+pub fn validate_import(items: &[NewItem]) -> Result<(), ApiError> {
+    if items.len() > MAX_IMPORT_ITEMS {
+        return Err(ApiError::invalid("items", format!("at most {MAX_IMPORT_ITEMS} per import")));
+    }
+    let mut first_of: HashMap<i64, usize> = HashMap::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        item.validate().map_err(|error| match error {
+            ApiError::InvalidArgument { field, reason } => ApiError::invalid(format!("items[{index}].{field}"), reason),
+            other => other,
+        })?;
+        if let Some(first) = first_of.insert(item.id, index) {
+            return Err(ApiError::invalid(
+                format!("items[{index}].id"),
+                format!("id {} comes twice: same id as items[{first}]", item.id),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Items in the database, and their version (`items_version`), which every item write bumps in
@@ -217,17 +266,7 @@ impl ItemStore {
 
     /// Creates or replaces all `items` in one transaction; returns (created, updated).
     pub async fn import(&self, items: &[NewItem]) -> Result<(u32, u32), ApiError> {
-        if items.len() > MAX_IMPORT_ITEMS {
-            return Err(ApiError::invalid("items", format!("at most {MAX_IMPORT_ITEMS} per import")));
-        }
-        for (index, item) in items.iter().enumerate() {
-            item.validate().map_err(|error| match error {
-                ApiError::InvalidArgument { field, reason } => {
-                    ApiError::invalid(format!("items[{index}].{field}"), reason)
-                }
-                other => other,
-            })?;
-        }
+        validate_import(items)?;
         let now = db::now_millis();
         let (mut created, mut updated) = (0, 0);
         let mut tx = db::write_transaction(&self.pool).await?;
@@ -289,4 +328,92 @@ async fn upsert(tx: &mut Transaction<'_, Sqlite>, item: &NewItem, now: i64) -> R
     .fetch_one(&mut **tx)
     .await?;
     from_row(&row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, name: &str) -> NewItem {
+        NewItem { id, name: name.to_owned(), category: String::new(), attributes: BTreeMap::new() }
+    }
+
+    fn refused_field(result: Result<(), ApiError>) -> Option<String> {
+        match result {
+            Err(ApiError::InvalidArgument { field, .. }) => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_import_with_an_id_twice_is_refused_naming_the_second() {
+        let items = [item(5, "a"), item(6, "b"), item(7, "c"), item(5, "a again")];
+        match validate_import(&items) {
+            Err(ApiError::InvalidArgument { field, reason }) => {
+                assert_eq!(field, "items[3].id");
+                assert!(reason.contains("items[0]"), "{reason}");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(validate_import(&items[..3]).is_ok());
+        // A bad field before the duplicate is named first.
+        let items = [item(1, "a"), item(2, "\u{1b}[2J"), item(1, "b")];
+        assert_eq!(refused_field(validate_import(&items)).as_deref(), Some("items[1].name"));
+    }
+
+    #[test]
+    fn control_and_bidi_characters_are_refused_except_line_breaks_in_values() {
+        let refused = [
+            "nul\0",
+            "bell\u{7}",
+            "\u{1b}[31mred",
+            "del\u{7f}",
+            "c1 \u{85}",
+            "c1 \u{9b}31m",
+            "tab\t",
+            "line\nbreak",
+            "cr\r",
+            "\u{202e}gpj.exe",
+            "\u{202a}",
+            "\u{202d}",
+            "lrm\u{200e}",
+            "rlm\u{200f}",
+            "alm\u{61c}",
+            "\u{2066}",
+            "\u{2069}",
+        ];
+        for text in refused {
+            let named = NewItem { name: text.to_owned(), ..item(1, "") };
+            assert_eq!(refused_field(named.validate()).as_deref(), Some("name"), "name {text:?}");
+            let category = NewItem { category: text.to_owned(), ..item(1, "fine") };
+            assert_eq!(refused_field(category.validate()).as_deref(), Some("category"), "category {text:?}");
+            let key = NewItem { attributes: [(text.to_owned(), "v".to_owned())].into(), ..item(1, "fine") };
+            assert_eq!(refused_field(key.validate()).as_deref(), Some("attributes key"), "key {text:?}");
+        }
+        for text in ["\u{1b}[31m", "bell\u{7}", "\u{202e}", "\u{85}", "\u{2068}"] {
+            let value = NewItem { attributes: [("k".to_owned(), text.to_owned())].into(), ..item(1, "fine") };
+            assert_eq!(refused_field(value.validate()).as_deref(), Some("attributes[k]"), "value {text:?}");
+        }
+        let value = NewItem { attributes: [("k".to_owned(), "a\tb\r\nc\n".to_owned())].into(), ..item(1, "fine") };
+        assert!(value.validate().is_ok(), "tab and line breaks in a value");
+        // Ordinary text of any script, joiners and emoji included, is fine.
+        for text in [
+            "Zoë's café",
+            "東京 タワー",
+            "שלום עולם",
+            "مرحبا",
+            "👩\u{200d}💻 dev",
+            "a\u{200b}b",
+            "'); DROP TABLE items;--",
+        ] {
+            let fine = NewItem {
+                category: text.to_owned(),
+                attributes: [(text.to_owned(), text.to_owned())].into(),
+                ..item(1, text)
+            };
+            assert!(fine.validate().is_ok(), "{text:?}");
+        }
+        let message = NewItem { name: "ab\u{202e}c".to_owned(), ..item(1, "") }.validate().unwrap_err().to_string();
+        assert!(message.contains("U+202E at character 2"), "{message}");
+    }
 }

@@ -30,9 +30,7 @@ pub mod fuzzing {
             let _ = item.validate();
         }
         if let Ok(import) = serde_json::from_slice::<crate::http::ImportBody>(data) {
-            for item in &import.items {
-                let _ = item.validate();
-            }
+            let _ = crate::items::validate_import(&import.items);
         }
         let _ = serde_json::from_slice::<crate::events::NewEvent>(data);
     }
