@@ -56,7 +56,7 @@ pub enum ApiError {
     #[error("the database is busy; retry shortly")]
     DatabaseBusy,
 
-    #[error("too many events are waiting to be written; retry shortly")]
+    #[error("too many writes are waiting for the database; retry shortly")]
     Overloaded,
 
     #[error("the service is shutting down; retry shortly")]

@@ -1,3 +1,5 @@
+//! The one writer of public writes, and of admin imports beside them.
+//!
 //! Group commit for events. Public traffic is many small writes; one transaction each made
 //! callers queue on SQLite's write lock one by one and pay a commit apiece. Here every event goes
 //! through one writer task: it takes what is queued (up to a batch), writes it in one
@@ -8,6 +10,15 @@
 //! in a later batch does. A bad event (a taken key, an unknown item) is refused by its own
 //! statement, which SQLite undoes alone, so it fails alone; a batch that fails for any other
 //! reason than a busy database is written again event by event, so whatever failed fails alone.
+//!
+//! Imports (`ItemStore::import`) go through the same task, from a second, small queue. An import
+//! that took the write lock on its own made the events behind it wait for all of it, past
+//! busy_timeout under looping 10k-item imports. Now the writer alone decides who holds the lock:
+//! the events queued when an import's turn comes are written first, then the import, in its one
+//! transaction (all or nothing, two set-based statements, so the lock is held briefly), then the
+//! events that came meanwhile. Events go first whenever both wait, yet an import waiting after a
+//! batch is taken next (after the events already queued), so a steady stream of events cannot
+//! hold it back for ever.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -22,7 +33,12 @@ use crate::{
     db,
     error::ApiError,
     events::{EventKind, NewEvent, Recorded},
+    items::Import,
 };
+
+/// Imports waiting for the writer; past it, callers are refused at once (503). Each holds a whole
+/// import in memory, so few: two admin tools at once fit.
+pub const IMPORT_QUEUE: usize = 4;
 
 /// How batches are taken; the flags' defaults are measured with `api-bench`.
 #[derive(Debug, Clone, Copy)]
@@ -36,15 +52,16 @@ pub struct BatchSettings {
     pub queue: usize,
 }
 
-/// Hands events to the writer task; cheap to clone.
+/// Hands events and imports to the writer task; cheap to clone.
 #[derive(Clone)]
 pub struct EventWriter {
-    queue: mpsc::Sender<Pending>,
+    events: mpsc::Sender<Pending>,
+    imports: mpsc::Sender<PendingImport>,
 }
 
 /// The writer task, kept by the server to drain it at shutdown.
 pub struct WriterTask {
-    /// Set once, at shutdown: queued events are written until then.
+    /// Set once, at shutdown: queued events and imports are written until then.
     stop: watch::Sender<Option<Instant>>,
     handle: JoinHandle<()>,
 }
@@ -52,6 +69,17 @@ pub struct WriterTask {
 struct Pending {
     event: Checked,
     reply: oneshot::Sender<Result<Recorded, ApiError>>,
+}
+
+struct PendingImport {
+    import: Import,
+    reply: oneshot::Sender<Result<(u32, u32), ApiError>>,
+}
+
+/// The writer's queues, as its task holds them.
+struct Queues {
+    events: mpsc::Receiver<Pending>,
+    imports: mpsc::Receiver<PendingImport>,
 }
 
 /// An event whose fields passed the checks that need no database.
@@ -63,34 +91,54 @@ struct Checked {
 
 impl EventWriter {
     pub fn start(pool: SqlitePool, settings: BatchSettings) -> (EventWriter, WriterTask) {
-        let (sender, receiver) = mpsc::channel(settings.queue.max(1));
+        let (writer, queues) = EventWriter::queues(settings);
         let (stop, stopped) = watch::channel(None);
-        let handle = tokio::spawn(run(pool, settings, receiver, stopped));
-        (EventWriter { queue: sender }, WriterTask { stop, handle })
+        let handle = tokio::spawn(run(pool, settings, queues, stopped));
+        (writer, WriterTask { stop, handle })
+    }
+
+    fn queues(settings: BatchSettings) -> (EventWriter, Queues) {
+        let (events, event_queue) = mpsc::channel(settings.queue.max(1));
+        let (imports, import_queue) = mpsc::channel(IMPORT_QUEUE);
+        (EventWriter { events, imports }, Queues { events: event_queue, imports: import_queue })
     }
 
     /// Records `event` and bumps its item's count; answers once the commit holding it is done.
     pub async fn record(&self, event: NewEvent) -> Result<Recorded, ApiError> {
         let event = check(event)?;
         let (reply, answer) = oneshot::channel();
-        self.queue.try_send(Pending { event, reply }).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => ApiError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
-        })?;
+        self.events.try_send(Pending { event, reply }).map_err(refusal)?;
         // The writer answers every event it takes; a dropped reply means it stopped (shutdown).
+        answer.await.unwrap_or(Err(ApiError::ShuttingDown))
+    }
+
+    /// Writes `import` in one transaction, after the events queued before its turn; answers
+    /// (created, updated) once it is committed.
+    pub async fn import(&self, import: Import) -> Result<(u32, u32), ApiError> {
+        let (reply, answer) = oneshot::channel();
+        self.imports.try_send(PendingImport { import, reply }).map_err(refusal)?;
         answer.await.unwrap_or(Err(ApiError::ShuttingDown))
     }
 
     /// False once the writer has stopped taking events.
     pub fn is_running(&self) -> bool {
-        !self.queue.is_closed()
+        !self.events.is_closed()
+    }
+}
+
+/// A write the queue did not take: full (retry shortly) or closed (shutting down).
+fn refusal<T>(error: mpsc::error::TrySendError<T>) -> ApiError {
+    match error {
+        mpsc::error::TrySendError::Full(_) => ApiError::Overloaded,
+        mpsc::error::TrySendError::Closed(_) => ApiError::ShuttingDown,
     }
 }
 
 impl WriterTask {
-    /// Stops taking events and writes what is queued, batch by batch, until `grace` has passed;
-    /// callers whose batch has not begun by then are answered "shutting down" (retryable). A
-    /// batch already writing finishes, so no caller is told "no" about a committed event.
+    /// Stops taking events and imports and writes what is queued, events first, until `grace`
+    /// has passed; callers whose batch or import has not begun by then are answered "shutting
+    /// down" (retryable). A write already begun finishes, so no caller is told "no" about a
+    /// committed write.
     pub async fn drain(self, grace: Duration) {
         let _ = self.stop.send(Some(Instant::now() + grace));
         if let Err(error) = self.handle.await {
@@ -113,36 +161,40 @@ fn check(event: NewEvent) -> Result<Checked, ApiError> {
     Ok(Checked { item_id: event.item_id, kind: event.kind, client_key })
 }
 
-async fn run(
-    pool: SqlitePool,
-    settings: BatchSettings,
-    mut queue: mpsc::Receiver<Pending>,
-    mut stop: watch::Receiver<Option<Instant>>,
-) {
+async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop: watch::Receiver<Option<Instant>>) {
+    let Queues { events: mut queue, mut imports } = queues;
     let max_batch = settings.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
     loop {
-        let taken = tokio::select! {
-            taken = queue.recv_many(&mut batch, max_batch) => taken,
-            _ = stop.wait_for(Option::is_some) => break,
-        };
-        if taken == 0 {
-            break;
-        }
-        if !settings.max_wait.is_zero() {
-            let deadline = tokio::time::Instant::now() + settings.max_wait;
-            while batch.len() < max_batch {
-                let limit = max_batch - batch.len();
-                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, limit)).await {
-                    Ok(taken) if taken > 0 => {}
-                    _ => break,
+        // Biased: shutdown, then events, then imports, so an import is taken only when no event
+        // waits, or after a batch (below).
+        let import = tokio::select! {
+            biased;
+            _ = stopping(&mut stop) => break,
+            taken = queue.recv_many(&mut batch, max_batch) => {
+                if taken == 0 {
+                    break;
                 }
+                gather(&mut queue, &mut batch, &settings).await;
+                write_and_answer(&pool, &mut batch).await;
+                // An import waiting takes its turn after this batch and the events queued by now,
+                // so a steady stream of events cannot hold it back for ever.
+                imports.try_recv().ok()
             }
+            import = imports.recv() => match import {
+                Some(import) => Some(import),
+                None => break,
+            },
+        };
+        if let Some(import) = import {
+            write_queued(&pool, &mut queue, &mut batch, max_batch).await;
+            import_and_answer(&pool, import).await;
         }
-        write_and_answer(&pool, &mut batch).await;
     }
-    // Shutdown: refuse new events, then write what is already queued while the grace lasts.
+    // Shutdown: refuse new writes, then write what is already queued while the grace lasts,
+    // events first as always.
     queue.close();
+    imports.close();
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         if Instant::now() < deadline {
@@ -153,7 +205,75 @@ async fn run(
             }
         }
     }
-    tracing::debug!(task = "event-writer", "queue drained");
+    while let Some(import) = imports.recv().await {
+        if Instant::now() < deadline {
+            import_and_answer(&pool, import).await;
+        } else {
+            let _ = import.reply.send(Err(ApiError::ShuttingDown));
+        }
+    }
+    tracing::debug!(task = "event-writer", "queues drained");
+}
+
+/// Resolves once shutdown has begun (or the server dropped the stop handle).
+async fn stopping(stop: &mut watch::Receiver<Option<Instant>>) {
+    let _ = stop.wait_for(Option::is_some).await;
+}
+
+/// Once `batch` has an event, waits up to `max_wait` for more, up to a full batch.
+async fn gather(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, settings: &BatchSettings) {
+    if settings.max_wait.is_zero() {
+        return;
+    }
+    let max_batch = settings.max_batch.max(1);
+    let deadline = Instant::now() + settings.max_wait;
+    while batch.len() < max_batch {
+        let limit = max_batch - batch.len();
+        match tokio::time::timeout_at(deadline, queue.recv_many(batch, limit)).await {
+            Ok(taken) if taken > 0 => {}
+            _ => break,
+        }
+    }
+}
+
+/// Writes the events queued now, batch by batch; events that come meanwhile wait their turn.
+async fn write_queued(
+    pool: &SqlitePool,
+    queue: &mut mpsc::Receiver<Pending>,
+    batch: &mut Vec<Pending>,
+    max_batch: usize,
+) {
+    let mut owed = queue.len();
+    while owed > 0 {
+        let taken = queue.recv_many(batch, owed.min(max_batch)).await;
+        if taken == 0 {
+            break;
+        }
+        owed -= taken;
+        write_and_answer(pool, batch).await;
+    }
+}
+
+/// Writes an import and answers its caller.
+async fn import_and_answer(pool: &SqlitePool, pending: PendingImport) {
+    // A caller that left before its import began (its deadline passed) is not written, as for
+    // events: it had no answer, and it would hold the lock for no one.
+    if pending.reply.is_closed() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let answer = pending.import.write(pool, db::now_millis()).await;
+    match &answer {
+        Ok((created, updated)) => tracing::info!(
+            task = "event-writer",
+            created,
+            updated,
+            took_ms = started.elapsed().as_millis() as u64,
+            "import written"
+        ),
+        Err(error) => tracing::warn!(task = "event-writer", "an import failed: {error}"),
+    }
+    let _ = pending.reply.send(answer.map_err(ApiError::from));
 }
 
 /// Writes `batch` (emptying it) and answers each of its callers.
@@ -262,6 +382,114 @@ async fn write_one(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::items::NewItem;
+
+    /// A database with item 1, and a log of the rows written to `events` and `items` in the order
+    /// SQLite wrote them.
+    async fn logged_database(dir: &std::path::Path) -> SqlitePool {
+        let pool = db::open(&dir.join("order.sqlite3"), 1).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0);
+             CREATE TABLE written (seq INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT NOT NULL);
+             CREATE TRIGGER event_written AFTER INSERT ON events
+                BEGIN INSERT INTO written (what) VALUES ('event ' || NEW.client_key); END;
+             CREATE TRIGGER item_created AFTER INSERT ON items
+                BEGIN INSERT INTO written (what) VALUES ('item ' || NEW.id); END;
+             CREATE TRIGGER item_replaced AFTER UPDATE OF name ON items
+                BEGIN INSERT INTO written (what) VALUES ('item ' || NEW.id); END;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool
+    }
+
+    async fn written(pool: &SqlitePool) -> Vec<String> {
+        sqlx::query_scalar("SELECT what FROM written ORDER BY seq").fetch_all(pool).await.unwrap()
+    }
+
+    /// Queues an event for item 1 under `key` straight into the writer's queue; its answer.
+    fn queue_event(writer: &EventWriter, key: &str) -> oneshot::Receiver<Result<Recorded, ApiError>> {
+        let (reply, answer) = oneshot::channel();
+        let event = Checked { item_id: 1, kind: EventKind::View, client_key: Some(key.to_owned()) };
+        assert!(writer.events.try_send(Pending { event, reply }).is_ok());
+        answer
+    }
+
+    /// Queues an import of `ids` straight into the writer's queue; its answer.
+    fn queue_import(writer: &EventWriter, ids: &[i64]) -> oneshot::Receiver<Result<(u32, u32), ApiError>> {
+        let items: Vec<NewItem> = ids
+            .iter()
+            .map(|&id| NewItem {
+                id,
+                name: format!("item {id}"),
+                category: String::new(),
+                attributes: Default::default(),
+            })
+            .collect();
+        let (reply, answer) = oneshot::channel();
+        assert!(writer.imports.try_send(PendingImport { import: Import::new(&items).unwrap(), reply }).is_ok());
+        answer
+    }
+
+    fn settings(max_batch: usize) -> BatchSettings {
+        BatchSettings { max_batch, max_wait: Duration::ZERO, queue: 64 }
+    }
+
+    #[tokio::test]
+    async fn events_queued_before_an_import_are_written_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = logged_database(dir.path()).await;
+        let (writer, queues) = EventWriter::queues(settings(2));
+        // The import is queued first, yet the five events (three batches) waiting beside it go
+        // first; the import is written whole after them.
+        let import = queue_import(&writer, &[1, 2, 3]);
+        let events: Vec<_> = (1..=5).map(|n| queue_event(&writer, &format!("e{n}"))).collect();
+        let (_stop, stopped) = watch::channel(None);
+        let task = tokio::spawn(run(pool.clone(), settings(2), queues, stopped));
+        assert_eq!(import.await.unwrap().unwrap(), (2, 1));
+        for event in events {
+            assert!(event.await.unwrap().unwrap().created);
+        }
+        assert_eq!(
+            written(&pool).await,
+            ["event e1", "event e2", "event e3", "event e4", "event e5", "item 1", "item 2", "item 3"]
+        );
+        // Then the writer goes on: an event for an item the import created.
+        let after = queue_event(&writer, "after");
+        assert!(after.await.unwrap().unwrap().created);
+        drop(writer);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_queued_imports_written_while_grace_lasts_else_shutting_down() {
+        for grace_left in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let pool = logged_database(dir.path()).await;
+            let (writer, queues) = EventWriter::queues(settings(256));
+            let import = queue_import(&writer, &[2]);
+            let event = queue_event(&writer, "last");
+            // Shutdown came before the writer took anything.
+            let deadline = if grace_left { Instant::now() + Duration::from_secs(30) } else { Instant::now() };
+            let (_stop, stopped) = watch::channel(Some(deadline));
+            run(pool.clone(), settings(256), queues, stopped).await;
+            if grace_left {
+                assert_eq!(import.await.unwrap().unwrap(), (1, 0));
+                assert!(event.await.unwrap().unwrap().created);
+                assert_eq!(written(&pool).await, ["event last", "item 2"]);
+            } else {
+                assert!(matches!(import.await.unwrap(), Err(ApiError::ShuttingDown)));
+                assert!(matches!(event.await.unwrap(), Err(ApiError::ShuttingDown)));
+                assert!(written(&pool).await.is_empty());
+            }
+            // The queues are closed: later writes are refused at once.
+            assert!(matches!(
+                writer.record(NewEvent { item_id: 1, kind: EventKind::View, client_key: None }).await,
+                Err(ApiError::ShuttingDown)
+            ));
+        }
+    }
 
     #[tokio::test]
     async fn one_batch_answers_each_event_by_its_own_rule_and_counts_exactly() {

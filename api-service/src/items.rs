@@ -6,7 +6,7 @@ use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
 
-use crate::{db, error::ApiError};
+use crate::{db, error::ApiError, event_writer::EventWriter};
 
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_CATEGORY_CHARS: usize = 100;
@@ -125,7 +125,7 @@ impl NewItem {
     }
 }
 
-/// Checks an import as a whole, before anything of it is written: its size, each item
+/// Checks an import as a whole, before anything of it is queued or written: its size, each item
 /// (the error names `items[i].field`), and that no id comes twice, since which copy would be
 /// kept is not for the order of a list to decide.
 pub fn validate_import(items: &[NewItem]) -> Result<(), ApiError> {
@@ -148,12 +148,69 @@ pub fn validate_import(items: &[NewItem]) -> Result<(), ApiError> {
     Ok(())
 }
 
+fn to_json(value: &impl Serialize) -> Result<String, ApiError> {
+    serde_json::to_string(value).map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+/// A checked import, encoded for its two statements: written by the writer task (`event_writer`)
+/// between event batches.
+pub struct Import {
+    /// `[[id, name, category, attributes JSON], ...]`.
+    rows: String,
+    /// `[id, ...]`.
+    ids: String,
+    count: u32,
+}
+
+impl Import {
+    /// Encodes `items`, which `validate_import` passed. The encoding happens here, in the caller's
+    /// task, so the writer spends its time on the database alone.
+    pub fn new(items: &[NewItem]) -> Result<Import, ApiError> {
+        let rows: Vec<(i64, &str, &str, String)> = items
+            .iter()
+            .map(|item| (item.id, item.name.as_str(), item.category.as_str(), item.attributes_json()))
+            .collect();
+        let ids: Vec<i64> = items.iter().map(|item| item.id).collect();
+        Ok(Import { rows: to_json(&rows)?, ids: to_json(&ids)?, count: items.len() as u32 })
+    }
+
+    /// Creates or replaces every item in one transaction, all or nothing, as of `now` (created
+    /// items get it as both timestamps, replaced ones keep their `created_at`); returns
+    /// (created, updated). Two statements whatever the count, so the write lock is held briefly.
+    pub(crate) async fn write(&self, pool: &SqlitePool, now: i64) -> Result<(u32, u32), sqlx::Error> {
+        let mut tx = db::write_transaction(pool).await?;
+        let existing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM items WHERE id IN (SELECT value FROM json_each(?))")
+                .bind(&self.ids)
+                .fetch_one(&mut *tx)
+                .await?;
+        // `WHERE true` tells SQLite's parser that ON CONFLICT is the upsert, not a join's.
+        sqlx::query(&format!(
+            "INSERT INTO items ({COLUMNS})
+             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?, ? FROM json_each(?) WHERE true
+             ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
+                attributes = excluded.attributes, updated_at = excluded.updated_at"
+        ))
+        .bind(now)
+        .bind(now)
+        .bind(&self.rows)
+        .execute(&mut *tx)
+        .await?;
+        commit_items(tx).await?;
+        let updated = existing as u32;
+        Ok((self.count - updated, updated))
+    }
+}
+
 /// Items in the database, and their version (`items_version`), which every item write bumps in
 /// its own transaction, so views built from items (the joined map and its ETag) know when they
-/// are stale, also across restarts and replicas.
+/// are stale, also across restarts and replicas. Imports are written by the writer task, which
+/// also writes the events (`event_writer`), so a bulk write never holds public writes back for
+/// long; single-item writes are short and go to the database directly.
 #[derive(Clone)]
 pub struct ItemStore {
     pool: SqlitePool,
+    writer: EventWriter,
 }
 
 const COLUMNS: &str = "id, name, category, attributes, created_at, updated_at";
@@ -171,19 +228,13 @@ fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
 }
 
 impl ItemStore {
-    pub fn new(pool: SqlitePool) -> Self {
-        ItemStore { pool }
+    pub fn new(pool: SqlitePool, writer: EventWriter) -> Self {
+        ItemStore { pool, writer }
     }
 
     /// The committed items' version.
     pub async fn version(&self) -> Result<i64, ApiError> {
         Ok(sqlx::query("SELECT version FROM items_version WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?)
-    }
-
-    /// Marks the items as changed and commits `tx`.
-    async fn commit(&self, mut tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE items_version SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
-        tx.commit().await
     }
 
     pub async fn create(&self, item: &NewItem) -> Result<Item, ApiError> {
@@ -193,7 +244,7 @@ impl ItemStore {
             return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
         }
         let created = upsert(&mut tx, item, db::now_millis()).await?;
-        self.commit(tx).await?;
+        commit_items(tx).await?;
         Ok(created)
     }
 
@@ -212,7 +263,7 @@ impl ItemStore {
         .await?
         .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))?;
         let updated = from_row(&row)?;
-        self.commit(tx).await?;
+        commit_items(tx).await?;
         Ok(updated)
     }
 
@@ -264,22 +315,12 @@ impl ItemStore {
         Ok((items, next))
     }
 
-    /// Creates or replaces all `items` in one transaction; returns (created, updated).
+    /// Creates or replaces all `items` in one transaction, all or nothing; returns (created,
+    /// updated). Checked here, before it is queued; then written by the writer task after the
+    /// events queued before it.
     pub async fn import(&self, items: &[NewItem]) -> Result<(u32, u32), ApiError> {
         validate_import(items)?;
-        let now = db::now_millis();
-        let (mut created, mut updated) = (0, 0);
-        let mut tx = db::write_transaction(&self.pool).await?;
-        for item in items {
-            if exists(&mut tx, item.id).await? {
-                updated += 1
-            } else {
-                created += 1
-            }
-            upsert(&mut tx, item, now).await?;
-        }
-        self.commit(tx).await?;
-        Ok((created, updated))
+        self.writer.import(Import::new(items)?).await
     }
 
     /// The names and categories of those of `ids` that are items.
@@ -305,6 +346,12 @@ fn labels_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<i64, (String
         .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
         .collect::<Result<_, sqlx::Error>>()
         .map_err(ApiError::from)
+}
+
+/// Marks the items as changed and commits `tx`.
+async fn commit_items(mut tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE items_version SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+    tx.commit().await
 }
 
 async fn exists(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<bool, sqlx::Error> {
@@ -415,5 +462,87 @@ mod tests {
         }
         let message = NewItem { name: "ab\u{202e}c".to_owned(), ..item(1, "") }.validate().unwrap_err().to_string();
         assert!(message.contains("U+202E at character 2"), "{message}");
+    }
+
+    /// Stored rows, timestamps included.
+    async fn rows(pool: &SqlitePool) -> Vec<(i64, String, String, String, i64, i64)> {
+        sqlx::query_as("SELECT id, name, category, attributes, created_at, updated_at FROM items ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap()
+    }
+
+    async fn version(pool: &SqlitePool) -> i64 {
+        sqlx::query_scalar("SELECT version FROM items_version").fetch_one(pool).await.unwrap()
+    }
+
+    /// The import as it was written before, one existence check and one upsert per item.
+    async fn import_row_by_row(pool: &SqlitePool, items: &[NewItem], now: i64) -> (u32, u32) {
+        let (mut created, mut updated) = (0, 0);
+        let mut tx = db::write_transaction(pool).await.unwrap();
+        for item in items {
+            if exists(&mut tx, item.id).await.unwrap() {
+                updated += 1
+            } else {
+                created += 1
+            }
+            upsert(&mut tx, item, now).await.unwrap();
+        }
+        commit_items(tx).await.unwrap();
+        (created, updated)
+    }
+
+    #[tokio::test]
+    async fn the_set_based_import_counts_and_stores_as_row_by_row_did() {
+        let dir = tempfile::tempdir().unwrap();
+        let set_based = db::open(&dir.path().join("set.sqlite3"), 1).await.unwrap();
+        let row_by_row = db::open(&dir.path().join("rows.sqlite3"), 1).await.unwrap();
+        let with = |id: i64, name: &str, category: &str, attributes: &[(&str, &str)]| NewItem {
+            id,
+            name: name.to_owned(),
+            category: category.to_owned(),
+            attributes: attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let first = vec![
+            with(i64::MIN, "lowest", "", &[]),
+            with(-1, "minus one", "edge", &[("note", "line one\nline two\t\"quoted\" \\ back")]),
+            with(0, "zero", "numbers", &[("b", "2"), ("a", "1")]),
+            with(1, "123", "  spaced  ", &[("json", "{\"not\": \"parsed\"}"), ("empty", "")]),
+            with(2, "Zoë 東京 👩\u{200d}💻", "unicode", &[("ключ", "значение")]),
+            with(i64::MAX, "highest", "", &[]),
+        ];
+        let second = vec![
+            with(2, "renamed", "unicode", &[]),
+            with(1, "one", "numbers", &[("a", "x")]),
+            with(3, "three", "new", &[("k", "v")]),
+            with(i64::MAX, "highest again", "", &[("k", "v")]),
+        ];
+        for (items, now) in [(&first, 1_000), (&second, 2_000), (&second, 3_000)] {
+            validate_import(items).unwrap();
+            let counted = Import::new(items).unwrap().write(&set_based, now).await.unwrap();
+            assert_eq!(counted, import_row_by_row(&row_by_row, items, now).await);
+        }
+        let stored = rows(&set_based).await;
+        assert_eq!(stored, rows(&row_by_row).await);
+        // Created at the first import, replaced at the last: created_at kept, updated_at moved.
+        let of = |id: i64| stored.iter().find(|row| row.0 == id).unwrap().clone();
+        assert_eq!((of(2).1.as_str(), of(2).4, of(2).5), ("renamed", 1_000, 3_000));
+        assert_eq!((of(-1).4, of(-1).5), (1_000, 1_000));
+        assert_eq!((of(3).4, of(3).5), (2_000, 3_000));
+        assert_eq!(of(1).3, serde_json::to_string(&BTreeMap::from([("a", "x")])).unwrap());
+        assert_eq!(stored.len(), 7);
+        assert_eq!((version(&set_based).await, version(&row_by_row).await), (3, 3));
+    }
+
+    #[tokio::test]
+    async fn the_first_and_repeated_imports_count_created_and_updated() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = db::open(&dir.path().join("counts.sqlite3"), 1).await.unwrap();
+        let items: Vec<NewItem> = (0..10_000).map(|id| item(id, &format!("item {id}"))).collect();
+        assert_eq!(Import::new(&items).unwrap().write(&pool, 1).await.unwrap(), (10_000, 0));
+        assert_eq!(Import::new(&items[5_000..]).unwrap().write(&pool, 2).await.unwrap(), (0, 5_000));
+        let more: Vec<NewItem> = (9_000..11_000).map(|id| item(id, "more")).collect();
+        assert_eq!(Import::new(&more).unwrap().write(&pool, 3).await.unwrap(), (1_000, 1_000));
+        assert_eq!(Import::new(&[]).unwrap().write(&pool, 4).await.unwrap(), (0, 0));
     }
 }

@@ -29,8 +29,10 @@ pub mod fuzzing {
         if let Ok(item) = serde_json::from_slice::<crate::items::NewItem>(data) {
             let _ = item.validate();
         }
-        if let Ok(import) = serde_json::from_slice::<crate::http::ImportBody>(data) {
-            let _ = crate::items::validate_import(&import.items);
+        if let Ok(import) = serde_json::from_slice::<crate::http::ImportBody>(data)
+            && crate::items::validate_import(&import.items).is_ok()
+        {
+            let _ = crate::items::Import::new(&import.items);
         }
         let _ = serde_json::from_slice::<crate::events::NewEvent>(data);
     }

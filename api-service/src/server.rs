@@ -47,7 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let pool = db::open(&config.database, config.database_connections)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.display()))?;
-    let items = ItemStore::new(pool.clone());
+    let (events, event_writer) = EventWriter::start(pool.clone(), config.event_batches());
+    let items = ItemStore::new(pool.clone(), events.clone());
     let map = MapGateway::new(
         &config.embedding_url,
         config.embedding_connect_timeout,
@@ -57,7 +58,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         items.clone(),
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
-    let (events, event_writer) = EventWriter::start(pool.clone(), config.event_batches());
     let state =
         AppState { pool: pool.clone(), events, items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
 
@@ -119,8 +119,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(_) => {}
         Err(_) => tracing::warn!(grace = ?config.shutdown_grace, "grace period ran out; closing open requests"),
     }
-    // Requests in flight have had their events written; what is still queued is written while
-    // the grace lasts, for callers still waiting.
+    // Requests in flight have had their events and imports written; what is still queued is
+    // written while the grace lasts, for callers still waiting.
     event_writer.drain(config.shutdown_grace.saturating_sub(draining.elapsed())).await;
     pool.close().await;
     tracing::info!("stopped");

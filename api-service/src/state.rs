@@ -15,7 +15,7 @@ use crate::{
 pub struct AppState {
     /// For stats; items go through `items`, events through `events`.
     pub pool: SqlitePool,
-    /// The one writer of events (group commit).
+    /// The one writer of events (group commit), which writes imports too (through `items`).
     pub events: EventWriter,
     pub items: ItemStore,
     pub map: MapGateway,
