@@ -36,6 +36,8 @@ use tonic::Code;
 mod connections;
 #[path = "faults/group_commit.rs"]
 mod group_commit;
+#[path = "faults/imports.rs"]
+mod imports;
 #[path = "faults/map_files.rs"]
 mod map_files;
 #[path = "faults/replays.rs"]
@@ -717,6 +719,8 @@ async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
     connections::rapid_reset(&mut local).await;
     group_commit::locked_past_busy_timeout(&mut local).await;
     group_commit::full_queue(&mut local).await;
+    imports::imports_beside_events(&mut local).await;
+    imports::bad_item_input(&mut local).await;
     map_files::two_file_update(&mut local).await;
     map_files::fifo_corpus(&mut local).await;
     map_files::oversized_npy_header(&mut local).await;
