@@ -18,13 +18,14 @@ scripts/build-admin-ui.sh
 cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-rm -f artifacts/scorecard.txt
+rm -rf artifacts/scorecard artifacts/scorecard.txt
 set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary.
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
-# The fault suite's scorecard (tests/faults.rs), which cargo's captured output would hide.
+# The fault suite's scorecard, gathered from its sections (tests/faults.rs), which cargo's
+# captured output would hide.
 [[ -f artifacts/scorecard.txt ]] && cat artifacts/scorecard.txt
 exit "$status"

@@ -2,11 +2,14 @@
 //! checks count them: every write is acknowledged, failed or unknown, and at the end nothing
 //! acknowledged may be missing or doubled. Ends by printing a scorecard.
 //!
-//! Sections run one after another in one test so the scorecard sees them all. A section counts
-//! what happened rather than asserting as it goes: a fault counts as survived only if every check
-//! after it passed, a bad input as a clear error only if the answer was the one expected, an
-//! acknowledged write as lost only if the database lacks it. The test fails once, at the end and
-//! after the scorecard is written, if any count shows a regression.
+//! Each section is a test of its own (`cargo test --test faults NAME` runs one), and the sections
+//! run one at a time, since several measure timings on a small machine. A section counts what
+//! happened rather than asserting as it goes: a fault counts as survived only if every check after
+//! it passed, a bad input as a clear error only if the answer was the one expected, an
+//! acknowledged write as lost only if the database lacks it. It fails once, at its end and after
+//! its rows are kept, if any count shows a regression. Every section's rows are kept in
+//! `artifacts/scorecard/`, and the scorecard of all that ran is gathered in
+//! `artifacts/scorecard.txt`, which the test command prints.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -43,7 +46,7 @@ mod map_files;
 #[path = "faults/replays.rs"]
 mod replays;
 
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 struct Row {
     operations: usize,
     faults: usize,
@@ -61,6 +64,21 @@ struct Row {
 }
 
 impl Row {
+    /// Adds `other`'s counts, figures and problems to this row's.
+    fn merge(&mut self, other: Row) {
+        self.operations += other.operations;
+        self.faults += other.faults;
+        self.survived += other.survived;
+        self.bad_inputs += other.bad_inputs;
+        self.clear_errors += other.clear_errors;
+        self.acknowledged_lost += other.acknowledged_lost;
+        self.crashes += other.crashes;
+        self.writes_outside_data += other.writes_outside_data;
+        self.failed_checks += other.failed_checks;
+        self.problems.extend(other.problems);
+        self.figures.extend(other.figures);
+    }
+
     /// Counts a failed check, described by `expected`, unless it `passed`; returns `passed`.
     fn check(&mut self, passed: bool, expected: impl Into<String>) -> bool {
         if !passed {
@@ -88,12 +106,19 @@ impl Row {
     }
 }
 
-#[derive(Default)]
-struct Scorecard(BTreeMap<&'static str, Row>);
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Scorecard(BTreeMap<String, Row>);
 
 impl Scorecard {
-    fn row(&mut self, area: &'static str) -> &mut Row {
-        self.0.entry(area).or_default()
+    fn row(&mut self, area: &str) -> &mut Row {
+        self.0.entry(area.to_owned()).or_default()
+    }
+
+    /// Adds `other`'s rows, area by area.
+    fn merge(&mut self, other: Scorecard) {
+        for (area, row) in other.0 {
+            self.row(&area).merge(row);
+        }
     }
 
     /// `field` summed over every area.
@@ -705,37 +730,71 @@ async fn file_writes(card: &mut Scorecard) {
     println!("files changed by both services: {written:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn faults_and_hostile_input_lose_nothing_and_crash_nothing() {
-    let mut local = Scorecard::default();
-    crash_safety(&mut local).await;
-    downstream_faults(&mut local).await;
-    deadlines_and_locks(&mut local).await;
-    hostile_input(&mut local).await;
-    connections::unauthenticated_uploads(&mut local).await;
-    connections::slow_and_idle_connections(&mut local).await;
-    connections::unread_map_calls(&mut local).await;
-    connections::event_flood(&mut local).await;
-    connections::rapid_reset(&mut local).await;
-    group_commit::locked_past_busy_timeout(&mut local).await;
-    group_commit::full_queue(&mut local).await;
-    imports::imports_beside_events(&mut local).await;
-    imports::bad_item_input(&mut local).await;
-    map_files::two_file_update(&mut local).await;
-    map_files::fifo_corpus(&mut local).await;
-    map_files::oversized_npy_header(&mut local).await;
-    map_files::planted_stored_maps(&mut local).await;
-    replays::reused_keys(&mut local).await;
-    replays::etags_across_restarts(&mut local).await;
-    shutdown_under_load(&mut local).await;
-    file_writes(&mut local).await;
-    // Printed, and kept in artifacts/ so the test command can show it after cargo's captured output.
-    let scorecard = local.render();
+/// Where each section's rows are kept, and the scorecard gathered from them.
+fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts")
+}
+
+/// The sections run one at a time, whichever test threads cargo gives them.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Runs the section `name` with a scorecard of its own; keeps its rows and gathers the scorecard
+/// of every section kept so far (the test command clears them before a run); fails if it counted
+/// a regression.
+async fn section(name: &str, run: impl AsyncFnOnce(&mut Scorecard)) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let mut card = Scorecard::default();
+    run(&mut card).await;
+    let kept = artifacts().join("scorecard");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::fs::write(kept.join(format!("{name}.json")), serde_json::to_vec(&card).unwrap()).unwrap();
+    let mut gathered = Scorecard::default();
+    for entry in std::fs::read_dir(&kept).unwrap() {
+        let rows = std::fs::read(entry.unwrap().path()).unwrap();
+        gathered.merge(serde_json::from_slice(&rows).unwrap());
+    }
+    std::fs::write(artifacts().join("scorecard.txt"), gathered.render()).unwrap();
+    let scorecard = card.render();
     println!("\n{scorecard}");
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("scorecard.txt"), &scorecard).unwrap();
     // Every regression shows as a count in the scorecard; any count above zero fails here.
-    let regressions: Vec<(&str, usize)> = local.regressions().into_iter().filter(|&(_, count)| count > 0).collect();
+    let regressions: Vec<(&str, usize)> = card.regressions().into_iter().filter(|&(_, count)| count > 0).collect();
     assert!(regressions.is_empty(), "{regressions:?}\n{scorecard}");
+}
+
+macro_rules! sections {
+    ($($name:ident => $($run:ident)::+),* $(,)?) => {
+        mod sections {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $name() {
+                    section(stringify!($name), async |card: &mut Scorecard| super::$($run)::+(card).await).await;
+                }
+            )*
+        }
+    };
+}
+
+sections! {
+    crash_safety => crash_safety,
+    downstream_faults => downstream_faults,
+    deadlines_and_locks => deadlines_and_locks,
+    hostile_input => hostile_input,
+    unauthenticated_uploads => connections::unauthenticated_uploads,
+    slow_and_idle_connections => connections::slow_and_idle_connections,
+    unread_map_calls => connections::unread_map_calls,
+    event_flood => connections::event_flood,
+    rapid_reset => connections::rapid_reset,
+    locked_past_busy_timeout => group_commit::locked_past_busy_timeout,
+    full_queue => group_commit::full_queue,
+    imports_beside_events => imports::imports_beside_events,
+    bad_item_input => imports::bad_item_input,
+    two_file_update => map_files::two_file_update,
+    fifo_corpus => map_files::fifo_corpus,
+    oversized_npy_header => map_files::oversized_npy_header,
+    planted_stored_maps => map_files::planted_stored_maps,
+    reused_keys => replays::reused_keys,
+    etags_across_restarts => replays::etags_across_restarts,
+    shutdown_under_load => shutdown_under_load,
+    file_writes => file_writes,
 }
