@@ -260,6 +260,17 @@ async fn every_admin_route_on_every_transport_requires_the_exact_token() {
             assert_ne!(error.code(), Code::Unauthenticated, "{method} with the token");
         }
     }
+    // A service the server does not have (one added later would be the same): refused without
+    // the token before it is found missing, UNIMPLEMENTED with it.
+    for (token, expected) in [(None, Code::Unauthenticated), (Some(ADMIN_TOKEN), Code::Unimplemented)] {
+        let mut request = grpc_web_request(&api, GRPC, "/embeddingmap.api.v1.ServiceAddedLater/Anything");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.body(grpc_web_frame(&[])).send().await.unwrap();
+        let status = response.headers().get("grpc-status").map(|value| value.to_str().unwrap().to_owned());
+        assert_eq!(status, Some((expected as i32).to_string()), "an unknown service with {token:?}");
+    }
     // Public routes need no token.
     let event =
         client.post(http_url(&api, "/api/events")).json(&json!({ "item_id": 1, "kind": "view" })).send().await.unwrap();

@@ -49,6 +49,23 @@ async fn python_grpcio_and_node_grpc_web_clients_use_both_services() {
     assert!(node_says.contains("grpc-web peer: ok (1797 points)"), "{node_says}");
 }
 
+/// The services a reflection peer's output lists, sorted.
+fn listed_services(says: &str) -> Vec<String> {
+    let line = says.lines().find_map(|line| line.strip_prefix("services: ")).unwrap_or_default();
+    let mut services: Vec<String> = line.split(", ").filter(|name| !name.is_empty()).map(str::to_owned).collect();
+    services.sort();
+    services
+}
+
+/// Each server lists exactly the services it serves: the named ones, health and reflection.
+fn served_with_health_and_reflection(named: &[&str]) -> Vec<String> {
+    let common =
+        ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+    let mut services: Vec<String> = named.iter().chain(&common).map(|name| (*name).to_owned()).collect();
+    services.sort();
+    services
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn python_stock_reflection_client_lists_and_calls_both_services() {
     let embedding = start_embedding(&[]);
@@ -62,10 +79,27 @@ async fn python_stock_reflection_client_lists_and_calls_both_services() {
         &[&embedding_address, "embeddingmap.v1.EmbeddingMapService", "GetEmbeddingMap"],
     );
     assert!(says.contains("reflection peer: ok (MAP_STATE_"), "{says}");
+    let served = ["embeddingmap.v1.EmbeddingMapService", "embeddingmap.v1.NeighborService"];
+    assert_eq!(
+        listed_services(&says),
+        served_with_health_and_reflection(&served),
+        "the embedding service lists what it serves"
+    );
 
     let api_address = api.address_of(GRPC).to_string();
     let service = "embeddingmap.api.v1.AdminMapService";
     let says = run_peer(&python(), "reflection_peer.py", &[&api_address, service, "GetEmbeddingMap", ADMIN_TOKEN]);
     assert!(says.contains("reflection peer: ok (MAP_STATE_"), "{says}");
-    assert!(says.contains("embeddingmap.api.v1.ItemService"), "{says}");
+    let served = [
+        "embeddingmap.api.v1.AdminMapService",
+        "embeddingmap.api.v1.AdminNeighborService",
+        "embeddingmap.api.v1.EventService",
+        "embeddingmap.api.v1.ItemService",
+        "embeddingmap.api.v1.StatsService",
+    ];
+    assert_eq!(
+        listed_services(&says),
+        served_with_health_and_reflection(&served),
+        "the api-service lists what it serves"
+    );
 }

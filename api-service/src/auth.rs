@@ -2,14 +2,10 @@
 //! before any of the request's body is read: by `admin_only` in front of the gRPC services (both
 //! ports), by `http::require_admin` in front of the HTTP routes.
 
-use embeddingmap_proto::api::{
-    admin_map_service_server::AdminMapServiceServer, admin_neighbor_service_server::AdminNeighborServiceServer,
-    item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
-};
-use service_kit::bearer::{BearerToken, RequireBearerLayer};
-use tonic::server::NamedService;
+use embeddingmap_proto::api::event_service_server;
+use service_kit::bearer::{BearerToken, RequireBearerLayer, service_of};
 
-use crate::{error::ApiError, grpc::Api};
+use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct AdminToken(BearerToken);
@@ -30,16 +26,18 @@ impl AdminToken {
     }
 }
 
-/// Every gRPC service but events (public), health and reflection is admin-only.
+/// The gRPC services anyone may call: events (public traffic), health (probes) and reflection.
+/// Every other path needs the admin token, so a service added later is admin-only without a line
+/// changed here, and a path no service serves is refused before it is found missing.
+const PUBLIC_SERVICES: [&str; 4] = [
+    event_service_server::SERVICE_NAME,
+    tonic_health::pb::health_server::SERVICE_NAME,
+    service_kit::reflection::SERVICE_NAMES[0],
+    service_kit::reflection::SERVICE_NAMES[1],
+];
+
 fn is_admin_path(path: &str) -> bool {
-    let service = path.trim_start_matches('/').split('/').next().unwrap_or_default();
-    [
-        <ItemServiceServer<Api> as NamedService>::NAME,
-        <StatsServiceServer<Api> as NamedService>::NAME,
-        <AdminMapServiceServer<Api> as NamedService>::NAME,
-        <AdminNeighborServiceServer<Api> as NamedService>::NAME,
-    ]
-    .contains(&service)
+    !PUBLIC_SERVICES.contains(&service_of(path))
 }
 
 #[cfg(test)]
@@ -47,11 +45,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn admin_services_are_guarded_and_public_ones_are_not() {
+    fn every_service_is_guarded_but_the_public_ones() {
         assert!(is_admin_path("/embeddingmap.api.v1.ItemService/ImportItems"));
         assert!(is_admin_path("/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap"));
+        assert!(is_admin_path("/embeddingmap.api.v1.ServiceAddedLater/Anything"), "deny by default");
+        assert!(is_admin_path("/embeddingmap.api.v1.EventServiceX/RecordEvent"));
+        assert!(is_admin_path("/"));
         assert!(!is_admin_path("/embeddingmap.api.v1.EventService/RecordEvent"));
         assert!(!is_admin_path("/grpc.health.v1.Health/Check"));
-        assert!(!is_admin_path("/embeddingmap.api.v1.ItemServiceX/ImportItems"));
+        assert!(!is_admin_path("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(!is_admin_path("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"));
     }
 }

@@ -15,10 +15,12 @@ use embeddingmap_proto::api::{
     admin_neighbor_service_server::AdminNeighborServiceServer, event_service_server::EventServiceServer,
     item_service_server::ItemServiceServer, stats_service_server::StatsServiceServer,
 };
-use service_kit::listener::{self, ConnectionLimits};
+use service_kit::{
+    listener::{self, ConnectionLimits},
+    routes::ServedRoutes,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::Routes;
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -145,11 +147,6 @@ fn grpc_service(
     + Send
     + 'static,
 > {
-    let (reflection, reflection_v1alpha) = service_kit::reflection::services(&[
-        embeddingmap_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ])
-    .context("cannot build the reflection services")?;
     let (limit_in, limit_out) = (config.max_body_bytes, config.max_response_bytes);
     macro_rules! sized {
         ($server:expr) => {
@@ -157,15 +154,15 @@ fn grpc_service(
         };
     }
     let api = || Api(state.clone());
-    let routes = Routes::new(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(sized!(EventServiceServer::new(api())))
-        .add_service(sized!(ItemServiceServer::new(api())))
-        .add_service(sized!(StatsServiceServer::new(api())))
-        .add_service(sized!(AdminNeighborServiceServer::new(api())))
-        .add_service(grpc::admin_map_service(state, limit_out))
-        .prepare();
+    let routes = ServedRoutes::default()
+        .add(health_service)
+        .add(sized!(EventServiceServer::new(api())))
+        .add(sized!(ItemServiceServer::new(api())))
+        .add(sized!(StatsServiceServer::new(api())))
+        .add(sized!(AdminNeighborServiceServer::new(api())))
+        .add(grpc::admin_map_service(state, limit_out))
+        .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+        .context("cannot build the reflection services")?;
     Ok(ServiceBuilder::new()
         .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
         .layer(cors(&config.cors_origins)?)

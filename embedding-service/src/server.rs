@@ -5,14 +5,15 @@ use embeddingmap_proto::v1::{
     embedding_map_service_server::EmbeddingMapServiceServer, neighbor_service_server::NeighborServiceServer,
 };
 use service_kit::{
-    bearer::{BearerToken, RequireBearerLayer},
+    bearer::{BearerToken, RequireBearerLayer, service_of},
     listener::{self, ConnectionLimits},
     ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
+    routes::ServedRoutes,
     shutdown, spawn_named,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tonic::{server::NamedService, service::Routes};
+use tonic::server::NamedService;
 use tower::ServiceBuilder;
 
 use crate::{
@@ -28,6 +29,12 @@ use crate::{
 
 /// Largest `FindNeighbors` request (and answer) accepted.
 const NEIGHBOR_REQUEST_BYTES: usize = 256 * 1024;
+
+/// With `--auth-token`, every call needs it but health's (probes): a service added later is guarded
+/// without a line changed.
+fn needs_token(path: &str) -> bool {
+    service_of(path) != tonic_health::pb::health_server::SERVICE_NAME
+}
 
 /// Runs the service until SIGTERM/SIGINT. The map job starts first, then the listener binds;
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
@@ -57,11 +64,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     health::set_not_serving(&reporter).await;
-    let (reflection, reflection_v1alpha) = service_kit::reflection::services(&[
-        embeddingmap_proto::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-    ])
-    .context("cannot build the reflection services")?;
 
     let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot bind {}", config.listen))?;
     let address = listener.local_addr()?;
@@ -90,21 +92,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let neighbors = NeighborServiceServer::new(NeighborSearch::new(board.clone()))
         .max_decoding_message_size(NEIGHBOR_REQUEST_BYTES)
         .max_encoding_message_size(NEIGHBOR_REQUEST_BYTES);
-    let routes =
-        Routes::new(health_service).add_service(reflection).add_service(reflection_v1alpha).add_service(neighbors);
     let ready_answers = ReadyAnswersLayer::new(
         board,
         <EmbeddingMapServiceServer<MapService> as NamedService>::NAME,
         "GetEmbeddingMap",
         config.max_message_bytes,
     );
-    let routes = routes.add_service(ServiceBuilder::new().layer(ready_answers).service(map_service)).prepare();
+    let routes = ServedRoutes::default()
+        .add(health_service)
+        .add(neighbors)
+        .add(ServiceBuilder::new().layer(ready_answers).service(map_service))
+        .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+        .context("cannot build the reflection services")?;
     let auth = config
         .auth_token
         .as_deref()
         .map(|token| BearerToken::new(token).map_err(|e| anyhow::anyhow!("--auth-token: {e}")))
         .transpose()?
-        .map(|token| RequireBearerLayer::new(token, |path| !path.starts_with("/grpc.health.v1.Health/")));
+        .map(|token| RequireBearerLayer::new(token, needs_token));
     // A call whose request has not arrived and been answered (its headers, for a watch) within
     // the timeout is dropped, so a client that stalls mid-request cannot hold its connection.
     let service = ServiceBuilder::new()

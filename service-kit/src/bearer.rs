@@ -48,6 +48,11 @@ impl BearerToken {
     }
 }
 
+/// The service a gRPC request path (`/package.Service/Method`) names.
+pub fn service_of(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or_default()
+}
+
 /// Answers gRPC UNAUTHENTICATED (trailers-only, so gRPC-web translates it too) to a call on a
 /// guarded path without the token, before the inner service sees it.
 #[derive(Clone)]

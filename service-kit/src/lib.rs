@@ -5,6 +5,7 @@ pub mod bearer;
 pub mod listener;
 pub mod ready_answers;
 pub mod reflection;
+pub mod routes;
 pub mod shutdown;
 
 use std::{future::Future, io::IsTerminal, time::Duration};

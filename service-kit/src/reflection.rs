@@ -1,13 +1,22 @@
 //! gRPC server reflection, served in both versions clients speak: `grpc.reflection.v1` (grpcurl,
 //! current clients) and `grpc.reflection.v1alpha` (Python's grpcio-reflection and several GUI
-//! clients still speak only this one).
+//! clients still speak only this one). It lists only the services named, never every service of
+//! the descriptor sets: a client that trusts the list must not find a service the server lacks.
 
 use tonic_reflection::server::{Builder, Error, v1, v1alpha};
 
-/// Both reflection services over the same encoded file descriptor sets.
+/// The reflection services' names, as request paths carry them.
+pub const SERVICE_NAMES: [&str; 2] = [
+    tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+];
+
+/// Both reflection services over the same encoded file descriptor sets, listing `served` (and
+/// themselves).
 #[allow(clippy::type_complexity)]
 pub fn services(
     descriptor_sets: &[&'static [u8]],
+    served: &[&'static str],
 ) -> Result<
     (
         v1::ServerReflectionServer<impl v1::ServerReflection>,
@@ -16,9 +25,10 @@ pub fn services(
     Error,
 > {
     let builder = || {
-        descriptor_sets
+        let builder = descriptor_sets
             .iter()
-            .fold(Builder::configure(), |builder, set| builder.register_encoded_file_descriptor_set(set))
+            .fold(Builder::configure(), |builder, set| builder.register_encoded_file_descriptor_set(set));
+        served.iter().chain(&SERVICE_NAMES).fold(builder, |builder, name| builder.with_service_name(*name))
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
