@@ -17,7 +17,7 @@ use crate::status::StatusBoard;
 pub const MAP_READY_SERVICE: &str = "embeddingmap.v1.MapReady";
 
 fn serving_names() -> [&'static str; 2] {
-    ["", <EmbeddingMapServiceServer<crate::service::MapService> as NamedService>::NAME]
+    ["", <EmbeddingMapServiceServer<crate::grpc::MapService> as NamedService>::NAME]
 }
 
 /// Everything NOT_SERVING: the state before the server is bound, and again once shutdown begins.

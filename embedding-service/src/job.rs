@@ -18,7 +18,7 @@ use crate::{
     corpus::{Corpus, CorpusSource, CorpusVersion},
     error::MapError,
     map_store::{MAX_GENERATION, MapStore},
-    neighbors::NeighborIndex,
+    neighbor_index::NeighborIndex,
     pipeline::{self, MapOutput, MapSettings, WarmStart},
     status::{ReadyMap, StatusBoard, StatusPublisher},
 };

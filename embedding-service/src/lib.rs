@@ -9,13 +9,13 @@ pub mod error;
 mod faiss_ext;
 mod faiss_layout;
 pub mod files;
+pub mod grpc;
 pub mod health;
 pub mod job;
 pub mod map_store;
-pub mod neighbors;
+pub mod neighbor_index;
 pub mod pipeline;
 pub mod server;
-pub mod service;
 pub mod status;
 
 /// Entry points for the fuzz targets in `fuzz/` and for replaying their corpus in tests.

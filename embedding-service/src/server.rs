@@ -21,9 +21,9 @@ use crate::{
     corpus::CorpusSource,
     corpus_watch,
     files::RegularFile,
+    grpc::{MapService, NeighborSearch},
     health, job,
     map_store::MapStore,
-    service::{MapService, NeighborSearch},
     status,
 };
 

@@ -15,7 +15,7 @@ use embeddingmap_proto::v1::{self as pb, MapState, Phase, refresh_outcome::Resul
 use prost::Message;
 use tokio::sync::watch;
 
-use crate::neighbors::NeighborIndex;
+use crate::neighbor_index::NeighborIndex;
 
 /// How often optimisation progress is published at most; phase changes always are.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);

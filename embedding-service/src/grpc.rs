@@ -1,4 +1,5 @@
-//! `embeddingmap.v1.EmbeddingMapService`: answers from the status board, never waits for the map.
+//! The gRPC services: `embeddingmap.v1.EmbeddingMapService`, which answers from the status board and
+//! never waits for the map, and `NeighborService`, which searches the served map's corpus.
 
 use std::pin::Pin;
 
@@ -7,7 +8,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{job::RefreshRequests, neighbors::QueryError, status::StatusBoard};
+use crate::{job::RefreshRequests, neighbor_index::QueryError, status::StatusBoard};
 
 pub struct MapService {
     board: StatusBoard,
