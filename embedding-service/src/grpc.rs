@@ -55,7 +55,7 @@ impl EmbeddingMapService for MapService {
                     _ = shutdown.cancelled() => return None,
                 }
                 let status = receiver.borrow_and_update().clone();
-                let generation = status.ready.as_ref().map(|map| map.summary.generation);
+                let generation = status.ready().map(|map| map.summary.generation);
                 let message = status.to_proto(omit_points || generation == sent_generation);
                 if generation.is_some() {
                     sent_generation = generation;
@@ -100,7 +100,7 @@ impl pb::neighbor_service_server::NeighborService for NeighborSearch {
         let (index, generation) = {
             let status = self.board.subscribe();
             let status = status.borrow();
-            (status.neighbors.clone(), status.ready.as_ref().map_or(0, |map| map.summary.generation))
+            (status.neighbors.clone(), status.ready().map_or(0, |map| map.summary.generation))
         };
         let index = index.ok_or_else(|| {
             Status::unavailable(if generation == 0 {

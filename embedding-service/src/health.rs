@@ -37,7 +37,7 @@ pub async fn set_serving(reporter: &HealthReporter) {
 /// Follows the status board and flips `MAP_READY_SERVICE` to SERVING when a map is ready.
 pub async fn follow_map_readiness(board: StatusBoard, reporter: HealthReporter) {
     let mut receiver = board.subscribe();
-    if receiver.wait_for(|status| status.ready.is_some()).await.is_ok() {
+    if receiver.wait_for(|status| status.ready().is_some()).await.is_ok() {
         reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::Serving).await;
     }
 }

@@ -35,7 +35,7 @@ pub struct RefreshRequests {
 
 impl RefreshRequests {
     pub fn request(&self) -> Start {
-        let computing = self.board.subscribe().borrow().computing.is_some();
+        let computing = self.board.subscribe().borrow().computing().is_some();
         // Full: a refresh is already waiting, and it will read the corpus as it is by then.
         let _ = self.sender.try_send(());
         if computing { Start::Queued } else { Start::Started }

@@ -20,19 +20,27 @@ use crate::neighbor_index::NeighborIndex;
 /// How often optimisation progress is published at most; phase changes always are.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MapStatus {
-    /// The map served: the last one computed, kept through refreshes and their failures.
-    pub ready: Option<Arc<ReadyMap>>,
-    /// A computation under way: the first map, or a refresh.
-    pub computing: Option<Computing>,
-    /// Why no map could be computed, while none ever was.
-    pub failure: Option<pb::Failure>,
+    pub serving: Serving,
     /// How the last refresh ended.
     pub last_refresh: Option<pb::RefreshOutcome>,
     /// The corpus of the map served (or, before the first map, of the one computing), searched
     /// for a point's true neighbours.
     pub neighbors: Option<Arc<NeighborIndex>>,
+}
+
+/// What is served, with the rules of the three states in the type: READY always has a map, and
+/// FAILED is only possible while no map was ever served (a refresh that fails keeps the map).
+#[derive(Debug, Clone)]
+pub enum Serving {
+    /// No map yet: the first computation, or another try after a failed one, is under way.
+    Computing(Computing),
+    /// No map could be computed, and none was ever served.
+    Failed(pb::Failure),
+    /// The last map computed, kept through refreshes and their failures; `refresh` is a
+    /// computation of the next one, under way beside it.
+    Ready { map: Arc<ReadyMap>, refresh: Option<Computing> },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,18 +66,45 @@ impl Computing {
 }
 
 impl MapStatus {
+    fn new(computing: Computing) -> Self {
+        MapStatus { serving: Serving::Computing(computing), last_refresh: None, neighbors: None }
+    }
+
     pub fn state(&self) -> MapState {
-        match (&self.ready, &self.computing, &self.failure) {
-            (Some(_), ..) => MapState::Ready,
-            (None, None, Some(_)) => MapState::Failed,
-            _ => MapState::Computing,
+        match self.serving {
+            Serving::Computing(_) => MapState::Computing,
+            Serving::Failed(_) => MapState::Failed,
+            Serving::Ready { .. } => MapState::Ready,
+        }
+    }
+
+    /// The map served, if any.
+    pub fn ready(&self) -> Option<&Arc<ReadyMap>> {
+        match &self.serving {
+            Serving::Ready { map, .. } => Some(map),
+            _ => None,
+        }
+    }
+
+    /// The computation under way, if any: the first map's or a refresh's.
+    pub fn computing(&self) -> Option<&Computing> {
+        match &self.serving {
+            Serving::Computing(computing) | Serving::Ready { refresh: Some(computing), .. } => Some(computing),
+            _ => None,
+        }
+    }
+
+    fn computing_mut(&mut self) -> Option<&mut Computing> {
+        match &mut self.serving {
+            Serving::Computing(computing) | Serving::Ready { refresh: Some(computing), .. } => Some(computing),
+            _ => None,
         }
     }
 
     /// What a READY answer carries beside the map: a refresh's progress, the last one's outcome.
     fn refresh_fields(&self) -> pb::EmbeddingMapStatus {
         pb::EmbeddingMapStatus {
-            refresh: self.computing.as_ref().map(Computing::progress),
+            refresh: self.computing().map(Computing::progress),
             last_refresh: self.last_refresh.clone(),
             ..Default::default()
         }
@@ -77,21 +112,22 @@ impl MapStatus {
 
     /// The status as sent on the wire.
     pub fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
-        match (&self.ready, self.state()) {
-            (Some(map), _) => {
+        let last_refresh = self.last_refresh.clone();
+        match &self.serving {
+            Serving::Ready { map, .. } => {
                 let pb::EmbeddingMapStatus { refresh, last_refresh, .. } = self.refresh_fields();
                 pb::EmbeddingMapStatus { refresh, last_refresh, ..map.to_proto(omit_points) }
             }
-            (None, MapState::Failed) => pb::EmbeddingMapStatus {
+            Serving::Failed(failure) => pb::EmbeddingMapStatus {
                 state: MapState::Failed.into(),
-                failure: self.failure.clone(),
-                last_refresh: self.last_refresh.clone(),
+                failure: Some(failure.clone()),
+                last_refresh,
                 ..Default::default()
             },
-            (None, _) => pb::EmbeddingMapStatus {
+            Serving::Computing(computing) => pb::EmbeddingMapStatus {
                 state: MapState::Computing.into(),
-                progress: Some(self.computing.as_ref().map(Computing::progress).unwrap_or_default()),
-                last_refresh: self.last_refresh.clone(),
+                progress: Some(computing.progress()),
+                last_refresh,
                 ..Default::default()
             },
         }
@@ -101,7 +137,7 @@ impl MapStatus {
     /// concatenated messages): the map's shared encoding, then the few bytes that change with a
     /// refresh's progress.
     pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
-        let map = self.ready.as_ref()?;
+        let map = self.ready()?;
         let extra = self.refresh_fields();
         let mut pieces = vec![map.encoded(omit_points)];
         if extra != pb::EmbeddingMapStatus::default() {
@@ -186,23 +222,26 @@ pub struct StatusPublisher {
 
 /// A fresh status pair: COMPUTING in the loading phase, clocked from now.
 pub fn status_channel(total_iterations: u32) -> (StatusPublisher, StatusBoard) {
-    let (sender, receiver) = watch::channel(MapStatus::default());
+    let (sender, receiver) = watch::channel(MapStatus::new(Computing::starting(total_iterations)));
     let publisher = StatusPublisher { sender, last_progress: Mutex::new(Instant::now()), total_iterations };
-    publisher.computation_started();
     (publisher, StatusBoard { receiver })
+}
+
+impl Computing {
+    /// A computation beginning: loading, clocked from now.
+    fn starting(total_iterations: u32) -> Self {
+        Computing { phase: Phase::Loading, iteration: 0, total_iterations, point_count: 0, started: Instant::now() }
+    }
 }
 
 impl StatusPublisher {
     /// A computation (the first map or a refresh) begins: loading, clocked from now.
     pub fn computation_started(&self) {
-        let computing = Computing {
-            phase: Phase::Loading,
-            iteration: 0,
-            total_iterations: self.total_iterations,
-            point_count: 0,
-            started: Instant::now(),
-        };
-        self.sender.send_modify(|status| status.computing = Some(computing));
+        let computing = Computing::starting(self.total_iterations);
+        self.sender.send_modify(|status| match &mut status.serving {
+            Serving::Ready { refresh, .. } => *refresh = Some(computing),
+            other => *other = Serving::Computing(computing),
+        });
     }
 
     /// The phase now running; always published.
@@ -223,7 +262,7 @@ impl StatusPublisher {
     /// Optimisation progress, published at most every `PROGRESS_INTERVAL` and at the last step.
     pub fn iteration(&self, done: u32) {
         let mut last = self.last_progress.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let total = self.sender.borrow().computing.map_or(0, |computing| computing.total_iterations);
+        let total = self.sender.borrow().computing().map_or(0, |computing| computing.total_iterations);
         if done < total && last.elapsed() < PROGRESS_INTERVAL {
             return;
         }
@@ -235,7 +274,7 @@ impl StatusPublisher {
     /// already (once one is, they come only with a map, so they are always points on it).
     pub fn corpus_loaded(&self, neighbors: &Arc<NeighborIndex>) {
         self.sender.send_if_modified(|status| {
-            let first = status.ready.is_none();
+            let first = status.ready().is_none();
             if first {
                 status.neighbors = Some(neighbors.clone());
             }
@@ -248,13 +287,11 @@ impl StatusPublisher {
     pub fn ready(&self, map: pb::EmbeddingMap, neighbors: Option<Arc<NeighborIndex>>) {
         let map = Arc::new(ReadyMap::new(map));
         self.sender.send_modify(|status| {
-            if status.ready.is_some() {
+            if status.ready().is_some() {
                 status.last_refresh = Some(outcome(RefreshResult::Updated, None));
             }
             status.neighbors = neighbors;
-            status.ready = Some(map);
-            status.computing = None;
-            status.failure = None;
+            status.serving = Serving::Ready { map, refresh: None };
         });
     }
 
@@ -262,7 +299,9 @@ impl StatusPublisher {
     /// boot of a stored map, which nobody asked for.
     pub fn unchanged(&self, report: bool, neighbors: Arc<NeighborIndex>) {
         self.sender.send_modify(|status| {
-            status.computing = None;
+            if let Serving::Ready { refresh, .. } = &mut status.serving {
+                *refresh = None;
+            }
             // The served map's own corpus (a stored map's, the first time it is read).
             status.neighbors = Some(neighbors);
             if report {
@@ -275,12 +314,13 @@ impl StatusPublisher {
     /// good map stays and the failure is the last refresh's outcome.
     pub fn failed(&self, message: String) {
         self.sender.send_modify(|status| {
-            let phase = status.computing.take().map_or(Phase::Unspecified, |computing| computing.phase);
-            let failure = pb::Failure { message, phase: phase.into() };
-            if status.ready.is_some() {
-                status.last_refresh = Some(outcome(RefreshResult::Failed, Some(failure)));
-            } else {
-                status.failure = Some(failure);
+            let failure = failure_now(status, message);
+            match &mut status.serving {
+                Serving::Ready { refresh, .. } => {
+                    *refresh = None;
+                    status.last_refresh = Some(outcome(RefreshResult::Failed, Some(failure)));
+                }
+                other => *other = Serving::Failed(failure),
             }
         });
     }
@@ -290,23 +330,21 @@ impl StatusPublisher {
     /// would look the same), so it is withdrawn, and the map is FAILED with the reason.
     pub fn stored_map_unconfirmed(&self, message: String) {
         self.sender.send_modify(|status| {
-            let phase = status.computing.take().map_or(Phase::Unspecified, |computing| computing.phase);
             let message = format!(
                 "{message} (the stored map served since start is withdrawn: it cannot be checked against the corpus)"
             );
-            status.ready = None;
+            status.serving = Serving::Failed(failure_now(status, message));
             status.neighbors = None;
-            status.failure = Some(pb::Failure { message, phase: phase.into() });
         });
     }
 
     /// The map served now, if any: the parent of the next one.
     pub fn current(&self) -> Option<Arc<ReadyMap>> {
-        self.sender.borrow().ready.clone()
+        self.sender.borrow().ready().cloned()
     }
 
     fn update_computing(&self, change: impl FnOnce(&mut Computing)) {
-        self.sender.send_if_modified(|status| match &mut status.computing {
+        self.sender.send_if_modified(|status| match status.computing_mut() {
             Some(computing) => {
                 change(computing);
                 true
@@ -314,6 +352,12 @@ impl StatusPublisher {
             None => false,
         });
     }
+}
+
+/// A failure with `message` in the phase the computation under way has reached.
+fn failure_now(status: &MapStatus, message: String) -> pb::Failure {
+    let phase = status.computing().map_or(Phase::Unspecified, |computing| computing.phase);
+    pb::Failure { message, phase: phase.into() }
 }
 
 fn outcome(result: RefreshResult, failure: Option<pb::Failure>) -> pb::RefreshOutcome {
