@@ -155,12 +155,12 @@ fn grpc_service(
     }
     let api = || Api(state.clone());
     let routes = ServedRoutes::default()
-        .add(health_service)
-        .add(sized!(EventServiceServer::new(api())))
-        .add(sized!(ItemServiceServer::new(api())))
-        .add(sized!(StatsServiceServer::new(api())))
-        .add(sized!(AdminNeighborServiceServer::new(api())))
-        .add(grpc::admin_map_service(state, limit_out))
+        .serve(health_service)
+        .serve(sized!(EventServiceServer::new(api())))
+        .serve(sized!(ItemServiceServer::new(api())))
+        .serve(sized!(StatsServiceServer::new(api())))
+        .serve(sized!(AdminNeighborServiceServer::new(api())))
+        .serve(grpc::admin_map_service(state, limit_out))
         .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
         .context("cannot build the reflection services")?;
     Ok(ServiceBuilder::new()

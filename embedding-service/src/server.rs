@@ -99,9 +99,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.max_message_bytes,
     );
     let routes = ServedRoutes::default()
-        .add(health_service)
-        .add(neighbors)
-        .add(ServiceBuilder::new().layer(ready_answers).service(map_service))
+        .serve(health_service)
+        .serve(neighbors)
+        .serve(ServiceBuilder::new().layer(ready_answers).service(map_service))
         .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
         .context("cannot build the reflection services")?;
     let auth = config

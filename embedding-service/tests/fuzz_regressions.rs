@@ -42,6 +42,8 @@ fn a_deeply_nested_npy_header_is_refused_before_npyz_parses_it() {
     data.extend((header.len() as u16).to_le_bytes());
     data.extend(header);
     data.extend([0u8; 8]);
-    let error = embedding_service::corpus::read_npy_matrix(&data[..], Path::new("nested.npy")).unwrap_err().to_string();
+    let error = embedding_service::corpus::read_npy_matrix(&data[..], Path::new("nested.npy"), data.len() as u64)
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("not a plain array's"), "{error}");
 }

@@ -14,7 +14,7 @@ pub struct ServedRoutes {
 }
 
 impl ServedRoutes {
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn serve<S>(mut self, service: S) -> Self
     where
         S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
         S::Response: axum::response::IntoResponse,

@@ -112,7 +112,7 @@ pub async fn two_file_update(card: &mut Scorecard) {
     let mut neighbors = NeighborServiceClient::new(connect(&service).await);
     let query = FindNeighborsRequest { query: Some(Query::Vector(QueryVector { values: rows[0].clone() })), k: 1 };
     let nearest = neighbors.find_neighbors(query).await.map(|answer| answer.into_inner());
-    let nearest = nearest.ok().and_then(|answer| Some((answer.generation, answer.neighbors.first()?.clone())));
+    let nearest = nearest.ok().and_then(|answer| Some((answer.generation, *answer.neighbors.first()?)));
     let right = nearest.as_ref().is_some_and(|(generation, first)| *generation == 2 && first.id == 1000);
     survived &= row.check(right, format!("row 0's vector answers id 1000 in generation 2, got {nearest:?}"));
     row.fault(survived);
