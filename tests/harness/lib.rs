@@ -46,7 +46,42 @@ pub fn binary(name: &str) -> PathBuf {
         "{} is missing: run `cargo build --workspace --bins` first, or set {variable}",
         path.display()
     );
+    // `cargo test` builds the tests, not the services' binaries: one built before the sources
+    // last changed would test old code and pass or fail for the wrong reason.
+    let built = std::fs::metadata(&path).and_then(|m| m.modified()).expect("binary modification time");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let own: &[&str] = match name {
+        "embedding-service" => &["embedding-service/src", "vendor/bhtsne/src"],
+        "api-service" => &["api-service/src", "api-service/migrations"],
+        _ => &[],
+    };
+    let sources = ["proto/src", "proto/proto", "service-kit/src"].iter().chain(own);
+    // Other binaries' own sources (src/bin/) do not relink this one.
+    let skip = workspace.join("embedding-service/src/bin");
+    let newer = sources.filter_map(|dir| newer_file(&workspace.join(dir), built, &skip)).next();
+    if let Some(newer) = newer {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            path.display(),
+            newer.display()
+        );
+    }
     path
+}
+
+/// A file under `dir` (not under `skip`) modified after `time`, if there is one.
+fn newer_file(dir: &Path, time: std::time::SystemTime, skip: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(dir).ok()?.filter_map(Result::ok).find_map(|entry| {
+        let path = entry.path();
+        let metadata = entry.metadata().ok()?;
+        if path == skip {
+            None
+        } else if metadata.is_dir() {
+            newer_file(&path, time, skip)
+        } else {
+            (metadata.modified().ok()? > time).then_some(path)
+        }
+    })
 }
 
 /// A running service process, killed when dropped.
