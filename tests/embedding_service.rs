@@ -268,3 +268,25 @@ async fn with_a_token_only_health_answers_without_it_and_the_api_service_sends_i
     assert!([200, 202].contains(&status(&["--embedding-token", TOKEN]).await));
     assert_eq!(status(&[]).await, 503);
 }
+
+/// Settings no corpus could make valid stop the service at once, naming the flag, rather than
+/// leave it serving a map that can only fail.
+#[test]
+fn impossible_settings_stop_the_service_at_start_naming_the_flag() {
+    for (flags, named) in [
+        (&["--knn-probes", "0"][..], "--knn-probes"),
+        (&["--iterations", "0"], "--iterations"),
+        (&["--perplexity", "1"], "--perplexity"),
+        (&["--refresh-fresh-above", "1.5"], "--refresh-fresh-above"),
+    ] {
+        let output = std::process::Command::new(end_to_end_tests::binary("embedding-service"))
+            .args(["--listen", "127.0.0.1:0", "--map-store", ""])
+            .args(flags)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?} was accepted");
+        assert!(said.contains(named), "{flags:?}: {said}");
+        assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "{flags:?}: it never listened");
+    }
+}

@@ -40,6 +40,8 @@ fn needs_token(path: &str) -> bool {
 /// the address is printed on stdout as `embedding-service listening on ADDR`.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let settings = config.map.clone();
+    // Impossible settings stop the service here, rather than serve a map that can only fail.
+    settings.validate().context("invalid map settings")?;
     let source = CorpusSource::from_paths(config.corpus.clone(), config.ids.clone());
     let corpus_files = source.files();
     let (publisher, board) = status::status_channel(settings.iterations);

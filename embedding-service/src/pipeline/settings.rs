@@ -29,7 +29,7 @@ pub struct MapSettings {
 
     /// Optimisation iterations in all, early exaggeration included. 500 with the rate raised to N
     /// after exaggeration keep real corpora's neighbours better than openTSNE's 1000 (docs/benchmarks.md).
-    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 500)]
+    #[arg(long, env = "EMBEDDING_ITERATIONS", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub iterations: u32,
 
     /// Iterations with early exaggeration, at the start; at most --iterations.
@@ -73,7 +73,8 @@ pub struct MapSettings {
 
     /// With `--knn cells` (and auto), how many nearest cells each cell's points are searched
     /// among.
-    #[arg(long, env = "EMBEDDING_KNN_PROBES", default_value_t = 48)]
+    #[arg(long, env = "EMBEDDING_KNN_PROBES", default_value_t = 48,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub knn_probes: usize,
 
     /// Repulsive-force approximation.
@@ -197,34 +198,35 @@ impl MapSettings {
         )
     }
 
-    /// Validates the settings and decides every automatic choice for a corpus of
-    /// `points` x `dimensions`; the only place defaults that depend on the corpus are made.
-    pub fn resolve(&self, points: usize, dimensions: usize) -> Result<MapParameters, MapError> {
+    /// Checks what needs no corpus, so that a service with impossible settings refuses to start
+    /// instead of serving a FAILED map; `resolve` checks again (the benchmark calls it alone).
+    pub fn validate(&self) -> Result<(), MapError> {
         let invalid = |what: String| Err(MapError::InvalidParameter(what));
         if !(self.perplexity.is_finite() && self.perplexity >= MIN_PERPLEXITY) {
-            return invalid(format!("perplexity must be at least {MIN_PERPLEXITY}, got {}", self.perplexity));
-        }
-        if self.iterations == 0 {
-            return invalid("iterations must be at least 1".into());
+            return invalid(format!("--perplexity must be at least {MIN_PERPLEXITY}, got {}", self.perplexity));
         }
         if !(self.early_exaggeration.is_finite() && self.early_exaggeration >= 1.0) {
-            return invalid(format!("early exaggeration must be at least 1, got {}", self.early_exaggeration));
+            return invalid(format!("--early-exaggeration must be at least 1, got {}", self.early_exaggeration));
         }
         if self.pca_dims == 1 {
-            return invalid("PCA dimensions must be at least 2 (or 0 for the automatic choice), got 1".into());
+            return invalid("--pca-dims must be at least 2 (or 0 for the automatic choice), got 1".into());
         }
         for rate in [self.learning_rate, self.final_learning_rate] {
             // Zero asks for the automatic rate.
             if !(rate.is_finite() && rate >= 0.0) {
-                return invalid(format!("learning rate must be positive, got {rate}"));
+                return invalid(format!("learning rates must be positive (or 0 for automatic), got {rate}"));
             }
         }
         if !(0.0..=1.0).contains(&self.refresh_fresh_above) {
             return invalid(format!("--refresh-fresh-above must be within 0 to 1, got {}", self.refresh_fresh_above));
         }
-        if self.knn_probes == 0 {
-            return invalid("--knn-probes must be at least 1".into());
-        }
+        Ok(())
+    }
+
+    /// Validates the settings and decides every automatic choice for a corpus of
+    /// `points` x `dimensions`; the only place defaults that depend on the corpus are made.
+    pub fn resolve(&self, points: usize, dimensions: usize) -> Result<MapParameters, MapError> {
+        self.validate()?;
         let needed = (3.0 * MIN_PERPLEXITY) as usize + 1;
         if points < needed {
             return Err(MapError::TooFewPoints { points, needed });
@@ -335,15 +337,21 @@ mod tests {
         assert_eq!((tiny.perplexity, tiny.neighbors, tiny.exaggeration_iterations), (10.0, 30, 300));
         assert_eq!(tiny.pca_dimensions, 4);
         for (flags, named) in [
-            (&["--perplexity", "1"][..], "perplexity"),
-            (&["--iterations", "0"], "iterations"),
-            (&["--pca-dims", "1"], "PCA dimensions"),
+            (&["--perplexity", "1"][..], "--perplexity"),
+            (&["--pca-dims", "1"], "--pca-dims"),
             (&["--learning-rate=-1"], "learning rate"),
-            (&["--early-exaggeration", "0.5"], "exaggeration"),
-            (&["--knn-probes", "0"], "probes"),
+            (&["--early-exaggeration", "0.5"], "--early-exaggeration"),
+            (&["--refresh-fresh-above", "2"], "--refresh-fresh-above"),
         ] {
-            let error = settings(flags).resolve(1_000, 64).unwrap_err().to_string();
+            // Refused before any corpus is read, and again by resolve.
+            let error = settings(flags).validate().unwrap_err().to_string();
             assert!(error.contains(named), "{flags:?}: {error}");
+            assert!(settings(flags).resolve(1_000, 64).is_err());
+        }
+        // Whole-number ranges are refused by the parser itself.
+        for flags in [["--iterations", "0"], ["--knn-probes", "0"]] {
+            let error = <Flags as clap::Parser>::try_parse_from(std::iter::once("test").chain(flags)).err().unwrap();
+            assert!(error.to_string().contains(flags[0]), "{flags:?}: {error}");
         }
         assert!(matches!(settings(&[]).resolve(6, 4), Err(MapError::TooFewPoints { points: 6, needed: 7 })));
     }
