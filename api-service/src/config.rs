@@ -111,6 +111,7 @@ pub struct Config {
     #[command(flatten)]
     pub connections: ConnectionArgs,
 
+    /// Log format.
     #[arg(long, env = "API_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -138,5 +139,17 @@ impl std::fmt::Debug for Config {
             .field("embedding_token", &self.embedding_token.as_ref().map(|_| "<redacted>"))
             .field("cors_origins", &self.cors_origins)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configuration_reference_is_current() {
+        let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let command = <Config as clap::CommandFactory>::command();
+        service_kit::config_doc::check_section(&document, "api-service", &command).unwrap();
     }
 }

@@ -96,4 +96,11 @@ mod tests {
         assert_eq!(config.map.learning_rate, 0.0);
         assert_eq!(config.map.exaggeration_iterations, 250);
     }
+
+    #[test]
+    fn configuration_reference_is_current() {
+        let document = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let command = <Config as clap::CommandFactory>::command();
+        service_kit::config_doc::check_section(&document, "embedding-service", &command).unwrap();
+    }
 }

@@ -2,6 +2,7 @@
 //! and duration flags.
 
 pub mod bearer;
+pub mod config_doc;
 pub mod listener;
 pub mod ready_answers;
 pub mod reflection;
