@@ -198,7 +198,7 @@ pub async fn oversized_npy_header(card: &mut Scorecard) {
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("sparse.npy");
     let mut header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (2000000, 384), }".to_vec();
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(b' ');
     }
     header.push(b'\n');
