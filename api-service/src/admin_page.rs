@@ -13,15 +13,12 @@ use axum::{
 };
 
 use tonic::server::NamedService;
-use tonic_web::GrpcWebLayer;
-use tower::ServiceBuilder;
 
 use embeddingmap_proto::api::admin_neighbor_service_server::AdminNeighborServiceServer;
 
 use crate::{
     auth::AdminToken,
-    grpc::{AdminMapService, Api},
-    grpc_conventions::GrpcConventionsLayer,
+    grpc::{self, AdminMapService, Api},
     state::AppState,
 };
 
@@ -36,8 +33,8 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
     (scripts/run.sh does), then rebuild the api-service.</p>";
 
 /// The page, its config, and the two gRPC services it calls (the map and a point's neighbours), as
-/// gRPC-web on this same origin (so the page needs no CORS), inside the same gRPC layers as on the
-/// gRPC port (the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
+/// gRPC-web on this same origin (so the page needs no CORS), inside the same call layers as on the
+/// gRPC port (`grpc::call_layers`: the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
 pub fn routes(
     grpc_web_url: String,
     map_service: AdminMapService,
@@ -47,20 +44,14 @@ pub fn routes(
 ) -> Router<AppState> {
     let csp = content_security_policy(&grpc_web_url);
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
-    let grpc_web = || {
-        ServiceBuilder::new()
-            .layer(GrpcWebLayer::new())
-            .layer(GrpcConventionsLayer::new(request_timeout))
-            .layer(token.admin_only())
-    };
     Router::new()
         .route_service(
             &format!("/{}/{{*method}}", <AdminMapService as NamedService>::NAME),
-            grpc_web().service(map_service),
+            grpc::call_layers(token, request_timeout).service(map_service),
         )
         .route_service(
             &format!("/{}/{{*method}}", <AdminNeighborServiceServer<Api> as NamedService>::NAME),
-            grpc_web().service(neighbor_service),
+            grpc::call_layers(token, request_timeout).service(neighbor_service),
         )
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route(

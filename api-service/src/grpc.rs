@@ -1,17 +1,26 @@
 //! The gRPC services (also served as gRPC-web). Thin: validation and storage live in
 //! `items`/`events`, the map in `map_gateway`.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use embeddingmap_proto::api::{self as pb, admin_map_service_server::AdminMapServiceServer};
 use futures_util::{Stream, StreamExt};
-use service_kit::ready_answers::{MAP_REQUEST_BYTES, ReadyAnswers, ReadyAnswersLayer};
+use service_kit::{
+    bearer::RequireBearerLayer,
+    ready_answers::{MAP_REQUEST_BYTES, ReadyAnswers, ReadyAnswersLayer},
+};
 use tonic::{Request, Response, Status, server::NamedService};
-use tower::Layer;
+use tonic_web::GrpcWebLayer;
+use tower::{
+    Layer, ServiceBuilder,
+    layer::util::{Identity, Stack},
+};
 
 use crate::{
+    auth::AdminToken,
     error::ApiError,
     events::{self, EventKind, NewEvent},
+    grpc_conventions::GrpcConventionsLayer,
     items::NewItem,
     map_gateway::MapGateway,
     neighbors,
@@ -37,6 +46,19 @@ pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMa
 }
 
 pub type AdminMapService = ReadyAnswers<AdminMapServiceServer<Api>, MapGateway>;
+
+/// The layers every gRPC call passes through, on either port, outermost first: gRPC-web
+/// translated to gRPC, the deadline and the gRPC error conventions, then the admin token,
+/// checked before the request's body is read.
+pub fn call_layers(token: &AdminToken, request_timeout: Duration) -> CallLayers {
+    ServiceBuilder::new()
+        .layer(GrpcWebLayer::new())
+        .layer(GrpcConventionsLayer::new(request_timeout))
+        .layer(token.admin_only())
+}
+
+pub type CallLayers =
+    ServiceBuilder<Stack<RequireBearerLayer, Stack<GrpcConventionsLayer, Stack<GrpcWebLayer, Identity>>>>;
 
 fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
     item.map(NewItem::from).ok_or_else(|| ApiError::invalid("item", "is required"))

@@ -32,7 +32,6 @@ use crate::{
     db,
     event_writer::EventWriter,
     grpc::{self, Api},
-    grpc_conventions::GrpcConventionsLayer,
     http,
     items::ItemStore,
     map_gateway::MapGateway,
@@ -166,9 +165,7 @@ fn grpc_service(
     Ok(ServiceBuilder::new()
         .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
         .layer(cors(&config.cors_origins)?)
-        .layer(tonic_web::GrpcWebLayer::new())
-        .layer(GrpcConventionsLayer::new(config.request_timeout))
-        .layer(state.token.admin_only())
+        .layer(grpc::call_layers(&state.token, config.request_timeout))
         .service(routes))
 }
 
