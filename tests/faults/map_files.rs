@@ -35,6 +35,19 @@ fn peak_rss_mib(pid: u32) -> u64 {
     kib.unwrap_or(0) / 1024
 }
 
+/// Starts the service on `corpus` and waits up to `limit` for FAILED: the failure's message
+/// (empty if it never failed) and the process.
+async fn boot_failure(corpus: &Path, limit: Duration) -> (String, end_to_end_tests::ServiceProcess) {
+    let service = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
+    let client = map_client(&service).await;
+    let failed = within(limit, Duration::from_millis(10), async || {
+        let status = status_of_map(&client).await;
+        (status.state() == MapState::Failed).then_some(status)
+    })
+    .await;
+    (failed.and_then(|status| status.failure).map(|failure| failure.message).unwrap_or_default(), service)
+}
+
 fn mkfifo(path: &Path) {
     let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0, "mkfifo {}", path.display());
@@ -135,16 +148,9 @@ pub async fn fifo_corpus(card: &mut Scorecard) {
     let row = card.row("corpus files");
 
     let booted = Instant::now();
-    let service = start_embedding(&["--corpus", fifo.to_str().unwrap()]);
-    let client = map_client(&service).await;
-    let failed = within(Duration::from_secs(5), Duration::from_millis(10), async || {
-        let status = status_of_map(&client).await;
-        (status.state() == MapState::Failed).then_some(status)
-    })
-    .await;
+    let (message, service) = boot_failure(&fifo, Duration::from_secs(5)).await;
     let at_boot = booted.elapsed();
     row.operations += 1;
-    let message = failed.and_then(|status| status.failure).map(|failure| failure.message).unwrap_or_default();
     let mut survived = row.check(message.contains("FIFO"), format!("a FIFO corpus at boot is FAILED, got {message:?}"));
     survived &= row.check(at_boot < Duration::from_secs(1), format!("FAILED within a second of start ({at_boot:?})"));
     row.fault(survived);
@@ -208,17 +214,10 @@ pub async fn oversized_npy_header(card: &mut Scorecard) {
     std::fs::write(&corpus, &bytes).unwrap();
     std::fs::OpenOptions::new().write(true).open(&corpus).unwrap().set_len(1_500_000_000).unwrap();
 
-    let service = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
-    let client = map_client(&service).await;
-    let failed = within(Duration::from_secs(10), Duration::from_millis(10), async || {
-        let status = status_of_map(&client).await;
-        (status.state() == MapState::Failed).then_some(status)
-    })
-    .await;
+    let (message, service) = boot_failure(&corpus, Duration::from_secs(10)).await;
     let peak = peak_rss_mib(service.pid());
     let row = card.row("corpus files");
     row.operations += 1;
-    let message = failed.and_then(|status| status.failure).map(|failure| failure.message).unwrap_or_default();
     let named = message.contains("3072000000 bytes of data") && message.contains("1499999872 bytes");
     let mut survived = row.check(named, format!("refused, naming the declared and actual sizes, got {message:?}"));
     survived &= row.check(peak < 200, format!("memory flat: peak RSS {peak} MiB"));
