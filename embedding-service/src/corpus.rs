@@ -66,7 +66,7 @@ impl CorpusSource {
     }
 
     /// The corpus as it is now, and the version of its files that was read. `previous` is the
-    /// version the served map was read from: a vectors file and its ids file are one version only
+    /// version last read whole: a vectors file and its ids file are one version only
     /// when both changed since, so a pair replaced one file at a time is refused until the second
     /// file arrives, never read half old and half new (ids on the wrong rows).
     pub fn load_after(&self, previous: Option<&CorpusVersion>) -> Result<(Corpus, CorpusVersion), MapError> {
@@ -197,10 +197,12 @@ fn read_whole<T>(
     file: RegularFile,
     read: impl FnOnce(BufReader<&File>, &Path, u64) -> Result<T, MapError>,
 ) -> Result<T, MapError> {
-    let value = read(BufReader::new(&file.file), path, file.signature.len)?;
+    let value = read(BufReader::new(&file.file), path, file.signature.len);
+    // A file rewritten while it was read fails to parse as often as not: that is said first,
+    // rather than calling it corrupt.
     file.unchanged_since_opened()
         .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })?;
-    Ok(value)
+    value
 }
 
 fn corrupt(path: &Path, format: &'static str, reason: impl ToString) -> MapError {

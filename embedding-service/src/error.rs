@@ -61,6 +61,23 @@ pub enum MapError {
 }
 
 impl MapError {
+    /// The corpus could not be read as a corpus (missing, unreadable, corrupt, invalid), as
+    /// opposed to a map that could not be computed from one.
+    pub fn is_corpus_load_error(&self) -> bool {
+        matches!(
+            self,
+            MapError::CorpusMissing { .. }
+                | MapError::CorpusUnreadable { .. }
+                | MapError::CorpusCorrupt { .. }
+                | MapError::UnsupportedIndex { .. }
+                | MapError::EmptyCorpus
+                | MapError::NonFinite { .. }
+                | MapError::IdCountMismatch { .. }
+                | MapError::DuplicateId { .. }
+                | MapError::HalfChangedPair { .. }
+        )
+    }
+
     pub fn faiss(step: &'static str, error: impl std::fmt::Display) -> Self {
         MapError::Faiss { step, reason: error.to_string() }
     }

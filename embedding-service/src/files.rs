@@ -102,7 +102,7 @@ impl RegularFile {
         }
         let mut bytes = Vec::with_capacity(self.signature.len as usize);
         // Bounded again while reading: the file may have grown since it was looked at.
-        (&self.file).take(limit + 1).read_to_end(&mut bytes)?;
+        (&self.file).take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
         if bytes.len() as u64 > limit {
             return Err(std::io::Error::other(format!("it grew past the limit of {limit} bytes while being read")));
         }

@@ -57,9 +57,9 @@ impl EmbeddingMapService for MapService {
                 let status = receiver.borrow_and_update().clone();
                 let generation = status.ready().map(|map| map.summary.generation);
                 let message = status.to_proto(omit_points || generation == sent_generation);
-                if generation.is_some() {
-                    sent_generation = generation;
-                }
+                // Forgotten when no map is served, so a map that comes back (a withdrawn stored
+                // map's successor starts again at generation 1) is sent with its points.
+                sent_generation = generation;
                 Some((Ok(message), (receiver, sent_generation)))
             }
         });

@@ -3,9 +3,10 @@
 //! - `""` and `embeddingmap.v1.EmbeddingMapService`: SERVING once the server is bound and
 //!   answering, whatever the map's state (COMPUTING and FAILED are truthful answers too);
 //!   NOT_SERVING again from the moment shutdown begins.
-//! - `embeddingmap.v1.MapReady`: SERVING once a map is READY (and from then on: refreshes keep
-//!   a map served), NOT_SERVING before, while the first map computes or after it failed. Ask for
-//!   this name to wait for the map itself.
+//! - `embeddingmap.v1.MapReady`: SERVING while a map is READY (refreshes keep a map served),
+//!   NOT_SERVING before, while the first map computes or after it failed, and again if a map
+//!   restored from the store is withdrawn because its corpus cannot be read. Ask for this name
+//!   to wait for the map itself.
 
 use embeddingmap_proto::v1::embedding_map_service_server::EmbeddingMapServiceServer;
 use tonic::server::NamedService;
@@ -34,10 +35,17 @@ pub async fn set_serving(reporter: &HealthReporter) {
     }
 }
 
-/// Follows the status board and flips `MAP_READY_SERVICE` to SERVING when a map is ready.
+/// Follows the status board: `MAP_READY_SERVICE` is SERVING while a map is ready.
 pub async fn follow_map_readiness(board: StatusBoard, reporter: HealthReporter) {
     let mut receiver = board.subscribe();
-    if receiver.wait_for(|status| status.ready().is_some()).await.is_ok() {
+    loop {
+        if receiver.wait_for(|status| status.ready().is_some()).await.is_err() {
+            return;
+        }
         reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::Serving).await;
+        if receiver.wait_for(|status| status.ready().is_none()).await.is_err() {
+            return;
+        }
+        reporter.set_service_status(MAP_READY_SERVICE, ServingStatus::NotServing).await;
     }
 }

@@ -56,14 +56,12 @@ pub fn spawn_map_job(
         // A map served before the first computation came from the store: the first computation
         // checks the corpus against it, unasked, so an unchanged corpus is not reported.
         let mut first = if publisher.current().is_some() { Trigger::StoredMapCheck } else { Trigger::Requested };
-        // The version of the corpus files the served map was read from.
-        let mut served: Option<CorpusVersion> = None;
+        // The version of the corpus files last read whole (a vectors file and its ids together),
+        // which the next read is checked against: moved on by every read that succeeds, also
+        // when the map computed from it then fails.
+        let mut last_read: Option<CorpusVersion> = None;
         loop {
-            if let Some(version) =
-                compute_and_publish(&source, &settings, &publisher, store.as_ref(), first, served.as_ref())
-            {
-                served = Some(version);
-            }
+            compute_and_publish(&source, &settings, &publisher, store.as_ref(), first, &mut last_read);
             first = Trigger::Requested;
             // Every sender gone means the server is gone.
             if requests.recv().is_err() {
@@ -97,27 +95,24 @@ struct Computed {
     outcome: Outcome,
     /// The corpus's neighbour index, for the map served after this computation.
     neighbors: Arc<NeighborIndex>,
-    /// The version of the corpus files read.
-    version: CorpusVersion,
 }
 
-/// One computation: the first map, or a refresh from the map served now. Returns the version of
-/// the corpus files read when it succeeded.
+/// One computation: the first map, or a refresh from the map served now.
 fn compute_and_publish(
     source: &CorpusSource,
     settings: &MapSettings,
     publisher: &StatusPublisher,
     store: Option<&MapStore>,
     trigger: Trigger,
-    served: Option<&CorpusVersion>,
-) -> Option<CorpusVersion> {
+    last_read: &mut Option<CorpusVersion>,
+) {
     let started = Instant::now();
     let parent = publisher.current();
     let outcome =
-        catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), served, started)))
+        catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), last_read, started)))
             .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
     match outcome {
-        Ok(Computed { outcome: Outcome::New(map), neighbors, version }) => {
+        Ok(Computed { outcome: Outcome::New(map), neighbors }) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
             // Stored before it is served, so a replica that sees it served can also find it.
@@ -127,40 +122,37 @@ fn compute_and_publish(
                 tracing::warn!(store = %store.dir().display(), "cannot store the map ({error}); serving it anyway");
             }
             publisher.ready(*map, Some(neighbors));
-            Some(version)
         }
-        Ok(Computed { outcome: Outcome::Unchanged, neighbors, version }) => {
+        Ok(Computed { outcome: Outcome::Unchanged, neighbors }) => {
             tracing::info!("the corpus is unchanged (same fingerprint); the map stays");
             publisher.unchanged(trigger == Trigger::Requested, neighbors);
-            Some(version)
         }
-        Err(error) if trigger == Trigger::StoredMapCheck => {
+        Err(error) if trigger == Trigger::StoredMapCheck && error.is_corpus_load_error() => {
             // Nothing says the stored map is this corpus's map until the corpus is read.
             tracing::error!(corpus = %source.describe(), "embedding map failed: {error}; the stored map is withdrawn");
             publisher.stored_map_unconfirmed(error.to_string());
-            None
         }
         Err(error) => {
             tracing::error!(corpus = %source.describe(), "embedding map failed: {error}");
             publisher.failed(error.to_string());
-            None
         }
     }
 }
 
 /// The map of the corpus as it is now (unchanged if it has the `parent` map's fingerprint), with
-/// the corpus's neighbour index and the version of its files read. `served` is the version the
-/// served map was read from.
+/// the corpus's neighbour index. `last_read` is the version of the corpus files last read whole,
+/// which this read is checked against and then replaces.
 fn compute(
     source: &CorpusSource,
     settings: &MapSettings,
     publisher: &StatusPublisher,
     parent: Option<&ReadyMap>,
-    served: Option<&CorpusVersion>,
+    last_read: &mut Option<CorpusVersion>,
     started: Instant,
 ) -> Result<Computed, MapError> {
     tracing::info!(corpus = %source.describe(), "loading corpus");
-    let (corpus, version) = source.load_after(served)?;
+    let (corpus, version) = source.load_after(last_read.as_ref())?;
+    *last_read = Some(version);
     let (count, dimensions) = (corpus.len(), corpus.dimensions());
     publisher.point_count(count as u64);
     // Fingerprinted now: the pipeline consumes the vectors.
@@ -168,7 +160,7 @@ fn compute(
     if parent.is_some_and(|parent| parent.summary.corpus_fingerprint == corpus_fingerprint) {
         // The served map's own corpus: its index takes the vectors as they are.
         let neighbors = Arc::new(NeighborIndex::new(corpus.ids, corpus.vectors));
-        return Ok(Computed { outcome: Outcome::Unchanged, neighbors, version });
+        return Ok(Computed { outcome: Outcome::Unchanged, neighbors });
     }
     let generation = match parent {
         None => 1,
@@ -212,7 +204,7 @@ fn compute(
         layout: parameters.layout.name().to_owned(),
         parent_fingerprint: parent.map(|parent| parent.summary.corpus_fingerprint.clone()).unwrap_or_default(),
     };
-    Ok(Computed { outcome: Outcome::New(Box::new(map)), neighbors, version })
+    Ok(Computed { outcome: Outcome::New(Box::new(map)), neighbors })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

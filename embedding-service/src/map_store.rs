@@ -99,10 +99,15 @@ impl MapStore {
     /// of the same corpus or of its successor (another replica's, sharing the store). A stored map
     /// that fails the checks, or whose lineage is not this map's, never blocks it.
     pub fn save(&self, map: &pb::EmbeddingMap) -> std::io::Result<()> {
+        // Another replica's later map: of this map's corpus, of its successor, or finished after
+        // this one began (a replica that got further while this one computed). A foreign map
+        // (planted, or of another corpus) is none of these.
+        let began = began(map);
         let newer = |stored: &pb::EmbeddingMap| {
             stored.generation > map.generation
                 && (stored.corpus_fingerprint == map.corpus_fingerprint
-                    || stored.parent_fingerprint == map.corpus_fingerprint)
+                    || stored.parent_fingerprint == map.corpus_fingerprint
+                    || stored.computed_at.zip(began).is_some_and(|(finished, began)| as_nanos(&finished) > began))
         };
         if self.read().ok().flatten().is_some_and(|stored| newer(&stored)) {
             return Ok(());
@@ -113,11 +118,23 @@ impl MapStore {
     }
 }
 
+/// When `map`'s computation began, in nanoseconds since the epoch.
+fn began(map: &pb::EmbeddingMap) -> Option<i128> {
+    let finished = as_nanos(map.computed_at.as_ref()?);
+    let took = map.compute_duration.as_ref().map_or(0, |d| i128::from(d.seconds) * 1_000_000_000 + i128::from(d.nanos));
+    Some(finished - took)
+}
+
+fn as_nanos(time: &prost_types::Timestamp) -> i128 {
+    i128::from(time.seconds) * 1_000_000_000 + i128::from(time.nanos)
+}
+
 /// What a stored map must be to be served: a generation with a successor, one point per count,
 /// distinct ids, a fingerprint to check the corpus against.
 fn check(map: &pb::EmbeddingMap) -> Result<(), String> {
-    if !(1..=MAX_GENERATION).contains(&map.generation) {
-        return Err(format!("its generation {} is outside 1..={MAX_GENERATION}", map.generation));
+    // Below the largest, so that the map's successor has a generation too.
+    if !(1..MAX_GENERATION).contains(&map.generation) {
+        return Err(format!("its generation {} is outside 1..{MAX_GENERATION}", map.generation));
     }
     if map.count == 0 || map.points.len() as u64 != map.count {
         return Err(format!("it has {} points for a count of {}", map.points.len(), map.count));
@@ -216,6 +233,22 @@ mod tests {
         planted(successor.clone());
         store.save(&map(4)).unwrap();
         assert_eq!(store.load(), Some(successor));
+
+        // A replica that got two refreshes further while this map computed: its map finished after
+        // this one began, so it stays.
+        let at = |seconds| Some(prost_types::Timestamp { seconds, nanos: 0 });
+        let took = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        let further = pb::EmbeddingMap {
+            corpus_fingerprint: "f8".into(),
+            parent_fingerprint: "f7".into(),
+            computed_at: at(150),
+            ..map(8)
+        };
+        planted(further.clone());
+        store.save(&pb::EmbeddingMap { computed_at: at(200), compute_duration: took(100), ..map(6) }).unwrap();
+        assert_eq!(store.load(), Some(further.clone()), "a lagging replica does not store over a newer map");
+        store.save(&pb::EmbeddingMap { computed_at: at(200), compute_duration: took(10), ..map(6) }).unwrap();
+        assert_eq!(store.load().unwrap().generation, 6, "a map finished before this one began is stored over");
 
         // A device or an oversized file: refused unread.
         std::fs::remove_file(&map_file).unwrap();

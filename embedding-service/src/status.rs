@@ -31,7 +31,8 @@ pub struct MapStatus {
 }
 
 /// What is served, with the rules of the three states in the type: READY always has a map, and
-/// FAILED is only possible while no map was ever served (a refresh that fails keeps the map).
+/// FAILED is only possible while no map was computed (a refresh that fails keeps the map; a map
+/// restored from the store is withdrawn if its corpus cannot be read).
 #[derive(Debug, Clone)]
 pub enum Serving {
     /// No map yet: the first computation, or another try after a failed one, is under way.

@@ -9,9 +9,10 @@ use embeddingmap_proto::v1::{
     RefreshEmbeddingMapRequest, embedding_map_service_client::EmbeddingMapServiceClient, find_neighbors_request::Query,
     neighbor_service_client::NeighborServiceClient, refresh_outcome::Result as RefreshResult,
 };
-use end_to_end_tests::{connect, corpus_files, fixtures_dir, map_client};
+use end_to_end_tests::{connect, corpus_files, fixtures_dir, health_status, map_client};
 use prost::Message;
 use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::*;
 
@@ -322,6 +323,33 @@ pub async fn planted_stored_maps(card: &mut Scorecard) {
     row.fault(survived);
     let provisional = others.len();
 
+    // The right key, a corpus that opens but is not a corpus: the stored map is served until the
+    // corpus is read, then withdrawn, and the map's readiness with it.
+    write_map(&planted);
+    std::fs::write(&corpus, b"not a numpy file").unwrap();
+    let service = start_embedding(&["--corpus", corpus.to_str().unwrap(), "--map-store", store.to_str().unwrap()]);
+    let client = map_client(&service).await;
+    let booted = Instant::now();
+    let failed = within(Duration::from_secs(10), Duration::from_millis(10), async || {
+        let status = status_of_map(&client).await;
+        (status.state() == MapState::Failed).then_some(status)
+    })
+    .await;
+    let withdrawn_after = booted.elapsed();
+    let message = failed.and_then(|status| status.failure).map(|failure| failure.message).unwrap_or_default();
+    let ready_health = health_status(&service, "embeddingmap.v1.MapReady").await;
+    row.operations += 1;
+    let mut survived = row.check(
+        message.contains("not a valid .npy matrix") && message.contains("withdrawn"),
+        format!("a corrupt corpus withdraws the stored map, FAILED with the reason: {message:?}"),
+    );
+    survived &= row.check(
+        ready_health == ServingStatus::NotServing,
+        format!("MapReady health NOT_SERVING once withdrawn, got {ready_health:?}"),
+    );
+    row.fault(survived);
+    drop(service);
+
     // The right key, a corpus that cannot be opened: the stored map is not served.
     write_map(&planted);
     std::fs::remove_file(&corpus).unwrap();
@@ -337,6 +365,8 @@ pub async fn planted_stored_maps(card: &mut Scorecard) {
     row.figures.push(format!(
         "planted maps (another key, /dev/zero, u64::MAX generation, right key without its corpus): never served, \
          peak RSS {peaks:?} MiB; a later foreign generation under the right key: served as {provisional} map(s) \
-         until the corpus was read, then replaced and stored over"
+         until the corpus was read, then replaced and stored over; the right key with a corrupt corpus: withdrawn \
+         {:.0} ms after start",
+        withdrawn_after.as_secs_f64() * 1000.0
     ));
 }
