@@ -25,9 +25,15 @@ pub fn services(
     Error,
 > {
     let builder = || {
+        // Both reflection versions are listed by each, so each describes both.
+        let reflection =
+            [tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET, tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET];
         let builder = descriptor_sets
             .iter()
-            .fold(Builder::configure(), |builder, set| builder.register_encoded_file_descriptor_set(set));
+            .chain(&reflection)
+            .fold(Builder::configure().include_reflection_service(false), |builder, set| {
+                builder.register_encoded_file_descriptor_set(set)
+            });
         served.iter().chain(&SERVICE_NAMES).fold(builder, |builder, name| builder.with_service_name(*name))
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
