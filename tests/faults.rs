@@ -743,10 +743,12 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// a regression.
 async fn section(name: &str, run: impl AsyncFnOnce(&mut Scorecard)) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut card = Scorecard::default();
-    run(&mut card).await;
     let kept = artifacts().join("scorecard");
     std::fs::create_dir_all(&kept).unwrap();
+    // A section that fails before its end must not leave an earlier run's clean rows behind.
+    let _ = std::fs::remove_file(kept.join(format!("{name}.json")));
+    let mut card = Scorecard::default();
+    run(&mut card).await;
     std::fs::write(kept.join(format!("{name}.json")), serde_json::to_vec(&card).unwrap()).unwrap();
     let mut gathered = Scorecard::default();
     for entry in std::fs::read_dir(&kept).unwrap() {
