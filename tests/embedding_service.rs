@@ -290,3 +290,18 @@ fn impossible_settings_stop_the_service_at_start_naming_the_flag() {
         assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "{flags:?}: it never listened");
     }
 }
+
+/// The embedding service answers as the api-service does where tonic's codes differ from the
+/// gRPC spec: a request over the size limit is RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_oversized_request_is_resource_exhausted_as_on_the_api_service() {
+    use embeddingmap_proto::v1::{
+        FindNeighborsRequest, QueryVector, find_neighbors_request::Query,
+        neighbor_service_client::NeighborServiceClient,
+    };
+    let service = start_embedding(&[]);
+    let mut client = NeighborServiceClient::new(end_to_end_tests::connect(&service).await);
+    let huge = FindNeighborsRequest { query: Some(Query::Vector(QueryVector { values: vec![0.5; 100_000] })), k: 1 };
+    let error = client.find_neighbors(huge).await.expect_err("a 400 kB request");
+    assert_eq!(error.code(), tonic::Code::ResourceExhausted, "{error:?}");
+}

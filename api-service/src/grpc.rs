@@ -7,6 +7,7 @@ use embeddingmap_proto::api::{self as pb, admin_map_service_server::AdminMapServ
 use futures_util::{Stream, StreamExt};
 use service_kit::{
     bearer::RequireBearerLayer,
+    grpc_conventions::GrpcConventionsLayer,
     ready_answers::{MAP_REQUEST_BYTES, ReadyAnswers, ReadyAnswersLayer},
 };
 use tonic::{Request, Response, Status, server::NamedService};
@@ -20,7 +21,6 @@ use crate::{
     auth::AdminToken,
     error::ApiError,
     events::{self, EventKind, NewEvent},
-    grpc_conventions::GrpcConventionsLayer,
     items::NewItem,
     map_gateway::MapGateway,
     neighbors,

@@ -10,7 +10,6 @@ pub mod error;
 pub mod event_writer;
 pub mod events;
 pub mod grpc;
-pub mod grpc_conventions;
 pub mod http;
 pub mod items;
 pub mod map_gateway;

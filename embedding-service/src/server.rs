@@ -6,6 +6,7 @@ use embeddingmap_proto::v1::{
 };
 use service_kit::{
     bearer::{BearerToken, RequireBearerLayer, service_of},
+    grpc_conventions::GrpcConventionsLayer,
     listener::{self, ConnectionLimits},
     ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
     routes::ServedRoutes,
@@ -112,10 +113,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|token| BearerToken::new(token).map_err(|e| anyhow::anyhow!("--auth-token: {e}")))
         .transpose()?
         .map(|token| RequireBearerLayer::new(token, needs_token));
-    // A call whose request has not arrived and been answered (its headers, for a watch) within
-    // the timeout is dropped, so a client that stalls mid-request cannot hold its connection.
+    // The deadline (the caller's, capped by the request timeout) and the gRPC status conventions,
+    // as the api-service answers them.
     let service = ServiceBuilder::new()
-        .layer(tower::timeout::TimeoutLayer::new(config.request_timeout))
+        .layer(GrpcConventionsLayer::new(config.request_timeout))
         .option_layer(auth)
         .service(routes);
     let limits = ConnectionLimits::from(&config.connections);

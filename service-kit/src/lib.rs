@@ -3,6 +3,7 @@
 
 pub mod bearer;
 pub mod config_doc;
+pub mod grpc_conventions;
 pub mod listener;
 pub mod ready_answers;
 pub mod reflection;

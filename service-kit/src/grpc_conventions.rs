@@ -1,12 +1,15 @@
 //! Two places where tonic's status codes differ from the gRPC spec, corrected in one layer that
-//! sits inside gRPC-web translation:
+//! both services put in front of their gRPC services (the api-service inside gRPC-web
+//! translation), so they answer alike:
 //!
 //! - Deadlines. tonic's own server enforces `grpc-timeout` in its outermost layer and answers
 //!   CANCELLED ("Timeout expired"), as plain gRPC even to gRPC-web callers. The spec says
 //!   DEADLINE_EXCEEDED, the status clients retry on, so the deadline (the caller's, capped by the
 //!   server's request timeout) is enforced here, a little early (95 %) so that it fires before
-//!   any outer HTTP timeout. Dropping the handler's future rolls back its transaction and returns
-//!   its pooled connection.
+//!   any outer HTTP timeout. A call whose request has not arrived and been answered (its headers,
+//!   for a stream) by then is dropped, so a client that stalls mid-request cannot hold its
+//!   connection; dropping the handler's future rolls back a transaction and returns its pooled
+//!   connection.
 //! - Oversized messages. tonic rejects a request over the decoding limit with OUT_OF_RANGE; the
 //!   spec says RESOURCE_EXHAUSTED.
 
@@ -17,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use axum::http::{Request, Response};
+use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
@@ -47,9 +50,9 @@ pub struct GrpcConventions<S> {
     server_timeout: Duration,
 }
 
-impl<S> Service<Request<Body>> for GrpcConventions<S>
+impl<S, B> Service<Request<B>> for GrpcConventions<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>>,
+    S: Service<Request<B>, Response = Response<Body>>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -60,7 +63,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let asked = request.headers().get("grpc-timeout").and_then(|v| v.to_str().ok()).and_then(parse_grpc_timeout);
         let deadline = asked.map_or(self.server_timeout, |asked| asked.min(self.server_timeout)).mul_f64(0.95);
         let response = self.inner.call(request);
@@ -82,7 +85,7 @@ fn oversized_is_resource_exhausted(mut response: Response<Body>) -> Response<Bod
             .get("grpc-message")
             .is_some_and(|v| v.to_str().is_ok_and(|m| m.contains("too%20large") || m.contains("too large")));
     if oversized {
-        headers.insert("grpc-status", axum::http::HeaderValue::from_static("8"));
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }
     response
 }
