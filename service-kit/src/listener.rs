@@ -373,20 +373,8 @@ impl<B: Body> Body for TrackedBody<B> {
 /// limit would turn the cap's eviction into accept errors.
 fn fit_to_descriptor_limit(name: &str, wanted: usize) -> usize {
     const RESERVED: usize = 64;
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit read and write the struct passed; no other memory is touched.
-    let available = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return wanted;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
-    };
+    let Ok(available) = rlimit::increase_nofile_limit(u64::MAX) else { return wanted };
+    let available = usize::try_from(available).unwrap_or(usize::MAX);
     // Both listeners of a process share the descriptor table.
     let fitting = (available.saturating_sub(RESERVED) / 2).max(1);
     if wanted > fitting {
