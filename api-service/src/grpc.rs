@@ -128,7 +128,7 @@ impl pb::admin_neighbor_service_server::AdminNeighborService for Api {
             Some(pb::find_admin_neighbors_request::Query::Vector(vector)) => neighbors::Query::Vector(vector.values),
             None => return Err(ApiError::invalid("query", "give an id or a vector").into()),
         };
-        Ok(Response::new(neighbors::find(&self.0, query, k).await?.into()))
+        Ok(Response::new(neighbors::find(&self.0, query, neighbors::Count::from_field(k)?).await?.into()))
     }
 }
 

@@ -113,16 +113,16 @@ async fn refresh_embedding_map(State(state): State<AppState>) -> Result<Response
 async fn item_neighbors(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<HashMap<String, String>>,
+    Query(query): Query<NeighborParams>,
 ) -> Result<Json<neighbors::Neighbors>, ApiError> {
-    let k = match query.get("k") {
-        Some(text) => match text.parse() {
-            Ok(k) if k > 0 => k,
-            _ => return Err(ApiError::invalid("k", "must be a whole number from 1 to 100")),
-        },
-        None => 0,
-    };
-    Ok(Json(neighbors::find(&state, neighbors::Query::Id(parse_id(&id)?), k).await?))
+    let count = neighbors::Count::from_text(query.k.as_deref())?;
+    Ok(Json(neighbors::find(&state, neighbors::Query::Id(parse_id(&id)?), count).await?))
+}
+
+/// `?k=`, read as text so that a bad value gets this API's error, not the extractor's.
+#[derive(Deserialize)]
+struct NeighborParams {
+    k: Option<String>,
 }
 
 /// The true neighbours of a vector: `{"vector": [...], "k"}`.
@@ -130,11 +130,8 @@ async fn vector_neighbors(
     State(state): State<AppState>,
     JsonBody(query): JsonBody<neighbors::VectorQuery>,
 ) -> Result<Json<neighbors::Neighbors>, ApiError> {
-    let k = match query.k {
-        Some(0) => return Err(ApiError::invalid("k", "must be from 1 to 100")),
-        k => k.unwrap_or(0),
-    };
-    Ok(Json(neighbors::find(&state, neighbors::Query::Vector(query.vector), k).await?))
+    let count = query.k.map_or(Ok(neighbors::Count::DEFAULT), neighbors::Count::new)?;
+    Ok(Json(neighbors::find(&state, neighbors::Query::Vector(query.vector), count).await?))
 }
 
 fn parse_id(text: &str) -> Result<i64, ApiError> {

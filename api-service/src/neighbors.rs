@@ -57,11 +57,39 @@ impl From<Neighbors> for api_pb::AdminNeighbors {
     }
 }
 
-/// The `k` (1-100, 0 for 10) nearest points of `query`, named.
-pub async fn find(state: &AppState, query: Query, k: u32) -> Result<Neighbors, ApiError> {
-    if k > MAX_K {
-        return Err(ApiError::invalid("k", format!("at most {MAX_K}")));
+/// How many neighbours a query asks for: 1 to `MAX_K`, checked here once for every transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count(u32);
+
+impl Count {
+    /// What a query that does not say gets.
+    pub const DEFAULT: Count = Count(10);
+
+    pub fn new(k: u32) -> Result<Self, ApiError> {
+        if (1..=MAX_K).contains(&k) { Ok(Count(k)) } else { Err(Count::invalid(k)) }
     }
+
+    fn invalid(got: impl std::fmt::Display) -> ApiError {
+        ApiError::invalid("k", format!("must be a whole number from 1 to {MAX_K}, got {got}"))
+    }
+
+    /// gRPC's field, where 0 (proto3's unset) asks for the default.
+    pub fn from_field(k: u32) -> Result<Self, ApiError> {
+        if k == 0 { Ok(Count::DEFAULT) } else { Count::new(k) }
+    }
+
+    /// A query string's `k`, absent for the default.
+    pub fn from_text(k: Option<&str>) -> Result<Self, ApiError> {
+        match k {
+            None => Ok(Count::DEFAULT),
+            Some(text) => text.parse().map_err(|_| Count::invalid(format!("{text:?}"))).and_then(Count::new),
+        }
+    }
+}
+
+/// The `count` nearest points of `query`, named.
+pub async fn find(state: &AppState, query: Query, count: Count) -> Result<Neighbors, ApiError> {
+    let k = count.0;
     let query = match query {
         Query::Id(id) => pb::find_neighbors_request::Query::Id(id),
         Query::Vector(values) if values.iter().any(|v| !v.is_finite()) => {
@@ -81,4 +109,19 @@ pub async fn find(state: &AppState, query: Query, k: u32) -> Result<Neighbors, A
         })
         .collect();
     Ok(Neighbors { neighbors, generation: found.generation })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_is_checked_alike_from_every_transport() {
+        assert_eq!(Count::from_field(0).unwrap(), Count::DEFAULT, "gRPC's unset field");
+        assert_eq!(Count::from_text(None).unwrap(), Count::DEFAULT);
+        assert_eq!(Count::from_text(Some("20")).unwrap(), Count::new(20).unwrap());
+        for refused in [Count::new(0), Count::new(101), Count::from_field(101), Count::from_text(Some("x"))] {
+            assert!(matches!(refused, Err(ApiError::InvalidArgument { ref field, .. }) if field == "k"), "{refused:?}");
+        }
+    }
 }
