@@ -200,9 +200,14 @@ fn read_whole<T>(
     let value = read(BufReader::new(&file.file), path, file.signature.len);
     // A file rewritten while it was read fails to parse as often as not: that is said first,
     // rather than calling it corrupt.
-    file.unchanged_since_opened()
-        .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })?;
+    unchanged_since_opened(path, &file)?;
     value
+}
+
+/// Fails, as unreadable, if `file` (at `path`) was rewritten in place since it was opened.
+fn unchanged_since_opened(path: &Path, file: &RegularFile) -> Result<(), MapError> {
+    file.unchanged_since_opened()
+        .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })
 }
 
 fn corrupt(path: &Path, format: &'static str, reason: impl ToString) -> MapError {
@@ -370,8 +375,7 @@ fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Opti
     // FAISS opens the file by name itself: given the one checked above, not whatever the path
     // names by now.
     let index = faiss::read_index(file.proc_path()).map_err(|e| corrupt(path, FORMAT, e))?;
-    file.unchanged_since_opened()
-        .map_err(|error| MapError::CorpusUnreadable { path: path.to_owned(), reason: error.to_string() })?;
+    unchanged_since_opened(path, &file)?;
     let contents = faiss_ext::read_flat_contents(&index)
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
