@@ -5,10 +5,12 @@ pub mod bearer;
 pub mod config_doc;
 pub mod grpc_conventions;
 pub mod listener;
+pub mod metrics;
 pub mod ready_answers;
 pub mod reflection;
 pub mod routes;
 pub mod shutdown;
+pub mod trace_context;
 
 use std::{future::Future, io::IsTerminal, time::Duration};
 

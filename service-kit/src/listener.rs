@@ -151,8 +151,11 @@ pub async fn serve<S, B>(
         };
         let Some(connection) = registry.admit(max_connections) else {
             tracing::debug!(listener = name, "connection refused: every open connection has a request in flight");
+            closed(name, "refused_busy");
             continue;
         };
+        let open = metrics::gauge!("listener_connections_open", "listener" => name);
+        open.increment(1.0);
         let _ = stream.set_nodelay(true);
         // Where each request came from, for tonic's `Request::remote_addr` and axum's extractors.
         let peer = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
@@ -177,6 +180,7 @@ pub async fn serve<S, B>(
                 tokio::select! {
                     _ = served.as_mut() => break,
                     _ = connection.evicted.cancelled(), if closing.is_none() => {
+                        closed(name, "evicted");
                         // Chosen while it had nothing in flight; a request that began since then
                         // is let finish.
                         if connection.in_flight.load(Ordering::Acquire) == 0 {
@@ -195,9 +199,13 @@ pub async fn serve<S, B>(
                         if closing.is_some() || connection.requests.load(Ordering::Acquire) == 0 {
                             // No complete request headers in time (slow or absent), or too slow
                             // to close: drop it.
+                            if closing.is_none() {
+                                closed(name, "header_timeout");
+                            }
                             break;
                         }
                         if connection.is_idle_past(limits.idle_timeout) {
+                            closed(name, "idle");
                             // While draining, graceful shutdown has been asked for already.
                             if !draining {
                                 served.as_mut().graceful_shutdown();
@@ -208,12 +216,18 @@ pub async fn serve<S, B>(
                 }
             }
             registry.remove(connection.id);
+            open.decrement(1.0);
         });
     }
     // New clients are refused from now on rather than left in the backlog.
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Counts a connection the server closed (or refused), by why.
+fn closed(listener: &'static str, reason: &'static str) {
+    metrics::counter!("listener_connections_closed_total", "listener" => listener, "reason" => reason).increment(1);
 }
 
 /// Open connections, so that the cap can find the longest-idle one.
