@@ -2,8 +2,6 @@
 //! The page itself is public; everything it shows comes over gRPC-web with the admin token,
 //! served on this same port under the service's own path.
 
-use std::time::Duration;
-
 use axum::{
     Json, Router,
     extract::Path,
@@ -17,8 +15,7 @@ use tonic::server::NamedService;
 use embeddingmap_proto::api::admin_neighbor_service_server::AdminNeighborServiceServer;
 
 use crate::{
-    auth::AdminToken,
-    grpc::{self, AdminMapService, Api},
+    grpc::{AdminMapService, Api, CallLayers},
     state::AppState,
 };
 
@@ -34,24 +31,24 @@ const NOT_BUILT: &str = "<!doctype html><title>Admin page not built</title><p>Th
 
 /// The page, its config, and the two gRPC services it calls (the map and a point's neighbours), as
 /// gRPC-web on this same origin (so the page needs no CORS), inside the same call layers as on the
-/// gRPC port (`grpc::call_layers`: the token checked before the body is read). `grpc_web_url` overrides where the page sends its calls.
+/// gRPC port (`grpc::call_layers`: counted, the token checked before the body is read).
+/// `grpc_web_url` overrides where the page sends its calls.
 pub fn routes(
     grpc_web_url: String,
     map_service: AdminMapService,
     neighbor_service: AdminNeighborServiceServer<Api>,
-    token: &AdminToken,
-    request_timeout: Duration,
+    call_layers: &CallLayers,
 ) -> Router<AppState> {
     let csp = content_security_policy(&grpc_web_url);
     let config = serde_json::json!({ "grpc_web_url": grpc_web_url });
     Router::new()
         .route_service(
             &format!("/{}/{{*method}}", <AdminMapService as NamedService>::NAME),
-            grpc::call_layers(token, request_timeout).service(map_service),
+            call_layers.service(map_service),
         )
         .route_service(
             &format!("/{}/{{*method}}", <AdminNeighborServiceServer<Api> as NamedService>::NAME),
-            grpc::call_layers(token, request_timeout).service(neighbor_service),
+            call_layers.service(neighbor_service),
         )
         .route("/admin", get(|| async { Redirect::permanent("/admin/") }))
         .route(

@@ -18,6 +18,12 @@ pub struct Config {
     #[arg(long, env = "API_HTTP_LISTEN", default_value = "0.0.0.0:8081")]
     pub http_listen: SocketAddr,
 
+    /// Prometheus metrics (`GET /metrics`) listen address; unset serves none. Not
+    /// authenticated: keep it off the public network (deploy/ admits only the scraper). It carries
+    /// no token, id or item data.
+    #[arg(long, env = "API_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// SQLite database file, created if missing. Must be on a local filesystem (WAL).
     #[arg(long, env = "API_DATABASE", default_value = "data/api.sqlite3")]
     pub database: PathBuf,

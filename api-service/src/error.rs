@@ -116,7 +116,10 @@ impl ApiError {
         }
     }
 
-    fn log(&self) {
+    /// Every answer an error becomes passes here once: counted by its code (a closed list, so a
+    /// bounded label), and logged when it is ours.
+    fn observe(&self) {
+        metrics::counter!("api_errors_total", "code" => self.kind().name).increment(1);
         if let ApiError::Internal(detail) = self {
             tracing::error!("internal error: {detail}");
         }
@@ -137,7 +140,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<ApiError> for tonic::Status {
     fn from(error: ApiError) -> Self {
-        error.log();
+        error.observe();
         let kind = error.kind();
         let mut status = tonic::Status::new(kind.grpc, error.to_string());
         if kind.retryable {
@@ -149,7 +152,7 @@ impl From<ApiError> for tonic::Status {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        self.log();
+        self.observe();
         let ErrorKind { http: status, name, retryable, .. } = self.kind();
         let mut body = serde_json::json!({ "error": { "code": name, "message": self.to_string(), "field": null } });
         // What some errors say beyond their row: the field at fault; for a failed map, which is

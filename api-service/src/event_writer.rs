@@ -176,6 +176,7 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
                     break;
                 }
                 gather(&mut queue, &mut batch, &settings).await;
+                metrics::gauge!("event_writer_queue_depth").set(queue.len() as f64);
                 write_and_answer(&pool, &mut batch).await;
                 // An import waiting takes its turn after this batch and the events queued by now,
                 // so a steady stream of events cannot hold it back for ever.
@@ -285,6 +286,7 @@ async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
         return;
     }
     let events: Vec<&Checked> = batch.iter().map(|pending| &pending.event).collect();
+    metrics::histogram!("event_writer_batch_size").record(events.len() as f64);
     let answers = match write(pool, &events).await {
         Ok(answers) => answers,
         Err(error) if db::is_busy(&error) || events.len() == 1 => vec![Err(ApiError::from(error)); events.len()],
@@ -304,7 +306,24 @@ async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
 }
 
 /// Writes `events` in one transaction: each event's own answer, or the error that failed them all.
+/// Counts the transaction by its end, and times it.
 async fn write(pool: &SqlitePool, events: &[&Checked]) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
+    let started = Instant::now();
+    let written = write_transaction(pool, events).await;
+    let result = match &written {
+        Ok(_) => "committed",
+        Err(error) if db::is_busy(error) => "busy",
+        Err(_) => "failed",
+    };
+    metrics::counter!("event_writer_transactions_total", "result" => result).increment(1);
+    metrics::histogram!("event_writer_transaction_seconds").record(started.elapsed());
+    written
+}
+
+async fn write_transaction(
+    pool: &SqlitePool,
+    events: &[&Checked],
+) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
     let mut tx = db::write_transaction(pool).await?;
     let now = db::now_millis();
     // Per-item counts add up in memory and are written in one statement at the end.

@@ -8,6 +8,7 @@ use futures_util::{Stream, StreamExt};
 use service_kit::{
     bearer::RequireBearerLayer,
     grpc_conventions::GrpcConventionsLayer,
+    metrics::GrpcMetricsLayer,
     ready_answers::{MAP_REQUEST_BYTES, ReadyAnswers, ReadyAnswersLayer},
 };
 use tonic::{Request, Response, Status, server::NamedService};
@@ -48,17 +49,20 @@ pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMa
 pub type AdminMapService = ReadyAnswers<AdminMapServiceServer<Api>, MapGateway>;
 
 /// The layers every gRPC call passes through, on either port, outermost first: gRPC-web
-/// translated to gRPC, the deadline and the gRPC error conventions, then the admin token,
-/// checked before the request's body is read.
-pub fn call_layers(token: &AdminToken, request_timeout: Duration) -> CallLayers {
+/// translated to gRPC, the call counted (by its final status), the deadline and the gRPC error
+/// conventions, then the admin token, checked before the request's body is read. Built once and
+/// cloned onto each service, so every port counts alike.
+pub fn call_layers(token: &AdminToken, request_timeout: Duration, metrics: GrpcMetricsLayer) -> CallLayers {
     ServiceBuilder::new()
         .layer(GrpcWebLayer::new())
+        .layer(metrics)
         .layer(GrpcConventionsLayer::new(request_timeout))
         .layer(token.admin_only())
 }
 
-pub type CallLayers =
-    ServiceBuilder<Stack<RequireBearerLayer, Stack<GrpcConventionsLayer, Stack<GrpcWebLayer, Identity>>>>;
+pub type CallLayers = ServiceBuilder<
+    Stack<RequireBearerLayer, Stack<GrpcConventionsLayer, Stack<GrpcMetricsLayer, Stack<GrpcWebLayer, Identity>>>>,
+>;
 
 fn new_item(item: Option<pb::NewItem>) -> Result<NewItem, ApiError> {
     item.map(NewItem::from).ok_or_else(|| ApiError::invalid("item", "is required"))

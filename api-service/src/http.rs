@@ -42,6 +42,8 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .merge(admin_page)
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Wraps each route, so every request is timed under its route template.
+        .layer(middleware::from_fn(service_kit::metrics::record_http))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

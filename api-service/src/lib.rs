@@ -18,6 +18,7 @@ pub mod neighbors;
 pub mod rate_limit;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 
 /// Entry points for the fuzz targets in `fuzz/` and for replaying their corpus in tests.
 #[doc(hidden)]

@@ -13,6 +13,7 @@ use embeddingmap_proto::{
     },
 };
 use prost::Message;
+use service_kit::trace_context;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 use tonic::{
@@ -65,9 +66,20 @@ impl MapGateway {
         })
     }
 
+    /// The map as the admin routes answer it, counted by outcome.
     pub async fn view(&self) -> Result<MapView, ApiError> {
-        let summary = self.fetch(true).await?;
-        self.view_of(summary).await
+        let view = match self.fetch(true).await {
+            Ok(summary) => self.view_of(summary).await,
+            Err(error) => Err(error),
+        };
+        let outcome = match &view {
+            Ok(MapView::Ready(..)) => "ready",
+            Ok(MapView::Computing(_)) => "computing",
+            Ok(MapView::Failed(_)) => "failed",
+            Err(_) => "unavailable",
+        };
+        metrics::counter!("map_gateway_answers_total", "outcome" => outcome).increment(1);
+        view
     }
 
     /// Turns an upstream status (points omitted) into the admin view, joining READY maps.
@@ -119,10 +131,16 @@ impl MapGateway {
         Ok(self.client.clone().refresh_embedding_map(request).await.map_err(unavailable)?.into_inner())
     }
 
+    /// A call to the embedding service: its token, and the trace of the request being served.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Some(authorization) = &self.authorization {
             request.metadata_mut().insert("authorization", authorization.clone());
+        }
+        if let Some(traceparent) = trace_context::outgoing()
+            && let Ok(value) = MetadataValue::try_from(traceparent.as_bytes())
+        {
+            request.metadata_mut().insert(trace_context::TRACEPARENT, value);
         }
         request
     }
@@ -132,8 +150,10 @@ impl MapGateway {
         let wanted = etag(summary, version);
         let mut cache = self.cache.lock().await;
         if let Some(cached) = cache.as_ref().filter(|cached| cached.etag == wanted) {
+            metrics::counter!("map_gateway_joins_total", "result" => "cached").increment(1);
             return Ok(cached.clone());
         }
+        metrics::counter!("map_gateway_joins_total", "result" => "built").increment(1);
         let full = self.fetch(false).await?;
         let map = full
             .map

@@ -17,6 +17,7 @@ use embeddingmap_proto::api::{
 };
 use service_kit::{
     listener::{self, ConnectionLimits},
+    metrics::GrpcMetricsLayer,
     routes::ServedRoutes,
 };
 use tokio::net::TcpListener;
@@ -31,15 +32,19 @@ use crate::{
     config::Config,
     db,
     event_writer::EventWriter,
-    grpc::{self, Api},
+    grpc::{self, Api, CallLayers},
     http,
     items::ItemStore,
     map_gateway::MapGateway,
     rate_limit::RateLimiter,
     state::AppState,
+    telemetry,
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the gRPC port serves, for reflection and the metrics' method labels.
+const DESCRIPTOR_SETS: &[&[u8]] = &[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
 
 /// Runs until SIGTERM/SIGINT. Prints `api-service grpc listening on ADDR` and
 /// `api-service http listening on ADDR` once bound.
@@ -69,18 +74,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (grpc_address, http_address) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
 
     let shutdown = CancellationToken::new();
+    let limits = ConnectionLimits::from(&config.connections);
+    let metrics = match config.metrics_listen {
+        Some(address) => {
+            let handle = service_kit::metrics::install()?;
+            telemetry::describe();
+            Some(service_kit::metrics::serve("api-service", address, handle, &limits, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let grpc_service = grpc_service(&config, &state, health_service)?;
+    let call_layers = grpc::call_layers(&state.token, config.request_timeout, GrpcMetricsLayer::new(DESCRIPTOR_SETS)?);
+    let grpc_service = grpc_service(&config, &state, health_service, &call_layers)?;
     let admin_page = admin_page::routes(
         config.admin_grpc_web_url.clone(),
         grpc::admin_map_service(&state, config.max_response_bytes),
         AdminNeighborServiceServer::new(Api(state.clone())).max_decoding_message_size(config.max_body_bytes),
-        &state.token,
-        config.request_timeout,
+        &call_layers,
     );
     // Layered around the whole router, so the concurrency budget is one per transport (a
     // `Router::layer` would give each route its own).
     let http_service = ServiceBuilder::new()
+        .layer(telemetry::trace_layer(&state.token, &config.trusted_proxies))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,
@@ -88,7 +103,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
         .layer(cors(&config.cors_origins)?)
         .service(http::router(state.clone(), config.max_body_bytes, admin_page));
-    let limits = ConnectionLimits::from(&config.connections);
     let grpc = listener::serve("grpc", grpc_listener, grpc_service, limits.clone(), shutdown.clone());
     let http = listener::serve("http", http_listener, http_service, limits, shutdown.clone());
 
@@ -101,7 +115,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
-    let servers = async { tokio::join!(grpc, http) };
+    let metrics = async move {
+        if let Some(metrics) = metrics {
+            metrics.await
+        }
+    };
+    let servers = async { tokio::join!(grpc, http, metrics) };
     tokio::pin!(servers);
     tokio::select! {
         _ = &mut servers => return Ok(()),
@@ -134,6 +153,7 @@ fn grpc_service(
     config: &Config,
     state: &AppState,
     health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    call_layers: &CallLayers,
 ) -> anyhow::Result<
     impl tower::Service<
         axum::http::Request<hyper::body::Incoming>,
@@ -160,12 +180,13 @@ fn grpc_service(
         .serve(sized!(StatsServiceServer::new(api())))
         .serve(sized!(AdminNeighborServiceServer::new(api())))
         .serve(grpc::admin_map_service(state, limit_out))
-        .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+        .with_reflection(DESCRIPTOR_SETS)
         .context("cannot build the reflection services")?;
     Ok(ServiceBuilder::new()
+        .layer(telemetry::trace_layer(&state.token, &config.trusted_proxies))
         .layer(tower::limit::ConcurrencyLimitLayer::new(config.concurrency_limit))
         .layer(cors(&config.cors_origins)?)
-        .layer(grpc::call_layers(&state.token, config.request_timeout))
+        .layer(call_layers.clone().into_inner())
         .service(routes))
 }
 
