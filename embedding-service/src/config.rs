@@ -16,6 +16,11 @@ pub struct Config {
     #[arg(long, env = "EMBEDDING_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
 
+    /// Prometheus metrics (`GET /metrics`) listen address; unset serves none. Not authenticated:
+    /// keep it off the public network (deploy/ admits only the scraper).
+    #[arg(long, env = "EMBEDDING_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Corpus to map: a FAISS index file (flat, IP or L2, with or without an ID map) or a float32
     /// `.npy` matrix. Without one, the bundled demo corpus (scikit-learn's digits) is served.
     #[arg(long, env = "EMBEDDING_CORPUS")]

@@ -113,9 +113,14 @@ impl pb::neighbor_service_server::NeighborService for NeighborSearch {
             })
         })?;
         // A scan of every row: CPU work, kept off the async workers.
-        let found = tokio::task::spawn_blocking(move || match query {
-            pb::find_neighbors_request::Query::Id(id) => index.by_id(id, k),
-            pb::find_neighbors_request::Query::Vector(vector) => index.by_vector(&vector.values, k),
+        let found = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let found = match query {
+                pb::find_neighbors_request::Query::Id(id) => index.by_id(id, k),
+                pb::find_neighbors_request::Query::Vector(vector) => index.by_vector(&vector.values, k),
+            };
+            metrics::histogram!("embedding_neighbor_query_seconds").record(started.elapsed());
+            found
         })
         .await
         .map_err(|error| Status::internal(format!("the neighbour search failed: {error}")))?;

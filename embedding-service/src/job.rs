@@ -188,6 +188,7 @@ fn compute(
         None => pipeline::compute_map(vectors, settings, publisher)?,
     };
     tracing::info!(?timings, "map phases done");
+    crate::telemetry::record_phases(&timings);
     let points: Vec<pb::Point> = ids.iter().zip(&points).map(|(&id, &[x, y])| pb::Point { id, x, y }).collect();
     // Found once per map version, on the map itself.
     let cluster_levels = crate::clusters::find(&points);

@@ -17,6 +17,7 @@ pub mod neighbor_index;
 pub mod pipeline;
 pub mod server;
 pub mod status;
+pub mod telemetry;
 
 /// Entry points for the fuzz targets in `fuzz/` and for replaying their corpus in tests.
 #[doc(hidden)]

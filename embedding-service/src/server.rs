@@ -8,9 +8,11 @@ use service_kit::{
     bearer::{BearerToken, RequireBearerLayer, service_of},
     grpc_conventions::GrpcConventionsLayer,
     listener::{self, ConnectionLimits},
+    metrics::GrpcMetricsLayer,
     ready_answers::{MAP_REQUEST_BYTES, ReadyAnswersLayer},
     routes::ServedRoutes,
     shutdown, spawn_named,
+    trace_context::TraceContextLayer,
 };
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,8 +27,11 @@ use crate::{
     grpc::{MapService, NeighborSearch},
     health, job,
     map_store::MapStore,
-    status,
+    status, telemetry,
 };
+
+/// What the server serves, for reflection and the metrics' method labels.
+const DESCRIPTOR_SETS: &[&[u8]] = &[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET];
 
 /// Largest `FindNeighbors` request (and answer) accepted.
 const NEIGHBOR_REQUEST_BYTES: usize = 256 * 1024;
@@ -73,6 +78,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let limits = ConnectionLimits::from(&config.connections);
+    if let Some(address) = config.metrics_listen {
+        let handle = service_kit::metrics::install()?;
+        telemetry::describe();
+        let metrics = service_kit::metrics::serve("embedding-service", address, handle, &limits, shutdown.clone());
+        spawn_named(&tasks, "metrics-server", metrics.await?, &shutdown);
+        spawn_named(&tasks, "map-metrics", telemetry::follow_status(board.clone()), &shutdown);
+    }
     spawn_named(&tasks, "map-readiness", health::follow_map_readiness(board.clone(), reporter.clone()), &shutdown);
     if config.watch_corpus && !corpus_files.is_empty() {
         let watch = corpus_watch::watch(corpus_files, refreshes.clone(), corpus_watch::SETTLE, corpus_watch::POLL);
@@ -105,7 +118,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .serve(health_service)
         .serve(neighbors)
         .serve(ServiceBuilder::new().layer(ready_answers).service(map_service))
-        .with_reflection(&[embeddingmap_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET])
+        .with_reflection(DESCRIPTOR_SETS)
         .context("cannot build the reflection services")?;
     let auth = config
         .auth_token
@@ -113,13 +126,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|token| BearerToken::new(token).map_err(|e| anyhow::anyhow!("--auth-token: {e}")))
         .transpose()?
         .map(|token| RequireBearerLayer::new(token, needs_token));
-    // The deadline (the caller's, capped by the request timeout) and the gRPC status conventions,
-    // as the api-service answers them.
+    // Each call counted by its final status; the deadline (the caller's, capped by the request
+    // timeout) and the gRPC status conventions, as the api-service answers them.
+    // Its callers are internal (the api-service, behind the network policy): their trace is
+    // continued.
     let service = ServiceBuilder::new()
+        .layer(TraceContextLayer::trusting_all("embedding-service"))
+        .layer(GrpcMetricsLayer::new(DESCRIPTOR_SETS)?)
         .layer(GrpcConventionsLayer::new(config.request_timeout))
         .option_layer(auth)
         .service(routes);
-    let limits = ConnectionLimits::from(&config.connections);
     let server = listener::serve("grpc", listener, service, limits, shutdown.clone());
 
     health::set_serving(&reporter).await;
