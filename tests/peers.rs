@@ -3,21 +3,9 @@
 //! Connect's gRPC-web transport for Node over HTTP/1.1.
 //! `scripts/test.sh` installs both (a venv and `npm ci` in tests/peers).
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use end_to_end_tests::{api::*, start_embedding};
-
-fn peers_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
-}
-
-fn python() -> PathBuf {
-    let path = std::env::var_os("PEERS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/embedding-map/venv-tests/bin/python")
-    });
-    assert!(path.exists(), "{} is missing: run scripts/test.sh, which creates the peers' venv", path.display());
-    path
-}
+use end_to_end_tests::{api::*, peers_dir, peers_python as python, start_embedding};
 
 fn run_peer(program: &std::path::Path, script: &str, args: &[&str]) -> String {
     let output = Command::new(program).arg(peers_dir().join(script)).args(args).output().expect("start the peer");

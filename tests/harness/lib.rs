@@ -7,6 +7,7 @@
 pub mod api;
 pub mod browser;
 pub mod corpus_files;
+pub mod metrics;
 pub mod sqlite;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -88,11 +89,42 @@ fn newer_file(dir: &Path, time: std::time::SystemTime, skip: &Path) -> Option<Pa
 pub struct ServiceProcess {
     child: Child,
     pub address: SocketAddr,
-    addresses: HashMap<String, SocketAddr>,
+    addresses: Mutex<ListenLines>,
     log_path: PathBuf,
     _log_dir: tempfile::TempDir,
     /// Directories the process uses, removed with it.
     dirs: Vec<tempfile::TempDir>,
+}
+
+/// Every `LABEL listening on ADDR` line seen so far, and the lines still to read.
+struct ListenLines {
+    seen: HashMap<String, SocketAddr>,
+    unread: mpsc::Receiver<(String, String)>,
+}
+
+impl ListenLines {
+    /// Reads lines until `label`'s has come; None if the output went quiet first.
+    fn wait_for(&mut self, label: &str) -> Option<SocketAddr> {
+        while !self.seen.contains_key(label) {
+            let (seen, address) = self.unread.recv_timeout(Duration::from_secs(20)).ok()?;
+            self.seen.insert(seen, address.parse().expect("listen address"));
+        }
+        Some(self.seen[label])
+    }
+}
+
+/// The Python of the outside clients' venv (`scripts/test.sh` makes it; `PEERS_PYTHON` names it).
+pub fn peers_python() -> PathBuf {
+    let path = std::env::var_os("PEERS_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/embedding-map/venv-tests/bin/python")
+    });
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which creates the peers' venv", path.display());
+    path
+}
+
+/// The outside clients' scripts.
+pub fn peers_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers")
 }
 
 /// The embedding service's label in its `embedding-service listening on ADDR` line.
@@ -134,29 +166,27 @@ impl ServiceProcess {
                 }
             }
         });
-        let mut addresses = HashMap::new();
-        while addresses.len() < labels.len() {
-            match receiver.recv_timeout(Duration::from_secs(20)) {
-                Ok((label, address)) => {
-                    addresses.insert(label, address.parse().expect("listen address"));
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "{} did not report {labels:?}; log:\n{}",
-                        binary.display(),
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                }
+        let mut lines = ListenLines { seen: HashMap::new(), unread: receiver };
+        for label in labels {
+            if lines.wait_for(label).is_none() {
+                let _ = child.kill();
+                panic!(
+                    "{} did not report {label:?}; log:\n{}",
+                    binary.display(),
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
             }
         }
-        let address = addresses[labels[0]];
+        let address = lines.seen[labels[0]];
+        let addresses = Mutex::new(lines);
         ServiceProcess { child, address, addresses, log_path, _log_dir: log_dir, dirs: Vec::new() }
     }
 
-    /// The address printed as `LABEL listening on ADDR`.
+    /// The address printed as `LABEL listening on ADDR`, waiting for the line if it has not come
+    /// yet (a listener the test did not wait for at start, such as `--metrics-listen`'s).
     pub fn address_of(&self, label: &str) -> SocketAddr {
-        self.addresses[label]
+        let mut lines = self.addresses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        lines.wait_for(label).unwrap_or_else(|| panic!("no `{label} listening on` line; log:\n{}", self.log()))
     }
 
     pub fn url(&self) -> String {
