@@ -32,6 +32,12 @@ pub struct Config {
     #[arg(long, env = "API_DATABASE_CONNECTIONS", default_value_t = 8)]
     pub database_connections: u32,
 
+    /// Who checkpoints the SQLite WAL: `sqlite` (its auto-checkpoint, every 1000 pages) or
+    /// `replicator` (never the service: Litestream beside it checkpoints after shipping each
+    /// frame, as its docs advise under write load; without a replicator the WAL grows).
+    #[arg(long, env = "API_WAL_CHECKPOINTS", value_enum, default_value_t = crate::db::Checkpoints::Sqlite)]
+    pub wal_checkpoints: crate::db::Checkpoints,
+
     /// The embedding service's gRPC URL.
     #[arg(long, env = "API_EMBEDDING_URL", default_value = "http://127.0.0.1:50051")]
     pub embedding_url: String,

@@ -1,5 +1,6 @@
 //! The SQLite pool. Every connection, including ones opened later, is set up by the same
-//! options: WAL, busy_timeout 5000 ms, synchronous NORMAL, foreign keys on. Writes go through
+//! options: WAL, busy_timeout 5000 ms, synchronous NORMAL, foreign keys on, and the checkpoint
+//! policy (SQLite's own, or none where Litestream checkpoints). Writes go through
 //! `write_transaction`, which begins IMMEDIATE so that waiting for the write lock happens at
 //! BEGIN, where busy_timeout applies, and never as an un-retried SQLITE_BUSY mid-transaction.
 
@@ -16,7 +17,29 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_millis(5000);
 /// Bytes the WAL file is truncated to after a checkpoint.
 pub const WAL_SIZE_LIMIT: u64 = 4 * 1024 * 1024;
 
-pub async fn open(path: &Path, connections: u32) -> Result<SqlitePool, sqlx::Error> {
+/// Who copies the WAL back into the database file (a checkpoint).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Checkpoints {
+    /// SQLite itself, after a commit leaves 1000 pages in the WAL (its auto-checkpoint).
+    #[default]
+    Sqlite,
+    /// A replicator beside the service (Litestream), which must read every WAL frame before it
+    /// is checkpointed away: the service never checkpoints (`wal_autocheckpoint = 0`) and the
+    /// replicator does it after shipping. Without one the WAL grows without bound.
+    Replicator,
+}
+
+impl Checkpoints {
+    /// `PRAGMA wal_autocheckpoint`'s value: pages in the WAL that start a checkpoint, 0 for never.
+    fn autocheckpoint_pages(self) -> u32 {
+        match self {
+            Checkpoints::Sqlite => 1000,
+            Checkpoints::Replicator => 0,
+        }
+    }
+}
+
+pub async fn open(path: &Path, connections: u32, checkpoints: Checkpoints) -> Result<SqlitePool, sqlx::Error> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(sqlx::Error::Io)?;
     }
@@ -29,7 +52,8 @@ pub async fn open(path: &Path, connections: u32) -> Result<SqlitePool, sqlx::Err
         .foreign_keys(true)
         // After a checkpoint, cut the WAL file back to this size: without it the file keeps the
         // size of its largest burst (say, while a long read held checkpoints back) forever.
-        .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string());
+        .pragma("journal_size_limit", WAL_SIZE_LIMIT.to_string())
+        .pragma("wal_autocheckpoint", checkpoints.autocheckpoint_pages().to_string());
     let pool = SqlitePoolOptions::new()
         .max_connections(connections.max(1))
         // A request waits for a free connection at most as long as it would wait for a lock.

@@ -406,7 +406,7 @@ mod tests {
     /// A database with item 1, and a log of the rows written to `events` and `items` in the order
     /// SQLite wrote them.
     async fn logged_database(dir: &std::path::Path) -> SqlitePool {
-        let pool = db::open(&dir.join("order.sqlite3"), 1).await.unwrap();
+        let pool = db::open(&dir.join("order.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
         sqlx::raw_sql(
             "INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0);
              CREATE TABLE written (seq INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT NOT NULL);
@@ -513,7 +513,7 @@ mod tests {
     #[tokio::test]
     async fn one_batch_answers_each_event_by_its_own_rule_and_counts_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&dir.path().join("batch.sqlite3"), 1).await.unwrap();
+        let pool = db::open(&dir.path().join("batch.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
         sqlx::query("INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0), (2, 'two', 0, 0)")
             .execute(&pool)
             .await

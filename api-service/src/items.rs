@@ -495,8 +495,8 @@ mod tests {
     #[tokio::test]
     async fn the_set_based_import_counts_and_stores_as_row_by_row_did() {
         let dir = tempfile::tempdir().unwrap();
-        let set_based = db::open(&dir.path().join("set.sqlite3"), 1).await.unwrap();
-        let row_by_row = db::open(&dir.path().join("rows.sqlite3"), 1).await.unwrap();
+        let set_based = db::open(&dir.path().join("set.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
+        let row_by_row = db::open(&dir.path().join("rows.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
         let with = |id: i64, name: &str, category: &str, attributes: &[(&str, &str)]| NewItem {
             id,
             name: name.to_owned(),
@@ -537,7 +537,7 @@ mod tests {
     #[tokio::test]
     async fn the_first_and_repeated_imports_count_created_and_updated() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&dir.path().join("counts.sqlite3"), 1).await.unwrap();
+        let pool = db::open(&dir.path().join("counts.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
         let items: Vec<NewItem> = (0..10_000).map(|id| item(id, &format!("item {id}"))).collect();
         assert_eq!(Import::new(&items).unwrap().write(&pool, 1).await.unwrap(), (10_000, 0));
         assert_eq!(Import::new(&items[5_000..]).unwrap().write(&pool, 2).await.unwrap(), (0, 5_000));

@@ -50,7 +50,7 @@ const DESCRIPTOR_SETS: &[&[u8]] = &[embeddingmap_proto::FILE_DESCRIPTOR_SET, ton
 /// `api-service http listening on ADDR` once bound.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = AdminToken::new(&config.admin_token)?;
-    let pool = db::open(&config.database, config.database_connections)
+    let pool = db::open(&config.database, config.database_connections, config.wal_checkpoints)
         .await
         .with_context(|| format!("cannot open the database {}", config.database.display()))?;
     let (events, event_writer) = EventWriter::start(pool.clone(), config.event_batches());

@@ -1,13 +1,19 @@
-//! Every pooled connection, including ones the pool opens later, runs with WAL and a 5 s busy
-//! timeout: hold all connections at once and ask each one.
+//! Every pooled connection, including ones the pool opens later, runs with WAL, a 5 s busy
+//! timeout and the chosen checkpoint policy: hold all connections at once and ask each one.
 
 use api_service::db;
 use sqlx::Row;
 
 #[tokio::test]
-async fn every_pooled_connection_reports_wal_and_busy_timeout() {
+async fn every_pooled_connection_reports_wal_busy_timeout_and_its_checkpoints() {
+    for (checkpoints, autocheckpoint) in [(db::Checkpoints::Sqlite, 1000), (db::Checkpoints::Replicator, 0)] {
+        every_pooled_connection_reports(checkpoints, autocheckpoint).await;
+    }
+}
+
+async fn every_pooled_connection_reports(checkpoints: db::Checkpoints, autocheckpoint: i64) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = db::open(&dir.path().join("pragmas.sqlite3"), 6).await.unwrap();
+    let pool = db::open(&dir.path().join("pragmas.sqlite3"), 6, checkpoints).await.unwrap();
     let mut held = Vec::new();
     for _ in 0..6 {
         held.push(pool.acquire().await.unwrap());
@@ -21,6 +27,8 @@ async fn every_pooled_connection_reports_wal_and_busy_timeout() {
             sqlx::query("PRAGMA journal_size_limit").fetch_one(&mut **connection).await.unwrap().get(0);
         assert_eq!((mode.as_str(), timeout, synchronous, foreign_keys), ("wal", 5000, 1, 1));
         assert_eq!(wal_limit as u64, db::WAL_SIZE_LIMIT);
+        let pages: i64 = sqlx::query("PRAGMA wal_autocheckpoint").fetch_one(&mut **connection).await.unwrap().get(0);
+        assert_eq!(pages, autocheckpoint, "{checkpoints:?}");
     }
     assert_eq!(held.len(), 6, "all six connections were open at once");
 }
@@ -30,7 +38,7 @@ async fn a_deferred_read_then_write_is_what_begin_immediate_avoids() {
     // Two connections: one reads in a write transaction begun IMMEDIATE while another commits;
     // with IMMEDIATE the second writer waits (busy_timeout) instead of failing at once.
     let dir = tempfile::tempdir().unwrap();
-    let pool = db::open(&dir.path().join("immediate.sqlite3"), 2).await.unwrap();
+    let pool = db::open(&dir.path().join("immediate.sqlite3"), 2, db::Checkpoints::Sqlite).await.unwrap();
     sqlx::query(
         "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'a', '', '{}', 0, 0)",
     )
