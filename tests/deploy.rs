@@ -70,7 +70,12 @@ fn rendered_manifests_validate_strictly_and_a_broken_copy_does_not() {
 
 /// The rendered local overlay as JSON documents.
 fn documents() -> Vec<Value> {
-    let yaml = render("deploy/overlays/local");
+    documents_of("deploy/overlays/local")
+}
+
+/// A rendered kustomization as JSON documents.
+fn documents_of(kustomization: &str) -> Vec<Value> {
+    let yaml = render(kustomization);
     let mut python = Command::new(venv_bin("python"))
         .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))"])
         .stdin(std::process::Stdio::piped())
@@ -133,8 +138,16 @@ fn listen_port(address: &str) -> u64 {
 fn manifest_env_names_and_ports_match_the_binaries() {
     let documents = documents();
     for (kind, name, listens) in [
-        ("Deployment", "embedding-service", vec![("EMBEDDING_LISTEN", "grpc")]),
-        ("StatefulSet", "api-service", vec![("API_GRPC_LISTEN", "grpc"), ("API_HTTP_LISTEN", "http")]),
+        (
+            "Deployment",
+            "embedding-service",
+            vec![("EMBEDDING_LISTEN", "grpc"), ("EMBEDDING_METRICS_LISTEN", "metrics")],
+        ),
+        (
+            "StatefulSet",
+            "api-service",
+            vec![("API_GRPC_LISTEN", "grpc"), ("API_HTTP_LISTEN", "http"), ("API_METRICS_LISTEN", "metrics")],
+        ),
     ] {
         let workload = workload(&documents, kind, name);
         let help = Command::new(binary(name)).arg("--help").output().unwrap();
@@ -223,8 +236,12 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
     // The map store in a directory of the test's, where the manifest mounts a volume.
     let maps = tempfile::tempdir().unwrap();
     let store = [("EMBEDDING_MAP_STORE", maps.path().to_str().unwrap().to_owned())];
-    let (mut map_service, map_ports) =
-        start_like_the_manifest("embedding-service", &embedding, &store, &[("EMBEDDING_LISTEN", EMBEDDING)]);
+    let (mut map_service, map_ports) = start_like_the_manifest(
+        "embedding-service",
+        &embedding,
+        &store,
+        &[("EMBEDDING_LISTEN", EMBEDDING), ("EMBEDDING_METRICS_LISTEN", "embedding-service metrics")],
+    );
     let mut client = map_client(&map_service).await;
     let first = client.get_embedding_map(GetEmbeddingMapRequest { omit_points: true }).await.unwrap().into_inner();
     assert_eq!(all_probes(&embedding.container, &map_ports).await, [true; 3], "at boot");
@@ -247,7 +264,11 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
             // Stands in for the manifest's preStop pause, so readiness can be seen failing.
             ("API_READINESS_DRAIN", "2s".to_owned()),
         ],
-        &[("API_GRPC_LISTEN", api::GRPC), ("API_HTTP_LISTEN", api::HTTP)],
+        &[
+            ("API_GRPC_LISTEN", api::GRPC),
+            ("API_HTTP_LISTEN", api::HTTP),
+            ("API_METRICS_LISTEN", "api-service metrics"),
+        ],
     );
     assert_eq!(all_probes(&api_workload.container, &api_ports).await, [true; 3], "api at boot");
 
@@ -272,4 +293,74 @@ async fn probes_give_the_promised_outcomes_through_the_lifecycle() {
     assert!(!probe(&api_workload.container["readinessProbe"], &api_ports).await, "api readiness fails at shutdown");
     assert!(probe(&api_workload.container["livenessProbe"], &api_ports).await, "liveness holds while it drains");
     api_service.wait_exit(Duration::from_secs(30)).expect("api-service exits within terminationGracePeriodSeconds");
+}
+
+/// The real `litestream` binary's reading of a configuration: its `databases` listing (path and
+/// replica type), or its error.
+fn litestream_databases(config: &str) -> Result<String, String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config).unwrap();
+    let output = Command::new(venv_bin("litestream"))
+        .args(["databases", "-config"])
+        .arg(file.path())
+        .env("LITESTREAM_BUCKET", "bucket")
+        .env("LITESTREAM_REGION", "region")
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() { Ok(text) } else { Err(text) }
+}
+
+#[test]
+fn litestream_restores_and_replicates_the_database_the_service_opens() {
+    for (kustomization, replica) in [("deploy/base", "s3"), ("deploy/overlays/local", "file")] {
+        let documents = documents_of(kustomization);
+        let api = workload(&documents, "StatefulSet", "api-service");
+        let database = &api.env["API_DATABASE"];
+        assert_eq!(api.env["API_WAL_CHECKPOINTS"], "replicator", "{kustomization}: Litestream checkpoints");
+        let config = documents
+            .iter()
+            .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "litestream-config")
+            .expect("litestream-config");
+        let config = config["data"]["litestream.yml"].as_str().unwrap();
+        let listing = litestream_databases(config).unwrap_or_else(|e| panic!("{kustomization}: {e}"));
+        let line = listing.lines().find(|line| line.starts_with(database.as_str()));
+        assert!(
+            line.is_some_and(|line| line.split_whitespace().last() == Some(replica)),
+            "{kustomization}: Litestream replicates {listing:?}, the service opens {database}"
+        );
+        let broken = config.replacen(&format!("type: {replica}"), "type: s4", 1);
+        assert!(litestream_databases(&broken).is_err(), "a broken configuration must be refused");
+
+        let statefulset =
+            documents.iter().find(|d| d["kind"] == "StatefulSet" && d["metadata"]["name"] == "api-service").unwrap();
+        let pod = &statefulset["spec"]["template"]["spec"];
+        let mount_of = |container: &Value| {
+            container["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|mount| mount["name"] == "data")
+                .map(|mount| mount["mountPath"].as_str().unwrap().to_owned())
+        };
+        let data = mount_of(&api.container).expect("the service mounts its data volume");
+        assert!(database.starts_with(&format!("{data}/")), "{database} is not on the data volume");
+        let restore = &pod["initContainers"][0];
+        let args: Vec<&str> = restore["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(args[0], "restore");
+        for flag in ["-if-db-not-exists", "-if-replica-exists", "-integrity-check"] {
+            assert!(args.contains(&flag), "{kustomization}: restore without {flag}");
+        }
+        assert_eq!(args.last(), Some(&database.as_str()), "{kustomization}: restores another file");
+        let sidecar = pod["containers"].as_array().unwrap().iter().find(|c| c["name"] == "litestream").unwrap();
+        assert_eq!(sidecar["args"][0], "replicate");
+        for container in [restore, sidecar] {
+            assert_eq!(
+                mount_of(container),
+                Some(data.clone()),
+                "{kustomization}: {} sees another volume",
+                container["name"]
+            );
+        }
+    }
 }
