@@ -18,7 +18,7 @@ scripts/build-admin-ui.sh
 cargo build --workspace --bins --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-rm -rf artifacts/scorecard artifacts/scorecard.txt
+rm -rf artifacts/scorecard artifacts/scorecard.txt artifacts/backup-drill.txt
 set +e
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -28,4 +28,6 @@ awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d pass
 # The fault suite's scorecard, gathered from its sections (tests/faults.rs), which cargo's
 # captured output would hide.
 [[ -f artifacts/scorecard.txt ]] && cat artifacts/scorecard.txt
+# The backup drill's figures (tests/operations.rs): acknowledged, restored, lost, restore time.
+[[ -f artifacts/backup-drill.txt ]] && cat artifacts/backup-drill.txt
 exit "$status"

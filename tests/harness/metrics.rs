@@ -71,3 +71,23 @@ impl Scrape {
         self.samples.iter().flat_map(|sample| sample.labels.iter().map(|(key, value)| (key.as_str(), value.as_str())))
     }
 }
+
+/// `promtool check metrics` over `text`: Prometheus's own linter of the exposition format and
+/// its naming conventions (Debian's `prometheus` package; scripts/install-deps.sh installs it).
+pub fn promtool_check_metrics(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/install-deps.sh)");
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
