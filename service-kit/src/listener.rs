@@ -154,8 +154,7 @@ pub async fn serve<S, B>(
             closed(name, "refused_busy");
             continue;
         };
-        let open = metrics::gauge!("listener_connections_open", "listener" => name);
-        open.increment(1.0);
+        let open = OpenConnection::new(registry.clone(), connection.id, name);
         let _ = stream.set_nodelay(true);
         // Where each request came from, for tonic's `Request::remote_addr` and axum's extractors.
         let peer = TcpConnectInfo { local_addr: stream.local_addr().ok(), remote_addr: stream.peer_addr().ok() };
@@ -163,7 +162,7 @@ pub async fn serve<S, B>(
             TowerToHyperService::new(TrackRequests { inner: service.clone(), connection: connection.clone(), peer });
         let io = TokioIo::new(stream);
         let builder = builder.clone();
-        let (registry, shutdown, limits) = (registry.clone(), shutdown.clone(), limits.clone());
+        let (shutdown, limits) = (shutdown.clone(), limits.clone());
         connections.spawn(async move {
             let served = builder.serve_connection(io, service);
             tokio::pin!(served);
@@ -215,14 +214,36 @@ pub async fn serve<S, B>(
                     }
                 }
             }
-            registry.remove(connection.id);
-            open.decrement(1.0);
+            drop(open);
         });
     }
     // New clients are refused from now on rather than left in the backlog.
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// An admitted connection's place in the registry and in `listener_connections_open`, given
+/// back when dropped: at the connection's end, and also if its task unwinds from a panic.
+struct OpenConnection {
+    registry: Arc<Registry>,
+    id: u64,
+    gauge: metrics::Gauge,
+}
+
+impl OpenConnection {
+    fn new(registry: Arc<Registry>, id: u64, listener: &'static str) -> OpenConnection {
+        let gauge = metrics::gauge!("listener_connections_open", "listener" => listener);
+        gauge.increment(1.0);
+        OpenConnection { registry, id, gauge }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        self.gauge.decrement(1.0);
+    }
 }
 
 /// Counts a connection the server closed (or refused), by why.
