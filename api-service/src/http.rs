@@ -43,7 +43,7 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Wraps each route, so every request is timed under its route template.
-        .layer(middleware::from_fn(service_kit::metrics::record_http))
+        .layer(middleware::from_fn(service_kit::metrics::mark_route))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }

@@ -96,6 +96,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // `Router::layer` would give each route its own).
     let http_service = ServiceBuilder::new()
         .layer(telemetry::trace_layer(&state.token, &config.trusted_proxies))
+        // axum middleware takes axum's body type.
+        .map_request(|request: axum::http::Request<hyper::body::Incoming>| request.map(axum::body::Body::new))
+        .layer(axum::middleware::from_fn(service_kit::metrics::record_http))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             config.request_timeout,

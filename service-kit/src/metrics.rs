@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::Duration,
 };
@@ -120,15 +120,22 @@ pub async fn serve(
     })
 }
 
+/// The route template a request matched: set by `mark_route` inside the router, read by
+/// `record_http` around the whole stack once the answer is known.
+#[derive(Clone, Default)]
+struct MatchedRoute(Arc<OnceLock<String>>);
+
 /// Records `http_server_request_duration_seconds` for a request, labelled with the route
-/// template axum matched (never the raw path), the method and the status code. Put it on the
-/// router with `Router::layer`, which wraps each route, so the template is known.
-pub async fn record_http(request: Request, next: Next) -> Response {
+/// template axum matched (never the raw path), the method and the status code. Put it outside
+/// the timeout and concurrency layers, so that time queued for a permit and the 503 of a timed
+/// out request are counted too; `mark_route` on the router supplies the template.
+pub async fn record_http(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = http_method_label(request.method());
-    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+    let matched = MatchedRoute::default();
+    request.extensions_mut().insert(matched.clone());
     let response = next.run(request).await;
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    let route = matched.0.get().map_or("unmatched", String::as_str).to_owned();
     metrics::histogram!(
         "http_server_request_duration_seconds",
         "http_request_method" => method,
@@ -137,6 +144,17 @@ pub async fn record_http(request: Request, next: Next) -> Response {
     )
     .record(started.elapsed());
     response
+}
+
+/// Notes the route template axum matched for `record_http`. Put it on the router with
+/// `Router::layer`, which wraps each route, so the template is known there.
+pub async fn mark_route(request: Request, next: Next) -> Response {
+    if let (Some(matched), Some(path)) =
+        (request.extensions().get::<MatchedRoute>(), request.extensions().get::<MatchedPath>())
+    {
+        let _ = matched.0.set(path.as_str().to_owned());
+    }
+    next.run(request).await
 }
 
 /// OpenTelemetry's rule: known methods by name, anything else as `_OTHER`.
@@ -247,7 +265,15 @@ where
         let mut call = CallRecord { labels, started: Instant::now(), done: false };
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await?;
+            let response = match response.await {
+                Ok(response) => response,
+                Err(error) => {
+                    // No gRPC answer at all: the connection is reset, which clients see as
+                    // Internal (or Unavailable); counted here rather than as a cancellation.
+                    call.finish("Internal");
+                    return Err(error);
+                }
+            };
             // A trailers-only answer (most errors) carries its status in the headers.
             if let Some(code) = grpc_status(response.headers()) {
                 call.finish(code);
