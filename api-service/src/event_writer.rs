@@ -165,7 +165,10 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
     let Queues { events: mut queue, mut imports } = queues;
     let max_batch = settings.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
+    let depth = metrics::gauge!("event_writer_queue_depth");
     loop {
+        // What is left after the last write (a burst's backlog drains to 0 here).
+        depth.set(queue.len() as f64);
         // Biased: shutdown, then events, then imports, so an import is taken only when no event
         // waits, or after a batch (below).
         let import = tokio::select! {
@@ -176,7 +179,7 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
                     break;
                 }
                 gather(&mut queue, &mut batch, &settings).await;
-                metrics::gauge!("event_writer_queue_depth").set(queue.len() as f64);
+                depth.set(queue.len() as f64);
                 write_and_answer(&pool, &mut batch).await;
                 // An import waiting takes its turn after this batch and the events queued by now,
                 // so a steady stream of events cannot hold it back for ever.

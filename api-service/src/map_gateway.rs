@@ -153,8 +153,8 @@ impl MapGateway {
             metrics::counter!("map_gateway_joins_total", "result" => "cached").increment(1);
             return Ok(cached.clone());
         }
-        metrics::counter!("map_gateway_joins_total", "result" => "built").increment(1);
         let full = self.fetch(false).await?;
+        metrics::counter!("map_gateway_joins_total", "result" => "built").increment(1);
         let map = full
             .map
             .filter(|_| full.state == MapState::Ready as i32)

@@ -32,7 +32,10 @@ pub fn describe() {
         "Error answers on every transport, by the error table's code (database_busy, overloaded, key_reused, rate_limited, ...)."
     );
     describe_histogram!("event_writer_batch_size", "Events written in one transaction.");
-    describe_gauge!("event_writer_queue_depth", "Events waiting for the writer when a batch was taken.");
+    describe_gauge!(
+        "event_writer_queue_depth",
+        "Events waiting for the writer, as of its last batch taken or written."
+    );
     describe_counter!(
         "event_writer_transactions_total",
         "Event transactions, by result: committed, busy (SQLITE_BUSY past busy_timeout) or failed."
@@ -50,4 +53,15 @@ pub fn describe() {
         "map_gateway_joins_total",
         "READY maps joined to item names: cached (shared) or built (fetched and joined)."
     );
+    // The series alerts watch exist from the start at 0, so that their first increase is an
+    // increase (a series born at 1 is invisible to rate() and increase()).
+    for result in ["committed", "busy", "failed"] {
+        metrics::counter!("event_writer_transactions_total", "result" => result).absolute(0);
+    }
+    for code in ["database_busy", "overloaded", "rate_limited", "key_reused", "internal"] {
+        metrics::counter!("api_errors_total", "code" => code).absolute(0);
+    }
+    for outcome in ["ready", "computing", "failed", "unavailable"] {
+        metrics::counter!("map_gateway_answers_total", "outcome" => outcome).absolute(0);
+    }
 }

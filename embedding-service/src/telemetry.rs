@@ -28,6 +28,10 @@ pub fn describe() {
         Unit::Seconds,
         "Time to scan the corpus for one neighbour query."
     );
+    // From the start at 0, so that the first failed refresh is an increase alerts can see.
+    for result in ["updated", "unchanged", "failed"] {
+        metrics::counter!("embedding_map_refreshes_total", "result" => result).absolute(0);
+    }
 }
 
 /// Follows the status board into the map's gauges and the refresh outcome counter.
