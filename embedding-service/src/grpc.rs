@@ -8,7 +8,7 @@ use futures_util::{Stream, StreamExt, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{job::RefreshRequests, neighbor_index::QueryError, status::StatusBoard};
+use crate::{job::RefreshRequests, neighbor_batches::NeighborBatches, neighbor_index::QueryError, status::StatusBoard};
 
 pub struct MapService {
     board: StatusBoard,
@@ -80,11 +80,12 @@ impl EmbeddingMapService for MapService {
 /// served (or, before the first map, of the one computing).
 pub struct NeighborSearch {
     board: StatusBoard,
+    batches: NeighborBatches,
 }
 
 impl NeighborSearch {
-    pub fn new(board: StatusBoard) -> Self {
-        NeighborSearch { board }
+    pub fn new(board: StatusBoard, batches: NeighborBatches) -> Self {
+        NeighborSearch { board, batches }
     }
 }
 
@@ -112,22 +113,16 @@ impl pb::neighbor_service_server::NeighborService for NeighborSearch {
                  come with the next map (see its refresh and last_refresh)"
             })
         })?;
-        // A scan of every row: CPU work, kept off the async workers.
-        let found = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let found = match query {
-                pb::find_neighbors_request::Query::Id(id) => index.by_id(id, k),
-                pb::find_neighbors_request::Query::Vector(vector) => index.by_vector(&vector.values, k),
-            };
-            metrics::histogram!("embedding_neighbor_query_seconds").record(started.elapsed());
-            found
-        })
-        .await
-        .map_err(|error| Status::internal(format!("the neighbour search failed: {error}")))?;
-        let neighbors = found.map_err(|error| match error {
+        let query = match query {
+            pb::find_neighbors_request::Query::Id(id) => index.query_by_id(id, k),
+            pb::find_neighbors_request::Query::Vector(vector) => index.query_by_vector(&vector.values, k),
+        }
+        .map_err(|error| match error {
             QueryError::UnknownId(_) => Status::not_found(error.to_string()),
             _ => Status::invalid_argument(error.to_string()),
         })?;
+        // A scan of every row, on the batching thread with the queries waiting beside it.
+        let neighbors = self.batches.search(index, query).await.map_err(|error| Status::internal(error.to_string()))?;
         Ok(Response::new(pb::FindNeighborsResponse {
             neighbors: neighbors.into_iter().map(|(id, similarity)| pb::Neighbor { id, similarity }).collect(),
             generation,

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod health;
 pub mod job;
 pub mod map_store;
+pub mod neighbor_batches;
 pub mod neighbor_index;
 pub mod pipeline;
 pub mod server;

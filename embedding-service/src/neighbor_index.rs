@@ -3,17 +3,23 @@
 //! "who is really close to this point?" is answered here.
 //!
 //! The corpus's rows are kept L2-normalised beside the map being served (float32: 4 bytes per
-//! dimension per point, 92 MB at 60k x 384), and a query is an exact scan: one dot product per
-//! row, the best `k` kept. Exact at every size served here (see the latency figures in docs/benchmarks.md).
+//! dimension per point, 92 MB at 60k x 384), and a search is exact: every row's dot product with
+//! the query, the best `k` kept. Queries are answered in batches (`search`): a block of rows is
+//! read once for all of them, as one matrix-matrix product, so a scan bound by memory bandwidth
+//! for one query serves many for little more (docs/benchmarks.md has the figures).
 
 use std::{cmp::Ordering, collections::HashMap};
 
-use ndarray::{Array2, ArrayView1};
+use ndarray::{Array2, ArrayView1, Axis, s};
+use rayon::prelude::*;
 
 /// Most neighbours one query may ask for.
 pub const MAX_K: u32 = 100;
 /// Neighbours given when a query does not say.
 pub const DEFAULT_K: u32 = 10;
+/// Rows multiplied at once: small enough that a block's similarities (rows x queries) stay in
+/// cache-sized pieces, large enough to amortise the product's packing.
+const BLOCK_ROWS: usize = 4096;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum QueryError {
@@ -35,6 +41,22 @@ pub struct NeighborIndex {
     rows: HashMap<i64, usize>,
     /// `n x d`, each row of unit length (a zero row stays zero).
     vectors: Array2<f32>,
+}
+
+/// A checked query: the unit vector to compare, how many to give, and the row to leave out (the
+/// point itself, for a query by id). Made only by `NeighborIndex::query_by_*`, so it always fits
+/// the index it came from.
+#[derive(Debug, Clone)]
+pub struct Query {
+    vector: QueryVector,
+    k: usize,
+    skip: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+enum QueryVector {
+    Row(usize),
+    Given(Vec<f32>),
 }
 
 impl std::fmt::Debug for NeighborIndex {
@@ -59,18 +81,18 @@ impl NeighborIndex {
         self.vectors.len() * 4 + self.ids.len() * (8 + 24)
     }
 
-    /// The `k` nearest other points of the point `id`.
-    pub fn by_id(&self, id: i64, k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
+    /// The query for the `k` nearest other points of the point `id`.
+    pub fn query_by_id(&self, id: i64, k: u32) -> Result<Query, QueryError> {
         let k = checked_k(k)?;
         let row = *self.rows.get(&id).ok_or(QueryError::UnknownId(id))?;
         if self.vectors.row(row).iter().all(|v| *v == 0.0) {
             return Err(QueryError::ZeroVector(id));
         }
-        Ok(self.search(self.vectors.row(row), k, Some(row)))
+        Ok(Query { vector: QueryVector::Row(row), k, skip: Some(row) })
     }
 
-    /// The `k` nearest points of a query vector (any length: it is normalised).
-    pub fn by_vector(&self, vector: &[f32], k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
+    /// The query for the `k` nearest points of a vector (any length: it is normalised).
+    pub fn query_by_vector(&self, vector: &[f32], k: u32) -> Result<Query, QueryError> {
         let k = checked_k(k)?;
         if vector.len() != self.dimensions() {
             return Err(QueryError::WrongDimensions { got: vector.len(), expected: self.dimensions() });
@@ -80,29 +102,91 @@ impl NeighborIndex {
         if !norm.is_finite() || norm == 0.0 {
             return Err(QueryError::BadVector);
         }
-        let query: Vec<f32> = vector.iter().map(|v| (f64::from(*v) / norm) as f32).collect();
-        Ok(self.search(ArrayView1::from(&query), k, None))
+        let unit = vector.iter().map(|v| (f64::from(*v) / norm) as f32).collect();
+        Ok(Query { vector: QueryVector::Given(unit), k, skip: None })
     }
 
-    /// Every row's cosine similarity to `query` (one matrix-vector product), the best `k`
-    /// (other than `skip`), best first; ties by id so answers are the same every time.
-    fn search(&self, query: ArrayView1<f32>, k: usize, skip: Option<usize>) -> Vec<(i64, f32)> {
-        let similarities = self.vectors.dot(&query);
-        let mut best: Vec<(i64, f32)> = Vec::with_capacity(k + 1);
-        let order = |a: &(i64, f32), b: &(i64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        for (row, &similarity) in similarities.iter().enumerate() {
-            if Some(row) == skip {
-                continue;
-            }
-            let candidate = (self.ids[row], similarity);
-            if best.len() == k && order(&candidate, &best[k - 1]) != Ordering::Less {
-                continue;
-            }
-            let at = best.partition_point(|kept| order(kept, &candidate) == Ordering::Less);
-            best.insert(at, candidate);
-            best.truncate(k);
+    /// The `k` nearest other points of the point `id`, best first.
+    pub fn by_id(&self, id: i64, k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
+        let query = self.query_by_id(id, k)?;
+        Ok(self.search(std::slice::from_ref(&query)).swap_remove(0))
+    }
+
+    /// The `k` nearest points of a query vector, best first.
+    pub fn by_vector(&self, vector: &[f32], k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
+        let query = self.query_by_vector(vector, k)?;
+        Ok(self.search(std::slice::from_ref(&query)).swap_remove(0))
+    }
+
+    /// Answers `queries` together, each its best `k` by cosine similarity, best first, ties by
+    /// id so answers are the same every time. Blocks of rows are spread over the threads; each
+    /// block is read once for every query (one matrix-matrix product), then the blocks' bests
+    /// are merged. A query's answer does not depend on the others in the batch: each similarity
+    /// is the same dot product whatever the batch (a test holds it to that, bit for bit).
+    pub fn search(&self, queries: &[Query]) -> Vec<Vec<(i64, f32)>> {
+        if queries.is_empty() {
+            return Vec::new();
         }
-        best
+        let mut matrix = Array2::<f32>::zeros((queries.len(), self.dimensions()));
+        for (mut row, query) in matrix.axis_iter_mut(Axis(0)).zip(queries) {
+            match &query.vector {
+                QueryVector::Row(at) => row.assign(&self.vectors.row(*at)),
+                QueryVector::Given(unit) => row.assign(&ArrayView1::from(unit)),
+            }
+        }
+        let empty = || queries.iter().map(|query| Best::new(query.k)).collect::<Vec<_>>();
+        let starts: Vec<usize> = (0..self.vectors.nrows()).step_by(BLOCK_ROWS).collect();
+        starts
+            .into_par_iter()
+            .map(|start| {
+                let end = (start + BLOCK_ROWS).min(self.vectors.nrows());
+                // queries x rows, so that each query's similarities are one contiguous row.
+                let similarities = matrix.dot(&self.vectors.slice(s![start..end, ..]).t());
+                let mut bests = empty();
+                for ((best, query), row) in bests.iter_mut().zip(queries).zip(similarities.axis_iter(Axis(0))) {
+                    for (offset, &similarity) in row.iter().enumerate() {
+                        let at = start + offset;
+                        if Some(at) != query.skip {
+                            best.offer((self.ids[at], similarity));
+                        }
+                    }
+                }
+                bests
+            })
+            .reduce(empty, |mut merged, other| {
+                for (into, from) in merged.iter_mut().zip(other) {
+                    for candidate in from.kept {
+                        into.offer(candidate);
+                    }
+                }
+                merged
+            })
+            .into_iter()
+            .map(|best| best.kept)
+            .collect()
+    }
+}
+
+/// The best `k` candidates seen so far, best first: higher similarity, then lower id. A total
+/// order, so the set kept does not depend on the order candidates are offered in.
+struct Best {
+    k: usize,
+    kept: Vec<(i64, f32)>,
+}
+
+impl Best {
+    fn new(k: usize) -> Self {
+        Best { k, kept: Vec::with_capacity(k + 1) }
+    }
+
+    fn offer(&mut self, candidate: (i64, f32)) {
+        let order = |a: &(i64, f32), b: &(i64, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if self.kept.len() == self.k && order(&candidate, &self.kept[self.k - 1]) != Ordering::Less {
+            return;
+        }
+        let at = self.kept.partition_point(|kept| order(kept, &candidate) == Ordering::Less);
+        self.kept.insert(at, candidate);
+        self.kept.truncate(self.k);
     }
 }
 
@@ -142,5 +226,63 @@ mod tests {
         assert_eq!(index.by_vector(&[0.0, 0.0], 5), Err(QueryError::BadVector));
         assert_eq!(index.by_vector(&[f32::NAN, 0.0], 5), Err(QueryError::BadVector));
         assert_eq!(index.by_id(10, 101), Err(QueryError::BadK(101)));
+    }
+
+    /// A corpus of `n` pseudo-random rows of `d` dimensions (a fixed generator, no crate).
+    fn random_index(n: usize, d: usize) -> NeighborIndex {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let values = (0..n * d)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        NeighborIndex::new((0..n as i64).map(|i| i * 3 + 1).collect(), Array2::from_shape_vec((n, d), values).unwrap())
+    }
+
+    #[test]
+    fn a_batch_answers_each_query_as_it_would_be_answered_alone_and_as_brute_force_does() {
+        // More rows than one block, and a last block that is not full.
+        let index = random_index(2 * BLOCK_ROWS + 123, 48);
+        let queries: Vec<Query> = (0..37)
+            .map(|q| {
+                if q % 2 == 0 {
+                    index.query_by_id(index.ids[q * 211], 10).unwrap()
+                } else {
+                    let vector: Vec<f32> = (0..48).map(|i| ((q * 31 + i * 7) % 13) as f32 - 6.0).collect();
+                    index.query_by_vector(&vector, 1 + q as u32 % 20).unwrap()
+                }
+            })
+            .collect();
+        let together = index.search(&queries);
+        for (query, answer) in queries.iter().zip(&together) {
+            // Bit for bit the answer of the query alone.
+            assert_eq!(&index.search(std::slice::from_ref(query))[0], answer);
+            // And the brute-force answer: every row's similarity in f64, sorted.
+            let unit: Vec<f32> = match &query.vector {
+                QueryVector::Row(at) => index.vectors.row(*at).to_vec(),
+                QueryVector::Given(unit) => unit.clone(),
+            };
+            let mut all: Vec<(i64, f64)> = (0..index.ids.len())
+                .filter(|row| Some(*row) != query.skip)
+                .map(|row| {
+                    let vector = index.vectors.row(row);
+                    let dot = vector.iter().zip(&unit).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+                    (index.ids[row], dot)
+                })
+                .collect();
+            all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+            assert_eq!(answer.len(), query.k);
+            for ((id, similarity), (expected_id, expected)) in answer.iter().zip(&all) {
+                assert!((f64::from(*similarity) - expected).abs() < 1e-5, "{similarity} vs {expected}");
+                // Ids agree except where two similarities are within rounding of each other.
+                if id != expected_id {
+                    let theirs = all.iter().find(|(other, _)| other == id).unwrap().1;
+                    assert!((theirs - expected).abs() < 1e-5, "{id} in place of {expected_id}");
+                }
+            }
+        }
     }
 }

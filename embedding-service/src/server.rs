@@ -27,6 +27,7 @@ use crate::{
     grpc::{MapService, NeighborSearch},
     health, job,
     map_store::MapStore,
+    neighbor_batches::NeighborBatches,
     status, telemetry,
 };
 
@@ -105,7 +106,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .max_encoding_message_size(config.max_message_bytes)
         .max_decoding_message_size(MAP_REQUEST_BYTES);
     // A query vector of up to 64k float dimensions.
-    let neighbors = NeighborServiceServer::new(NeighborSearch::new(board.clone()))
+    let batches = NeighborBatches::start().context("cannot start the neighbour search thread")?;
+    let neighbors = NeighborServiceServer::new(NeighborSearch::new(board.clone(), batches))
         .max_decoding_message_size(NEIGHBOR_REQUEST_BYTES)
         .max_encoding_message_size(NEIGHBOR_REQUEST_BYTES);
     let ready_answers = ReadyAnswersLayer::new(

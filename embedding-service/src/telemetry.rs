@@ -26,8 +26,9 @@ pub fn describe() {
     describe_histogram!(
         "embedding_neighbor_query_seconds",
         Unit::Seconds,
-        "Time to scan the corpus for one neighbour query."
+        "Time from a neighbour query's arrival to its answer: waiting for its batch, then the batch's scan."
     );
+    describe_histogram!("embedding_neighbor_batch_size", "Neighbour queries answered by one scan of the corpus.");
     // From the start at 0, so that the first failed refresh is an increase alerts can see.
     for result in ["updated", "unchanged", "failed"] {
         metrics::counter!("embedding_map_refreshes_total", "result" => result).absolute(0);
