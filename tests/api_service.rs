@@ -98,6 +98,23 @@ async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embeddin
     }
     assert_eq!(get_map(&api, Some(&etag)).await.status(), StatusCode::NOT_MODIFIED);
 
+    // gzip when asked: the same JSON, smaller, under the same ETag.
+    let gzipped = http_client()
+        .get(http_url(&api, "/api/admin/embedding-map"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gzipped.status(), StatusCode::OK);
+    assert_eq!(gzipped.headers()["content-encoding"], "gzip");
+    assert_eq!(gzipped.headers()["etag"].to_str().unwrap(), etag);
+    let compressed = gzipped.bytes().await.unwrap();
+    let mut json = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut json).unwrap();
+    assert_eq!(serde_json::from_slice::<Value>(&json).unwrap(), body);
+    assert!(compressed.len() * 3 < json.len(), "{} bytes gzipped from {}", compressed.len(), json.len());
+
     // The same map over gRPC.
     let mut admin_map = AdminMapServiceClient::new(grpc_channel(&api).await).max_decoding_message_size(64 << 20);
     let status = admin_map.get_embedding_map(admin(pb::GetAdminMapRequest::default())).await.unwrap().into_inner();
