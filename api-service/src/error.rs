@@ -65,6 +65,9 @@ pub enum ApiError {
     #[error("the embedding service cannot be reached: {0}")]
     EmbeddingUnavailable(String),
 
+    #[error("generation {asked} is not the map served ({served}); select again on the map served")]
+    GenerationNotServed { asked: u64, served: String },
+
     #[error("the embedding map failed in {phase}: {message}")]
     MapFailed { phase: String, message: String },
 
@@ -101,6 +104,9 @@ impl ApiError {
             ApiError::NotFound { .. } => row(Code::NotFound, StatusCode::NOT_FOUND, "not_found", false),
             ApiError::AlreadyExists { .. } => row(Code::AlreadyExists, StatusCode::CONFLICT, "already_exists", false),
             ApiError::KeyReused => row(Code::AlreadyExists, StatusCode::CONFLICT, "key_reused", false),
+            ApiError::GenerationNotServed { .. } => {
+                row(Code::FailedPrecondition, StatusCode::CONFLICT, "generation_not_served", false)
+            }
             ApiError::RateLimited => row(Code::ResourceExhausted, StatusCode::TOO_MANY_REQUESTS, "rate_limited", true),
             ApiError::Unauthenticated => row(Code::Unauthenticated, StatusCode::UNAUTHORIZED, "unauthenticated", false),
             ApiError::DatabaseBusy => row(Code::Unavailable, StatusCode::SERVICE_UNAVAILABLE, "database_busy", true),

@@ -18,6 +18,8 @@ use crate::{
     error::ApiError,
     events::{self, NewEvent},
     items::{self, NewItem},
+    map_selection,
+    map_view::{JoinedMap, MapView},
     neighbors,
     state::AppState,
 };
@@ -27,6 +29,8 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
     let admin = Router::new()
         .route("/api/admin/embedding-map", get(embedding_map))
         .route("/api/admin/embedding-map/refresh", post(refresh_embedding_map))
+        .route("/api/admin/embedding-map/select", post(select_points))
+        .route("/api/admin/embedding-map/export", post(export_points))
         .route("/api/admin/items", get(list_items).post(create_item))
         .route("/api/admin/items/import", post(import_items))
         .route("/api/admin/items/{id}", get(get_item).put(update_item))
@@ -104,6 +108,30 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn embedding_map(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let if_none_match = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
     state.map.view().await?.into_http(if_none_match)
+}
+
+/// The READY map served, if there is one.
+async fn served_map(state: &AppState) -> Result<Option<std::sync::Arc<JoinedMap>>, ApiError> {
+    Ok(match state.map.view().await? {
+        MapView::Ready(map, _) => Some(map),
+        MapView::Computing(_) | MapView::Failed(_) => None,
+    })
+}
+
+/// The points inside a polygon of map coordinates, a page at a time.
+async fn select_points(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<map_selection::SelectRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(map_selection::select(served_map(&state).await?, request)?).into_response())
+}
+
+/// Every point, or those inside a polygon, as a streamed CSV download.
+async fn export_points(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<map_selection::ExportRequest>,
+) -> Result<Response, ApiError> {
+    map_selection::export(served_map(&state).await?, request)
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

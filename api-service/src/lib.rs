@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod http;
 pub mod items;
 pub mod map_gateway;
+pub mod map_selection;
 pub mod map_view;
 pub mod neighbors;
 pub mod rate_limit;
@@ -35,5 +36,8 @@ pub mod fuzzing {
             let _ = crate::items::Import::new(&import.items);
         }
         let _ = serde_json::from_slice::<crate::events::NewEvent>(data);
+        if let Ok(select) = serde_json::from_slice::<crate::map_selection::SelectRequest>(data) {
+            let _ = crate::map_selection::Polygon::new(select.polygon);
+        }
     }
 }

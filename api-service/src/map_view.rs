@@ -94,6 +94,10 @@ pub struct JoinedMap {
     /// bytes as they are (`service_kit::ready_answers`).
     with_points: Bytes,
     summary: Bytes,
+    /// The map's generation, which selections and exports name.
+    pub generation: u64,
+    /// Each point's cluster at each level (coarsest first), in the order of the points.
+    pub cluster_assignments: Vec<Vec<u32>>,
 }
 
 /// `RESULT_UPDATED` -> `updated`, as HTTP names a refresh's outcome.
@@ -109,6 +113,9 @@ pub fn phase_name(phase: Phase) -> String {
 impl JoinedMap {
     pub fn new(map: pb::EmbeddingMap, labels: &HashMap<i64, (String, String)>, etag: String) -> Self {
         let clusters = crate::cluster_labels::label(&map.cluster_levels, &map.points, labels);
+        let mut levels: Vec<&pb::ClusterLevel> = map.cluster_levels.iter().collect();
+        levels.sort_by_key(|level| level.level);
+        let cluster_assignments = levels.iter().map(|level| level.assignment.clone()).collect();
         let clusters_json: Vec<serde_json::Value> = clusters
             .iter()
             .map(|c| {
@@ -194,7 +201,16 @@ impl JoinedMap {
             json_open: Bytes::from(body),
             with_points: status.encode_to_vec().into(),
             summary: summary.encode_to_vec().into(),
+            generation: map.generation,
+            cluster_assignments,
         }
+    }
+
+    /// The points with their names and categories, decoded from the shared encoding: selections
+    /// and exports are rare, so the map keeps one copy of its points, encoded.
+    pub fn points(&self) -> Vec<api_pb::MapPoint> {
+        // Encoded by `new` from a valid message, so it decodes.
+        api_pb::AdminMapStatus::decode(self.with_points.clone()).map(|status| status.points).unwrap_or_default()
     }
 
     /// The encoded `AdminMapStatus`; cloning it shares the bytes.
