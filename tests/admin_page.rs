@@ -33,3 +33,48 @@ async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
         assert!(artifact_saved(shot), "{shot} saved");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_box_and_a_lasso_select_what_the_api_selects_export_it_and_travel_in_the_link() {
+    let embedding = start_embedding(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_api(&dir.path().join("selection.sqlite3"), &embedding.url(), &[]);
+    import_digits(&api).await;
+
+    let seen = run_page_script("admin_selection.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
+    let ids = |value: &serde_json::Value| -> Vec<u64> {
+        value.as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect()
+    };
+    // The box: the page's points are the API's for the same polygon and generation; the rest
+    // are dimmed, not hidden; the panel lists them.
+    let box_ids = ids(&seen["box"]["ids"]);
+    assert!(box_ids.len() > 20 && box_ids.len() < 1797, "{} in the box", box_ids.len());
+    assert_eq!(box_ids, ids(&seen["box"]["api"]), "the page and the API agree on the box");
+    assert_eq!(seen["box"]["drawn"], 1797, "unselected points are still drawn");
+    assert_eq!(seen["box"]["panel"], true);
+    assert_eq!(seen["box"]["count"], format!("{} points selected", box_ids.len()));
+    assert_eq!(seen["box"]["names"], 20);
+    assert!(seen["box"]["categories"].as_u64().unwrap() >= 1);
+    // The export's rows are the selection.
+    assert!(seen["exported"]["header"].as_str().unwrap().starts_with("id,name,category,x,y,cluster_level_0"));
+    assert_eq!(ids(&seen["exported"]["ids"]), box_ids, "the downloaded rows are the selection");
+    assert!(seen["exported"]["name"].as_str().unwrap().ends_with("-selection.csv"));
+    // The lasso.
+    let lasso_ids = ids(&seen["lasso"]["ids"]);
+    assert!(lasso_ids.len() > 20, "{} in the lasso", lasso_ids.len());
+    assert_eq!(lasso_ids, ids(&seen["lasso"]["api"]), "the page and the API agree on the lasso");
+    // The link restores the view, the hidden category and the selection, without the token.
+    let (before, restored) = (&seen["before"], &seen["restored"]);
+    assert_eq!(ids(&restored["ids"]), ids(&before["ids"]), "{seen}");
+    assert_eq!(restored["drawn"], before["drawn"], "the hidden category travels: {seen}");
+    assert!(before["drawn"].as_u64().unwrap() < 1797);
+    for key in ["scale", "x", "y"] {
+        let (a, b) = (before["view"][key].as_f64().unwrap(), restored["view"][key].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-3, "{key}: {a} vs {b}");
+    }
+    assert_eq!(restored["tokenInLink"], false);
+    // Escape clears.
+    assert_eq!(seen["cleared"], serde_json::json!({ "ids": 0, "panel": false }));
+    assert!(artifact_saved("admin-selection.png"));
+}

@@ -5,6 +5,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
 import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
 import { DISTINCT_CATEGORIES, MapView, categoryColor, type Point } from "./map_view";
+import { readFragment, writeFragment } from "./view_link";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
 const TOKEN_KEY = "embedding-map-admin-token";
@@ -16,6 +17,12 @@ const NEIGHBORS = 10;
 let shownKey = "";
 /** The item's attributes, from the api-service's JSON API on this origin; set once signed in. */
 let itemAttributes: ((id: bigint) => Promise<Record<string, string> | null>) | null = null;
+/** Downloads the CSV export of `polygon`'s points (every point without one); set once signed in. */
+let exportCsv: ((polygon: [number, number][] | null) => Promise<void>) | null = null;
+/** What a lasso or box drag does: nothing (drag pans), or draw the shape. */
+let tool: "pan" | "lasso" | "box" = "pan";
+/** Files downloaded by the export buttons (for tests). */
+let exports = 0;
 /** Finds a point's true neighbours; set once signed in. */
 let findNeighbors:
   | ((id: bigint) => Promise<{ generation: bigint; neighbors: { id: bigint; similarity: number; name?: string; category?: string }[] }>)
@@ -37,6 +44,9 @@ let session = 0;
   get drawnLabels() { return view.drawnLabels; },
   get contourSegments() { return view.contourSegments; },
   get lastDrawMs() { return view.lastDrawMs; },
+  get regionIds() { return [...(view.region?.ids ?? [])].map(Number).sort((a, b) => a - b); },
+  get regionPolygon() { return view.region?.polygon ?? null; },
+  get exports() { return exports; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
 };
@@ -141,10 +151,84 @@ function showReady(status: AdminMapStatus) {
   shownKey = key;
   shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
+  const first = view.points.length === 0;
   view.setPoints(points, replacing);
   closePanel();
+  if (first) applyFragment();
   renderLegend();
   updateSearchCount();
+  showRegion();
+}
+
+/** A link's view (the URL fragment, never the query string, which reaches server logs): zoom,
+ *  pan, hidden categories, search and the selection's polygon, applied to the first map. */
+function applyFragment() {
+  const link = readFragment(location.hash);
+  if (!link) return;
+  if (link.view) view.viewState = link.view;
+  view.hidden = new Set(link.hidden);
+  view.search = link.search;
+  $<HTMLInputElement>("search").value = link.search;
+  if (link.polygon) view.selectRegion(link.polygon);
+}
+
+/** Keeps the fragment in step with the view, so the address bar is always a link to it. */
+function saveFragment() {
+  if (view.points.length === 0) return;
+  const hash = writeFragment({
+    view: view.viewState,
+    hidden: [...view.hidden],
+    search: view.search,
+    polygon: view.region?.polygon ?? null,
+  });
+  history.replaceState(null, "", `${location.pathname}${location.search}${hash}`);
+}
+
+/** The selection's panel: its size, its categories, the first 20 names by id. */
+function showRegion() {
+  const region = view.region;
+  $("selection-panel").hidden = !region;
+  saveFragment();
+  if (!region) return;
+  const chosen = view.points.filter((p) => region.ids.has(p.id));
+  $("selection-count").textContent = `${chosen.length} point${chosen.length === 1 ? "" : "s"} selected`;
+  const byCategory = new Map<string, number>();
+  for (const p of chosen) byCategory.set(p.category, (byCategory.get(p.category) ?? 0) + 1);
+  const ranked = [...byCategory].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0], undefined, { numeric: true }));
+  $("selection-categories").replaceChildren(
+    ...ranked.slice(0, 10).map(([category, count]) => {
+      const item = document.createElement("li");
+      item.textContent = `${category}: ${count}`;
+      return item;
+    }),
+  );
+  const first = [...chosen].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0)).slice(0, 20);
+  $("selection-names").replaceChildren(
+    ...first.map((p) => {
+      const item = document.createElement("li");
+      item.textContent = `${p.name || "(no item)"} · #${p.id}`;
+      return item;
+    }),
+  );
+}
+
+function clearRegion() {
+  view.clearRegion();
+  setTool("pan");
+  showRegion();
+}
+
+function setTool(next: "pan" | "lasso" | "box") {
+  tool = tool === next ? "pan" : next;
+  $("tool-lasso").setAttribute("aria-pressed", String(tool === "lasso"));
+  $("tool-box").setAttribute("aria-pressed", String(tool === "box"));
+  $("map").dataset.tool = tool;
+}
+
+/** Every `step`-th vertex of a long lasso, so the polygon (and a link holding it) stays short. */
+function simplify(points: [number, number][], most = 200): [number, number][] {
+  const step = Math.ceil(points.length / most);
+  return step <= 1 ? points : points.filter((_, i) => i % step === 0);
 }
 
 function closePanel() {
@@ -233,6 +317,7 @@ function renderLegend() {
       element.setAttribute("aria-pressed", state());
       view.draw();
       updateSearchCount();
+      saveFragment();
     });
     return element;
   };
@@ -264,6 +349,28 @@ async function follow(token: string, baseUrl: string) {
     return response.ok ? (await response.json()).attributes : null;
   };
   findNeighbors = (id) => neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers });
+  // Fetched with the token in a header and saved from memory: a link carrying the token would
+  // end up in history and logs.
+  exportCsv = async (polygon) => {
+    const generation = Number(shownGeneration);
+    const body = JSON.stringify(polygon ? { generation, polygon } : { generation });
+    const response = await fetch("/api/admin/embedding-map/export", {
+      method: "POST",
+      headers: { ...headers, "content-type": "application/json" },
+      body,
+    });
+    if (!response.ok) {
+      const answer = await response.json().catch(() => null);
+      throw new Error(answer?.error?.message ?? `${response.status} ${response.statusText}`);
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = `embedding-map-generation-${generation}${polygon ? "-selection" : ""}.csv`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    exports++;
+  };
   let retry = 1000;
   while (mine === session) {
     try {
@@ -327,6 +434,7 @@ async function main() {
     view.search = (event.target as HTMLInputElement).value.trim().toLowerCase();
     view.draw();
     updateSearchCount();
+    saveFragment();
   });
   $("density").addEventListener("click", (event) => {
     view.density = !view.density;
@@ -337,14 +445,32 @@ async function main() {
   const canvas = $<HTMLCanvasElement>("map");
   const tooltip = $("tooltip");
   let dragging: { x: number; y: number } | null = null;
+  const local = (e: PointerEvent): [number, number] => {
+    const rect = canvas.getBoundingClientRect();
+    return [e.clientX - rect.left, e.clientY - rect.top];
+  };
   canvas.addEventListener("pointerdown", (e) => {
-    dragging = { x: e.clientX, y: e.clientY };
     canvas.setPointerCapture(e.pointerId);
+    if (tool === "pan") dragging = { x: e.clientX, y: e.clientY };
+    else view.drawing = [local(e)];
   });
   let pressedAt: { x: number; y: number } | null = null;
   canvas.addEventListener("pointerdown", (e) => (pressedAt = { x: e.clientX, y: e.clientY }));
   canvas.addEventListener("pointerup", (e) => {
     dragging = null;
+    const drawn = view.drawing;
+    if (drawn) {
+      view.drawing = null;
+      const shape: [number, number][] = tool === "box" && drawn.length >= 2
+        ? [drawn[0], [drawn[1][0], drawn[0][1]], drawn[1], [drawn[0][0], drawn[1][1]]]
+        : simplify(drawn);
+      if (shape.length >= 3) {
+        view.selectRegion(shape.map(([x, y]) => view.toMap(x, y)));
+        showRegion();
+      } else view.requestDraw();
+      pressedAt = null;
+      return;
+    }
     // A click, not a drag: the point under it, if any.
     if (pressedAt && Math.abs(e.clientX - pressedAt.x) + Math.abs(e.clientY - pressedAt.y) < 4) {
       const rect = canvas.getBoundingClientRect();
@@ -354,6 +480,29 @@ async function main() {
     pressedAt = null;
   });
   $("point-close").addEventListener("click", closePanel);
+  $("tool-lasso").addEventListener("click", () => setTool("lasso"));
+  $("tool-box").addEventListener("click", () => setTool("box"));
+  $("selection-clear").addEventListener("click", clearRegion);
+  const exporting = (polygon: () => [number, number][] | null) => async () => {
+    $("selection-error").textContent = "";
+    try {
+      await exportCsv?.(polygon());
+    } catch (error) {
+      const message = `The export failed: ${(error as Error).message}`;
+      if (view.region) $("selection-error").textContent = message; else showStatus("Export", message);
+    }
+  };
+  $("selection-export").addEventListener("click", exporting(() => view.region?.polygon ?? null));
+  $("export-map").addEventListener("click", exporting(() => null));
+  // Zoom and pan end up in the link a moment after they settle.
+  let linkTimer = 0;
+  const saveSoon = () => {
+    clearTimeout(linkTimer);
+    linkTimer = window.setTimeout(saveFragment, 300);
+  };
+  canvas.addEventListener("wheel", saveSoon);
+  canvas.addEventListener("pointerup", saveSoon);
+  canvas.addEventListener("keyup", saveSoon);
   $("contours").addEventListener("click", (event) => {
     view.showContours = !view.showContours;
     (event.currentTarget as HTMLElement).setAttribute("aria-pressed", String(view.showContours));
@@ -365,6 +514,13 @@ async function main() {
     view.draw();
   });
   canvas.addEventListener("pointermove", (e) => {
+    if (view.drawing) {
+      // A box keeps its corner and the pointer; a lasso every point the pointer passes.
+      if (tool === "box") view.drawing = [view.drawing[0], local(e)];
+      else view.drawing.push(local(e));
+      view.requestDraw();
+      return;
+    }
     if (dragging) {
       view.pan(e.clientX - dragging.x, e.clientY - dragging.y);
       dragging = { x: e.clientX, y: e.clientY };
@@ -402,7 +558,12 @@ async function main() {
         const point = view.pick(canvas.clientWidth / 2, canvas.clientHeight / 2, Infinity);
         if (point) void selectPoint(view.indexOf(point.id));
       },
-      Escape: () => closePanel(),
+      Escape: () => {
+        closePanel();
+        clearRegion();
+      },
+      l: () => setTool("lasso"),
+      b: () => setTool("box"),
     };
     const action = actions[e.key];
     if (action) {

@@ -17,6 +17,24 @@ export interface Selection {
   neighbors: number[];
 }
 
+/** Points chosen by a lasso or a box: the polygon in map coordinates (as drawn, on the
+ *  generation it was drawn on) and the ids inside it, which a refresh keeps by id. */
+export interface Region {
+  polygon: [number, number][];
+  ids: Set<bigint>;
+}
+
+/** Whether (x, y) is inside `polygon` by the even-odd rule, as the api-service decides it. */
+export function insidePolygon(polygon: [number, number][], x: number, y: number): boolean {
+  let inside = false;
+  let [x1, y1] = polygon[polygon.length - 1];
+  for (const [x2, y2] of polygon) {
+    if ((y1 > y) !== (y2 > y) && x < x1 + ((y - y1) * (x2 - x1)) / (y2 - y1)) inside = !inside;
+    [x1, y1] = [x2, y2];
+  }
+  return inside;
+}
+
 export interface Point {
   id: bigint;
   x: number;
@@ -82,6 +100,10 @@ export class MapView {
   /** Contour segments drawn last (for tests). */
   contourSegments = 0;
   selection: Selection | null = null;
+  /** Points chosen by a lasso or a box; the others are drawn dimmed. */
+  region: Region | null = null;
+  /** A lasso or box being drawn, in CSS pixels. */
+  drawing: [number, number][] | null = null;
   /** The labels drawn last, with their boxes in CSS pixels (for tests). */
   drawnLabels: { label: string; box: [number, number, number, number] }[] = [];
   /** Map versions moved in with an animation, and frames drawn mid-way (for tests). */
@@ -94,6 +116,8 @@ export class MapView {
   private offsetX = 0;
   private offsetY = 0;
   private bounds = { minX: 0, minY: 0, maxX: 1, maxY: 1 };
+  /** The last draw's mapping from map coordinates to CSS pixels. */
+  private origin = { x: 0, y: 0, fit: 1 };
   private grid = new Map<number, number[]>();
   private screen = new Float32Array(0);
   private frame = 0;
@@ -139,6 +163,37 @@ export class MapView {
     this.offsetX = 0;
     this.offsetY = 0;
     this.draw();
+  }
+
+  /** Zoom and pan, to keep in a link. */
+  get viewState(): { scale: number; x: number; y: number } {
+    return { scale: this.scale, x: this.offsetX, y: this.offsetY };
+  }
+
+  set viewState(state: { scale: number; x: number; y: number }) {
+    this.scale = Math.min(200, Math.max(0.2, state.scale));
+    [this.offsetX, this.offsetY] = [state.x, state.y];
+    this.requestDraw();
+  }
+
+  /** Map coordinates of a CSS pixel of the canvas, by the last draw's mapping. */
+  toMap(sx: number, sy: number): [number, number] {
+    return [(sx - this.origin.x) / this.origin.fit + this.bounds.minX, this.bounds.maxY - (sy - this.origin.y) / this.origin.fit];
+  }
+
+  /** Chooses the points inside `polygon` (map coordinates), hidden categories included: what
+   *  is chosen is a place on the map, and the API answers the same polygon the same way. */
+  selectRegion(polygon: [number, number][]) {
+    const ids = new Set<bigint>();
+    for (const p of this.points) if (insidePolygon(polygon, p.x, p.y)) ids.add(p.id);
+    this.region = { polygon, ids };
+    this.requestDraw();
+  }
+
+  clearRegion() {
+    this.region = null;
+    this.drawing = null;
+    this.requestDraw();
   }
 
   zoom(factor: number, cx: number, cy: number) {
@@ -259,7 +314,9 @@ export class MapView {
     // Mid-transition: each point between its old place and its new one, added ones fading in.
     const transition = this.transition;
     const progress = transition ? ease(Math.min(1, (performance.now() - transition.started) / TRANSITION_MS)) : 1;
+    this.origin = { x: originX, y: originY, fit };
     const toScreen = (x: number, y: number) => [originX + (x - this.bounds.minX) * fit, originY + (this.bounds.maxY - y) * fit];
+    const region = this.region;
     if (transition && progress < 1) {
       for (const p of transition.leaving) {
         if (!this.isVisible(p)) continue;
@@ -289,7 +346,9 @@ export class MapView {
         densityCells[(py >> 2) * Math.ceil(width / 4) + (px >> 2)] += 1;
         continue;
       }
-      const color = this.colors[this.categoryIndex.get(p.category)!];
+      const base = this.colors[this.categoryIndex.get(p.category)!];
+      // Outside a region: dimmed, not hidden, so the selection stays in its context.
+      const color = region && !region.ids.has(p.id) ? fade(base, 0.18) : base;
       this.plot(pixels, width, height, px, py, transition && progress < 1 && transition.added[i] ? fade(color, progress) : color);
     }
     if (transition && progress < 1) {
@@ -311,6 +370,7 @@ export class MapView {
     }
     if (this.showContours) this.drawContours(context, cssWidth, cssHeight);
     this.drawSelection(context);
+    this.drawRegion(context, toScreen);
     this.drawLabels(context, cssWidth, cssHeight, toScreen);
     context.restore();
 
@@ -405,6 +465,23 @@ export class MapView {
     context.beginPath();
     context.arc(px, py, 4, 0, 2 * Math.PI);
     context.fill();
+  }
+
+  /** The region's outline (dashed) and a lasso or box being drawn. */
+  private drawRegion(context: CanvasRenderingContext2D, toScreen: (x: number, y: number) => number[]) {
+    const outline = (points: number[][], dash: number[]) => {
+      if (points.length < 2) return;
+      context.setLineDash(dash);
+      context.beginPath();
+      points.forEach(([x, y], i) => (i === 0 ? context.moveTo(x, y) : context.lineTo(x, y)));
+      context.closePath();
+      context.stroke();
+      context.setLineDash([]);
+    };
+    context.strokeStyle = "#222";
+    context.lineWidth = 1.5;
+    if (this.region) outline(this.region.polygon.map(([x, y]) => toScreen(x, y)), [6, 4]);
+    if (this.drawing) outline(this.drawing, []);
   }
 
   /** The level of clusters this zoom shows: coarse when zoomed out, finer as it zooms in. */
