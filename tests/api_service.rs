@@ -179,6 +179,7 @@ const GRPC_ADMIN_METHODS: &[&str] = &[
     "AdminMapService/GetEmbeddingMap",
     "AdminMapService/WatchEmbeddingMap",
     "AdminMapService/RefreshEmbeddingMap",
+    "AdminMapService/SelectMapPoints",
     "AdminNeighborService/FindNeighbors",
 ];
 const PUBLIC_GRPC_SERVICES: &[&str] = &["EventService"];
@@ -217,6 +218,10 @@ async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&st
             .map(drop),
         "AdminMapService/RefreshEmbeddingMap" => AdminMapServiceClient::new(channel)
             .refresh_embedding_map(wrap(pb::RefreshAdminMapRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminMapService/SelectMapPoints" => AdminMapServiceClient::new(channel)
+            .select_map_points(wrap(pb::SelectMapPointsRequest::default(), token))
             .await
             .map(drop),
         "AdminNeighborService/FindNeighbors" => AdminNeighborServiceClient::new(channel)
@@ -734,6 +739,25 @@ async fn a_polygon_selects_exactly_the_points_inside_paged_and_exports_them_as_c
         }
     }
     assert_eq!(selected, expected, "the polygon query against a brute-force point-in-polygon");
+
+    // The same over gRPC, paged the same way.
+    let mut client = AdminMapServiceClient::new(grpc_channel(&api).await);
+    let vertices: Vec<pb::MapCoordinate> = polygon.iter().map(|&[x, y]| pb::MapCoordinate { x, y }).collect();
+    let (mut over_grpc, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let request = pb::SelectMapPointsRequest { generation, polygon: vertices.clone(), page_size: 250, page_token };
+        let page = client.select_map_points(admin(request)).await.unwrap().into_inner();
+        assert_eq!(page.count as usize, expected.len());
+        over_grpc.extend(page.points.iter().map(|p| p.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(over_grpc, expected, "gRPC selects what HTTP selects");
+    let stale = pb::SelectMapPointsRequest { generation: generation + 1, polygon: vertices, ..Default::default() };
+    let refused = client.select_map_points(admin(stale)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
 
     // Another generation is refused, saying which one is served; a bad polygon too.
     let stale = select(json!({ "generation": generation + 1, "polygon": polygon })).await;

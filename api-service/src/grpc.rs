@@ -167,4 +167,28 @@ impl pb::admin_map_service_server::AdminMapService for Api {
     ) -> Reply<embeddingmap_proto::v1::RefreshEmbeddingMapResponse> {
         Ok(Response::new(self.0.map.refresh().await?))
     }
+
+    async fn select_map_points(
+        &self,
+        request: Request<pb::SelectMapPointsRequest>,
+    ) -> Reply<pb::SelectMapPointsResponse> {
+        let pb::SelectMapPointsRequest { generation, polygon, page_size, page_token } = request.into_inner();
+        let request = crate::map_selection::SelectRequest {
+            generation,
+            polygon: polygon.into_iter().map(|vertex| [vertex.x, vertex.y]).collect(),
+            page_size: Some(page_size as usize),
+            page_token: Some(page_token),
+        };
+        let answer = crate::map_selection::select(self.0.map.served().await?, request)?;
+        Ok(Response::new(pb::SelectMapPointsResponse {
+            generation: answer.generation,
+            count: answer.count as u64,
+            points: answer
+                .points
+                .into_iter()
+                .map(|p| pb::MapPoint { id: p.id, x: p.x, y: p.y, name: p.name, category: p.category })
+                .collect(),
+            next_page_token: answer.next_page_token.unwrap_or_default(),
+        }))
+    }
 }

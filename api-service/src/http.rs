@@ -18,9 +18,7 @@ use crate::{
     error::ApiError,
     events::{self, NewEvent},
     items::{self, NewItem},
-    map_selection,
-    map_view::{JoinedMap, MapView},
-    neighbors,
+    map_selection, neighbors,
     state::AppState,
 };
 
@@ -110,20 +108,12 @@ async fn embedding_map(State(state): State<AppState>, headers: HeaderMap) -> Res
     state.map.view().await?.into_http(if_none_match)
 }
 
-/// The READY map served, if there is one.
-async fn served_map(state: &AppState) -> Result<Option<std::sync::Arc<JoinedMap>>, ApiError> {
-    Ok(match state.map.view().await? {
-        MapView::Ready(map, _) => Some(map),
-        MapView::Computing(_) | MapView::Failed(_) => None,
-    })
-}
-
 /// The points inside a polygon of map coordinates, a page at a time.
 async fn select_points(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<map_selection::SelectRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(map_selection::select(served_map(&state).await?, request)?).into_response())
+    Ok(Json(map_selection::select(state.map.served().await?, request)?).into_response())
 }
 
 /// Every point, or those inside a polygon, as a streamed CSV download.
@@ -131,7 +121,7 @@ async fn export_points(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<map_selection::ExportRequest>,
 ) -> Result<Response, ApiError> {
-    map_selection::export(served_map(&state).await?, request)
+    map_selection::export(state.map.served().await?, request)
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

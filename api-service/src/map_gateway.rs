@@ -82,6 +82,14 @@ impl MapGateway {
         view
     }
 
+    /// The READY map served, joined, if there is one (for selections and exports).
+    pub async fn served(&self) -> Result<Option<Arc<JoinedMap>>, ApiError> {
+        Ok(match self.view().await? {
+            MapView::Ready(map, _) => Some(map),
+            MapView::Computing(_) | MapView::Failed(_) => None,
+        })
+    }
+
     /// Turns an upstream status (points omitted) into the admin view, joining READY maps.
     pub async fn view_of(&self, status: pb::EmbeddingMapStatus) -> Result<MapView, ApiError> {
         match status.state() {
