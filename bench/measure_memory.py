@@ -5,14 +5,16 @@
 
 For each corpus (the bundled demo corpus first): starts the embedding service on it, waits for
 READY, starts the api-service with one item per corpus row, asks it for the map once as JSON,
-once over gRPC-web, once more as JSON, then prints each process's peak RSS (VmHWM) in MiB.
-Standard library only.
+once over gRPC-web, once more as JSON, then prints each process's peak RSS (VmHWM) in MiB;
+then streams the whole map's CSV export, read a chunk at a time, and prints how far the
+api-service's RSS rose above where it stood before (sampled every 5 ms). Standard library only.
 """
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -38,6 +40,37 @@ def peak_mib(process):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mib(process):
+    with open(f"/proc/{process.pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def export_growth(process, url, body, headers):
+    """Streams the export at `url`; its size, seconds, and the RSS rise while it ran (MiB)."""
+    before = rss_mib(process)
+    peak, done = [before], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_mib(process))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started, size = time.time(), 0
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    with urllib.request.urlopen(request, timeout=600) as response:
+        while chunk := response.read(1 << 16):
+            size += len(chunk)
+    seconds = time.time() - started
+    done.set()
+    sampler.join()
+    return size, seconds, peak[0] - before
 
 
 def http(method, url, body=None, headers=None):
@@ -80,7 +113,10 @@ def measure(target, name, corpus):
         http("POST", f"{base}/embeddingmap.api.v1.AdminMapService/GetEmbeddingMap", frame,
              {"authorization": f"Bearer {TOKEN}", "content-type": "application/grpc-web+proto"})
         http("GET", f"{base}/api/admin/embedding-map", headers=auth)
-        result = (name, rows, peak_mib(embedding), peak_mib(api), len(body) / 2**20)
+        generation = json.loads(body)["generation"]
+        size, seconds, growth = export_growth(api, f"{base}/api/admin/embedding-map/export",
+                                              json.dumps({"generation": generation}).encode(), auth)
+        result = (name, rows, peak_mib(embedding), peak_mib(api), len(body) / 2**20, size / 2**20, seconds, growth)
         api.terminate(); api.wait()
     embedding.terminate(); embedding.wait()
     return result
@@ -89,11 +125,11 @@ def measure(target, name, corpus):
 def main():
     target = sys.argv[1]
     corpora = [("digits (demo)", None)] + [tuple(arg.split("=", 1)) for arg in sys.argv[2:]]
-    print("| corpus | points | embedding-service peak RSS | api-service peak RSS | map JSON |")
-    print("|---|---|---|---|---|")
+    print("| corpus | points | embedding-service peak RSS | api-service peak RSS | map JSON | CSV export | export time | api RSS rise during export |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, corpus in corpora:
-        name, rows, embedding, api, json_mib = measure(target, name, corpus)
-        print(f"| {name} | {rows:,} | {embedding:.0f} MiB | {api:.0f} MiB | {json_mib:.1f} MiB |", flush=True)
+        name, rows, embedding, api, json_mib, csv_mib, seconds, growth = measure(target, name, corpus)
+        print(f"| {name} | {rows:,} | {embedding:.0f} MiB | {api:.0f} MiB | {json_mib:.1f} MiB | {csv_mib:.1f} MiB | {seconds:.2f} s | {growth:.0f} MiB |", flush=True)
 
 
 if __name__ == "__main__":
