@@ -160,6 +160,8 @@ const HTTP_ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/admin/embedding-map/refresh"),
     ("POST", "/api/admin/embedding-map/select"),
     ("POST", "/api/admin/embedding-map/export"),
+    ("GET", "/api/admin/embedding-map/fields"),
+    ("GET", "/api/admin/embedding-map/fields/row?generation=1"),
     ("GET", "/api/admin/items"),
     ("POST", "/api/admin/items"),
     ("POST", "/api/admin/items/import"),
@@ -797,4 +799,34 @@ async fn a_polygon_selects_exactly_the_points_inside_paged_and_exports_them_as_c
     let labels = digits_labels();
     let three = all.iter().find(|row| row[0] == "3").unwrap();
     assert_eq!(three[1], format!("digit {} #3", labels[3]));
+
+    // Colour by any field: the attribute names, and a field's values in the map's order, numbers
+    // when every value is one.
+    assert_eq!(
+        admin_get_json(&api, "/api/admin/embedding-map/fields").await,
+        json!({ "fields": ["digit", "parity", "row"] })
+    );
+    let row = admin_get_json(&api, &format!("/api/admin/embedding-map/fields/row?generation={generation}")).await;
+    assert_eq!(
+        (row["numeric"].as_bool(), row["min"].as_f64(), row["max"].as_f64()),
+        (Some(true), Some(0.0), Some(1796.0))
+    );
+    // Item 7 lost its attributes when it was renamed above: null there.
+    let rows: Vec<Option<i64>> =
+        row["values"].as_array().unwrap().iter().map(|v| v.as_f64().map(|v| v as i64)).collect();
+    let expected_rows: Vec<Option<i64>> = points.iter().map(|p| (p.0 != 7).then_some(p.0)).collect();
+    assert_eq!(rows, expected_rows, "row i is item i, in the map's order");
+    let parity = admin_get_json(&api, &format!("/api/admin/embedding-map/fields/parity?generation={generation}")).await;
+    assert_eq!(parity["numeric"], false);
+    for (value, point) in parity["values"].as_array().unwrap().iter().zip(&points) {
+        let expected = if labels[point.0 as usize] % 2 == 0 { "even" } else { "odd" };
+        assert_eq!(value, &if point.0 == 7 { Value::Null } else { Value::from(expected) });
+    }
+    let stale = http_client()
+        .get(http_url(&api, &format!("/api/admin/embedding-map/fields/row?generation={}", generation + 1)))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::CONFLICT);
 }

@@ -29,6 +29,8 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .route("/api/admin/embedding-map/refresh", post(refresh_embedding_map))
         .route("/api/admin/embedding-map/select", post(select_points))
         .route("/api/admin/embedding-map/export", post(export_points))
+        .route("/api/admin/embedding-map/fields", get(map_fields))
+        .route("/api/admin/embedding-map/fields/{name}", get(map_field_column))
         .route("/api/admin/items", get(list_items).post(create_item))
         .route("/api/admin/items/import", post(import_items))
         .route("/api/admin/items/{id}", get(get_item).put(update_item))
@@ -122,6 +124,21 @@ async fn export_points(
     JsonBody(request): JsonBody<map_selection::ExportRequest>,
 ) -> Result<Response, ApiError> {
     map_selection::export(state.map.served().await?, request)
+}
+
+/// The attribute names the map can be coloured by.
+async fn map_fields(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(json!({ "fields": state.items.attribute_names().await? })).into_response())
+}
+
+/// One attribute's values in the order of the map's points, numbers when every value is one.
+async fn map_field_column(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<crate::map_fields::ColumnQuery>,
+) -> Result<Response, ApiError> {
+    let values = state.items.attribute_values(&name).await?;
+    Ok(Json(crate::map_fields::column(state.map.served().await?, query.generation, &name, values)?).into_response())
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

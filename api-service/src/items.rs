@@ -323,6 +323,30 @@ impl ItemStore {
         self.writer.import(Import::new(items)?).await
     }
 
+    /// The attribute names the items carry, in name order (at most `MAX_FIELDS`).
+    pub async fn attribute_names(&self) -> Result<Vec<String>, ApiError> {
+        let rows = sqlx::query("SELECT DISTINCT key FROM items, json_each(items.attributes) ORDER BY key LIMIT ?")
+            .bind(MAX_FIELDS as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| row.try_get("key")).collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Every item's value of the attribute `name`, by id (items without it are absent).
+    pub async fn attribute_values(&self, name: &str) -> Result<HashMap<i64, String>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT items.id AS id, json_each.value AS value FROM items, json_each(items.attributes) \
+             WHERE json_each.key = ?",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, row.try_get("value")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(ApiError::from)
+    }
+
     /// The names and categories of those of `ids` that are items.
     pub async fn labels_of(&self, ids: &[i64]) -> Result<HashMap<i64, (String, String)>, ApiError> {
         let ids = serde_json::to_string(ids).map_err(|error| ApiError::Internal(error.to_string()))?;
@@ -339,6 +363,9 @@ impl ItemStore {
         labels_by_id(&rows)
     }
 }
+
+/// Most attribute names the map offers to colour by.
+pub const MAX_FIELDS: usize = 200;
 
 /// `id, name, category` rows as name and category by id.
 fn labels_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<i64, (String, String)>, ApiError> {

@@ -12,6 +12,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod items;
+pub mod map_fields;
 pub mod map_gateway;
 pub mod map_selection;
 pub mod map_view;

@@ -101,7 +101,7 @@ pub struct ExportRequest {
 }
 
 /// The map served, if it is `generation`.
-fn of_generation(map: Option<Arc<JoinedMap>>, generation: u64) -> Result<Arc<JoinedMap>, ApiError> {
+pub fn of_generation(map: Option<Arc<JoinedMap>>, generation: u64) -> Result<Arc<JoinedMap>, ApiError> {
     match map {
         Some(map) if map.generation == generation => Ok(map),
         Some(map) => {

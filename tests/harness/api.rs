@@ -95,13 +95,15 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().expect("http client")
 }
 
-/// Imports the demo corpus's items: name "digit D #ID", category D.
+/// Imports the demo corpus's items: name "digit D #ID", category D, attributes `digit` (D),
+/// `parity` (even or odd) and `row` (ID).
 pub async fn import_digits(api: &ServiceProcess) {
     let items: Vec<serde_json::Value> = crate::digits_labels()
         .iter()
         .enumerate()
         .map(|(id, label)| {
-            let attributes = serde_json::json!({ "digit": label.to_string(), "row": id.to_string() });
+            let parity = if label % 2 == 0 { "even" } else { "odd" };
+            let attributes = serde_json::json!({ "digit": label.to_string(), "parity": parity, "row": id.to_string() });
             serde_json::json!({ "id": id, "name": format!("digit {label} #{id}"), "category": label.to_string(), "attributes": attributes })
         })
         .collect();

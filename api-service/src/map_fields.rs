@@ -1,0 +1,65 @@
+//! Colouring the map by any item field: the attribute names the items carry, and one field's
+//! values in the order of the map's points. Attributes are strings; a field is numeric when every
+//! value it has parses as a finite number, and then travels as numbers, with its range, for a
+//! continuous scale.
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{error::ApiError, map_selection::of_generation, map_view::JoinedMap};
+
+/// `GET /api/admin/embedding-map/fields/{name}?generation=G`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnQuery {
+    pub generation: u64,
+}
+
+/// One field's values, one per point in the map's order (`null` where an item lacks it).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FieldColumn {
+    pub generation: u64,
+    pub field: String,
+    pub numeric: bool,
+    /// The range of a numeric field's values (absent for text, or when no point has a value).
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub values: Values,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Values {
+    Numbers(Vec<Option<f64>>),
+    Texts(Vec<Option<String>>),
+}
+
+/// `values` by id, laid out in the order of `map`'s points.
+pub fn column(
+    map: Option<Arc<JoinedMap>>,
+    generation: u64,
+    field: &str,
+    mut values: HashMap<i64, String>,
+) -> Result<FieldColumn, ApiError> {
+    let map = of_generation(map, generation)?;
+    let texts: Vec<Option<String>> = map.points().iter().map(|point| values.remove(&point.id)).collect();
+    let numbers: Option<Vec<Option<f64>>> = texts
+        .iter()
+        .map(|text| match text {
+            None => Some(None),
+            Some(text) => text.trim().parse::<f64>().ok().filter(|n| n.is_finite()).map(Some),
+        })
+        .collect();
+    let numbers = numbers.filter(|numbers| numbers.iter().any(Option::is_some));
+    let (numeric, min, max, values) = match numbers {
+        Some(numbers) => {
+            let present = numbers.iter().flatten();
+            let min = present.clone().copied().reduce(f64::min);
+            let max = present.copied().reduce(f64::max);
+            (true, min, max, Values::Numbers(numbers))
+        }
+        None => (false, None, None, Values::Texts(texts)),
+    };
+    Ok(FieldColumn { generation: map.generation, field: field.to_owned(), numeric, min, max, values })
+}
