@@ -64,7 +64,19 @@ async fn a_box_and_a_lasso_select_what_the_api_selects_export_it_and_travel_in_t
     let lasso_ids = ids(&seen["lasso"]["ids"]);
     assert!(lasso_ids.len() > 20, "{} in the lasso", lasso_ids.len());
     assert_eq!(lasso_ids, ids(&seen["lasso"]["api"]), "the page and the API agree on the lasso");
-    // The link restores the view, the hidden category and the selection, without the token.
+    // Colour by a numeric attribute: a scale from 0 to 1796, every point drawn; by a text one:
+    // its two values as the legend's categories.
+    let colored = &seen["colored"];
+    assert_eq!(colored["numeric"]["colorBy"], serde_json::json!({ "field": "row", "numeric": true }));
+    assert_eq!(colored["numeric"]["gradients"], 1);
+    assert_eq!(colored["numeric"]["legend"], "row:01796", "{seen}");
+    assert_eq!(colored["numeric"]["drawn"], 1797);
+    assert_eq!(colored["text"]["colorBy"], serde_json::json!({ "field": "parity", "numeric": false }));
+    assert_eq!((colored["text"]["categories"].as_u64(), colored["text"]["buttons"].as_u64()), (Some(2), Some(2)));
+    assert!(artifact_saved("admin-color-numeric.png"));
+    // The link restores the view, the colour field, the hidden value and the selection, without
+    // the token.
+    assert_eq!(seen["restored"]["colorBy"], colored["text"]["colorBy"], "{seen}");
     let (before, restored) = (&seen["before"], &seen["restored"]);
     assert_eq!(ids(&restored["ids"]), ids(&before["ids"]), "{seen}");
     assert_eq!(restored["drawn"], before["drawn"], "the hidden category travels: {seen}");

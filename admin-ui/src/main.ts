@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
 import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
-import { DISTINCT_CATEGORIES, MapView, categoryColor, type Point } from "./map_view";
+import { DISTINCT_CATEGORIES, MapView, SCALE_STOPS, categoryColor, type ColorField, type Point } from "./map_view";
 import { readFragment, writeFragment } from "./view_link";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -19,6 +19,11 @@ let shownKey = "";
 let itemAttributes: ((id: bigint) => Promise<Record<string, string> | null>) | null = null;
 /** Downloads the CSV export of `polygon`'s points (every point without one); set once signed in. */
 let exportCsv: ((polygon: [number, number][] | null) => Promise<void>) | null = null;
+/** Fetches the item fields to colour by, and one field's values on the map shown; set once signed in. */
+let fieldNames: (() => Promise<string[]>) | null = null;
+let fieldColumn: ((field: string) => Promise<ColorField>) | null = null;
+/** The field chosen to colour by; empty: the category. */
+let colorField = "";
 /** What a lasso or box drag does: nothing (drag pans), or draw the shape. */
 let tool: "pan" | "lasso" | "box" = "pan";
 /** Files downloaded by the export buttons (for tests). */
@@ -47,6 +52,8 @@ let session = 0;
   get regionIds() { return [...(view.region?.ids ?? [])].map(Number).sort((a, b) => a - b); },
   get regionPolygon() { return view.region?.polygon ?? null; },
   get exports() { return exports; },
+  get colorBy() { return view.colorBy ? { field: view.colorBy.field, numeric: view.colorBy.numeric } : null; },
+  get legend() { return document.querySelector("#legend")!.textContent; },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
 };
@@ -158,6 +165,27 @@ function showReady(status: AdminMapStatus) {
   renderLegend();
   updateSearchCount();
   showRegion();
+  // A field's values are per map: fetched again for a new one.
+  if (colorField) void chooseColor(colorField);
+}
+
+/** Colours the points by `field` (empty: the category), fetching its values for the map shown. */
+async function chooseColor(field: string) {
+  colorField = field;
+  $<HTMLSelectElement>("color-by").value = field;
+  if (!field) view.setColorBy(null);
+  else {
+    try {
+      view.setColorBy(await fieldColumn!(field));
+    } catch (error) {
+      colorField = "";
+      $<HTMLSelectElement>("color-by").value = "";
+      view.setColorBy(null);
+      showStatus("Colour", `The field ${field} could not be loaded: ${(error as Error).message}`);
+    }
+  }
+  renderLegend();
+  saveFragment();
 }
 
 /** A link's view (the URL fragment, never the query string, which reaches server logs): zoom,
@@ -170,6 +198,12 @@ function applyFragment() {
   view.search = link.search;
   $<HTMLInputElement>("search").value = link.search;
   if (link.polygon) view.selectRegion(link.polygon);
+  // After the field's values arrive; its hidden values then apply to them.
+  if (link.color) void chooseColor(link.color).then(() => {
+    view.hidden = new Set(link.hidden);
+    renderLegend();
+    view.requestDraw();
+  });
 }
 
 /** Keeps the fragment in step with the view, so the address bar is always a link to it. */
@@ -179,6 +213,7 @@ function saveFragment() {
     view: view.viewState,
     hidden: [...view.hidden],
     search: view.search,
+    color: colorField,
     polygon: view.region?.polygon ?? null,
   });
   history.replaceState(null, "", `${location.pathname}${location.search}${hash}`);
@@ -299,6 +334,22 @@ async function selectPoint(index: number) {
 function renderLegend() {
   const legend = $("legend");
   legend.replaceChildren();
+  const field = view.colorBy;
+  if (field?.numeric) {
+    // A numeric field: its scale from the lowest value to the highest.
+    const scale = document.createElement("span");
+    scale.className = "scale";
+    const bar = document.createElement("span");
+    bar.className = "gradient";
+    bar.style.background = `linear-gradient(to right, ${SCALE_STOPS.join(", ")})`;
+    const low = document.createElement("span");
+    low.textContent = String(field.min);
+    const high = document.createElement("span");
+    high.textContent = String(field.max);
+    scale.append(`${field.field}:`, low, bar, high);
+    legend.append(scale);
+    return;
+  }
   const button = (label: string, color: string, categories: string[]) => {
     const element = document.createElement("button");
     element.type = "button";
@@ -351,6 +402,24 @@ async function follow(token: string, baseUrl: string) {
   findNeighbors = (id) => neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers });
   // Fetched with the token in a header and saved from memory: a link carrying the token would
   // end up in history and logs.
+  fieldNames = async () => {
+    const response = await fetch("/api/admin/embedding-map/fields", { headers });
+    return response.ok ? (await response.json()).fields : [];
+  };
+  fieldColumn = async (field) => {
+    const query = `generation=${Number(shownGeneration)}`;
+    const response = await fetch(`/api/admin/embedding-map/fields/${encodeURIComponent(field)}?${query}`, { headers });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer?.error?.message ?? `${response.status}`);
+    return answer.numeric
+      ? { field, numeric: true, values: answer.values, min: answer.min ?? 0, max: answer.max ?? 0 }
+      : { field, numeric: false, values: answer.values };
+  };
+  void fieldNames().then((names) => {
+    const select = $<HTMLSelectElement>("color-by");
+    select.replaceChildren(new Option("Category", ""), ...names.map((name) => new Option(name, name)));
+    select.value = colorField;
+  }, () => {});
   exportCsv = async (polygon) => {
     const generation = Number(shownGeneration);
     const body = JSON.stringify(polygon ? { generation, polygon } : { generation });
@@ -480,6 +549,9 @@ async function main() {
     pressedAt = null;
   });
   $("point-close").addEventListener("click", closePanel);
+  $<HTMLSelectElement>("color-by").addEventListener("change", (event) => {
+    void chooseColor((event.target as HTMLSelectElement).value);
+  });
   $("tool-lasso").addEventListener("click", () => setTool("lasso"));
   $("tool-box").addEventListener("click", () => setTool("box"));
   $("selection-clear").addEventListener("click", clearRegion);
@@ -531,7 +603,9 @@ async function main() {
     const point = view.pick(e.clientX - rect.left, e.clientY - rect.top);
     tooltip.hidden = !point;
     if (point) {
-      tooltip.textContent = `${point.name || `#${point.id}`} · ${point.category}`;
+      const colorBy = view.colorBy;
+      const field = colorBy ? ` · ${colorBy.field}: ${colorBy.values[view.indexOf(point.id)] ?? "none"}` : "";
+      tooltip.textContent = `${point.name || `#${point.id}`} · ${point.category}${field}`;
       tooltip.style.left = `${e.clientX - rect.left + 12}px`;
       tooltip.style.top = `${e.clientY - rect.top + 12}px`;
     }

@@ -35,6 +35,27 @@ export function insidePolygon(polygon: [number, number][], x: number, y: number)
   return inside;
 }
 
+/** Colours from an item field other than the category: a text field's values as categories, or a
+ *  numeric field on a continuous scale. `values` are in the order of the points. */
+export type ColorField =
+  | { field: string; numeric: false; values: (string | null)[] }
+  | { field: string; numeric: true; values: (number | null)[]; min: number; max: number };
+
+/** A continuous scale (viridis's ends and three stops between), dark for low values. */
+const SCALE = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
+
+/** The scale's colour at `t` in 0..1, as CSS. */
+export function scaleColor(t: number): string {
+  const at = Math.min(1, Math.max(0, t)) * (SCALE.length - 1);
+  const i = Math.min(SCALE.length - 2, Math.floor(at));
+  const [a, b] = [SCALE[i], SCALE[i + 1]].map((hex) => [1, 3, 5].map((k) => parseInt(hex.slice(k, k + 2), 16)));
+  const mix = a.map((v, k) => Math.round(v + (b[k] - v) * (at - i)));
+  return `#${mix.map((v) => v.toString(16).padStart(2, "0")).join("")}`;
+}
+
+/** The scale's stops for CSS gradients (the legend). */
+export const SCALE_STOPS = SCALE;
+
 export interface Point {
   id: bigint;
   x: number;
@@ -102,6 +123,8 @@ export class MapView {
   selection: Selection | null = null;
   /** Points chosen by a lasso or a box; the others are drawn dimmed. */
   region: Region | null = null;
+  /** Colours by another item field than the category; null: by category. */
+  colorBy: ColorField | null = null;
   /** A lasso or box being drawn, in CSS pixels. */
   drawing: [number, number][] | null = null;
   /** The labels drawn last, with their boxes in CSS pixels (for tests). */
@@ -136,15 +159,9 @@ export class MapView {
       ? this.transitionTo(points)
       : null;
     this.points = points;
-    // Categories by size, largest first: the largest get distinct colours, the rest share one.
-    const sizes = new Map<string, number>();
-    for (const p of points) sizes.set(p.category, (sizes.get(p.category) ?? 0) + 1);
-    this.categories = [...sizes.keys()].sort(
-      (a, b) => sizes.get(b)! - sizes.get(a)! || a.localeCompare(b, undefined, { numeric: true }),
-    );
-    this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
-    this.colors = this.categories.map((_, i) => rgba(categoryColor(i)));
-    this.hidden = new Set([...this.hidden].filter((c) => this.categoryIndex.has(c)));
+    // A field's values are in the order of the points they came with.
+    if (this.colorBy && this.colorBy.values.length !== points.length) this.colorBy = null;
+    this.regroup();
     let [minX, minY, maxX, maxY] = [Infinity, Infinity, -Infinity, -Infinity];
     for (const p of points) {
       minX = Math.min(minX, p.x); maxX = Math.max(maxX, p.x);
@@ -156,6 +173,45 @@ export class MapView {
     }
     this.bounds = points.length ? { minX, minY, maxX, maxY } : { minX: 0, minY: 0, maxX: 1, maxY: 1 };
     this.resetView();
+  }
+
+  /** Colours by `field` (null: by category); hidden values of another field no longer apply. */
+  setColorBy(field: ColorField | null) {
+    if (field?.field !== this.colorBy?.field) this.hidden = new Set();
+    this.colorBy = field;
+    this.regroup();
+    this.requestDraw();
+  }
+
+  /** The value point `i` is grouped and coloured by: its category, or its value of a text field. */
+  group(i: number): string {
+    const field = this.colorBy;
+    return field && !field.numeric ? (field.values[i] ?? "(none)") : this.points[i].category;
+  }
+
+  /** Groups by size, largest first: the largest get distinct colours, the rest share one. */
+  private regroup() {
+    const sizes = new Map<string, number>();
+    if (!this.colorBy?.numeric) {
+      for (let i = 0; i < this.points.length; i++) sizes.set(this.group(i), (sizes.get(this.group(i)) ?? 0) + 1);
+    }
+    this.categories = [...sizes.keys()].sort(
+      (a, b) => sizes.get(b)! - sizes.get(a)! || a.localeCompare(b, undefined, { numeric: true }),
+    );
+    this.categoryIndex = new Map(this.categories.map((c, i) => [c, i]));
+    this.colors = this.categories.map((_, i) => rgba(categoryColor(i)));
+    this.hidden = new Set([...this.hidden].filter((c) => this.categoryIndex.has(c)));
+  }
+
+  /** Point `i`'s colour (0xAABBGGRR). */
+  private colorOf(i: number): number {
+    const field = this.colorBy;
+    if (field?.numeric) {
+      const value = field.values[i];
+      if (value === null) return rgba(OTHER_COLOR);
+      return rgba(scaleColor(field.max > field.min ? (value - field.min) / (field.max - field.min) : 0.5));
+    }
+    return this.colors[this.categoryIndex.get(this.group(i))!];
   }
 
   resetView() {
@@ -241,7 +297,7 @@ export class MapView {
   /** Screen (CSS pixel) position of a point, or null when it is not drawn. */
   screenPosition(id: bigint): { x: number; y: number } | null {
     const index = this.points.findIndex((p) => p.id === id);
-    if (index < 0 || !this.isVisible(this.points[index])) return null;
+    if (index < 0 || !this.isVisible(index)) return null;
     return { x: this.screen[2 * index], y: this.screen[2 * index + 1] };
   }
 
@@ -252,7 +308,7 @@ export class MapView {
       let best: Point | null = null;
       let bestDistance = Infinity;
       this.points.forEach((p, i) => {
-        if (!this.isVisible(p)) return;
+        if (!this.isVisible(i)) return;
         const d = (this.screen[2 * i] - x) ** 2 + (this.screen[2 * i + 1] - y) ** 2;
         if (d < bestDistance) [best, bestDistance] = [p, d];
       });
@@ -275,8 +331,9 @@ export class MapView {
     return best;
   }
 
-  private isVisible(p: Point): boolean {
-    return !this.hidden.has(p.category);
+  /** Whether point `i` is drawn: its group not hidden (a numeric field hides nothing). */
+  private isVisible(i: number): boolean {
+    return this.colorBy?.numeric === true || !this.hidden.has(this.group(i));
   }
 
   private matches(p: Point): boolean {
@@ -319,9 +376,10 @@ export class MapView {
     const region = this.region;
     if (transition && progress < 1) {
       for (const p of transition.leaving) {
-        if (!this.isVisible(p)) continue;
+        // A removed point has no value of the field shown: its category, or grey.
+        if (!this.colorBy && this.hidden.has(p.category)) continue;
         const [sx, sy] = toScreen(p.x, p.y);
-        const index = this.categoryIndex.get(p.category);
+        const index = this.colorBy ? undefined : this.categoryIndex.get(p.category);
         this.plot(pixels, width, height, sx * ratio, sy * ratio, fade(index === undefined ? LEAVING_COLOR : this.colors[index], 1 - progress));
       }
     }
@@ -333,7 +391,7 @@ export class MapView {
       const [sx, sy] = toScreen(x, y);
       this.screen[2 * i] = sx;
       this.screen[2 * i + 1] = sy;
-      if (!this.isVisible(p)) continue;
+      if (!this.isVisible(i)) continue;
       drawn++;
       const key = Math.floor(sx / CELL) * 65536 + Math.floor(sy / CELL);
       const bucket = this.grid.get(key);
@@ -346,7 +404,7 @@ export class MapView {
         densityCells[(py >> 2) * Math.ceil(width / 4) + (px >> 2)] += 1;
         continue;
       }
-      const base = this.colors[this.categoryIndex.get(p.category)!];
+      const base = this.colorOf(i);
       // Outside a region: dimmed, not hidden, so the selection stays in its context.
       const color = region && !region.ids.has(p.id) ? fade(base, 0.18) : base;
       this.plot(pixels, width, height, px, py, transition && progress < 1 && transition.added[i] ? fade(color, progress) : color);
@@ -387,8 +445,8 @@ export class MapView {
     const columns = Math.ceil(width / cell) + 1;
     const rows = Math.ceil(height / cell) + 1;
     const counts = new Float32Array(columns * rows);
-    this.points.forEach((p, i) => {
-      if (!this.isVisible(p)) return;
+    this.points.forEach((_, i) => {
+      if (!this.isVisible(i)) return;
       const [x, y] = [this.screen[2 * i] / cell, this.screen[2 * i + 1] / cell];
       if (x < 0 || y < 0 || x >= columns - 1 || y >= rows - 1) return;
       counts[Math.floor(y) * columns + Math.floor(x)] += 1;

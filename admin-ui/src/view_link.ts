@@ -7,6 +7,8 @@ export interface ViewLink {
   view: { scale: number; x: number; y: number } | null;
   hidden: string[];
   search: string;
+  /** The item field the points are coloured by; empty: the category. */
+  color: string;
   polygon: [number, number][] | null;
 }
 
@@ -21,6 +23,7 @@ export function writeFragment(link: ViewLink): string {
   if (link.view) params.set("view", [link.view.scale, link.view.x, link.view.y].map((v) => +v.toFixed(4)).join(","));
   if (link.hidden.length) params.set("hidden", JSON.stringify(link.hidden));
   if (link.search) params.set("q", link.search);
+  if (link.color) params.set("color", link.color);
   if (link.polygon) params.set("polygon", link.polygon.map(([x, y]) => `${+x.toPrecision(7)},${+y.toPrecision(7)}`).join(";"));
   const text = params.toString();
   return text ? `#${text}` : "";
@@ -30,7 +33,7 @@ export function writeFragment(link: ViewLink): string {
 export function readFragment(hash: string): ViewLink | null {
   if (hash.length <= 1) return null;
   const params = new URLSearchParams(hash.slice(1));
-  const link: ViewLink = { view: null, hidden: [], search: params.get("q") ?? "", polygon: null };
+  const link: ViewLink = { view: null, hidden: [], search: params.get("q") ?? "", color: params.get("color") ?? "", polygon: null };
   const view = params.get("view")?.split(",").map(Number);
   if (view?.length === 3 && finite(view) && view[0] > 0) link.view = { scale: view[0], x: view[1], y: view[2] };
   try {

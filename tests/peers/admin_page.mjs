@@ -90,7 +90,7 @@ try {
   const overlapText = await page.textContent("#point-overlap");
   await page.waitForSelector("#point-attributes dt", { timeout: 5000 });
   const attributes = await page.$$eval("#point-attributes dt", (terms) => terms.map((term) => term.textContent));
-  check(JSON.stringify(attributes) === JSON.stringify(["digit", "row"]), `attributes shown: ${attributes}`);
+  check(JSON.stringify(attributes) === JSON.stringify(["digit", "parity", "row"]), `attributes shown: ${attributes}`);
   check(/^\d+ of its 10 true neighbours are also among its 10 nearest on the map\.$/.test(overlapText), `said ${overlapText}`);
   // Density contours as a toggle, drawn over the points with the labels.
   await page.click("#contours");

@@ -89,10 +89,30 @@ try {
   const lasso = await page.evaluate(() => ({ ids: window.__adminMap.regionIds, polygon: window.__adminMap.regionPolygon }));
   lasso.api = await apiSelection(page, lasso.polygon);
 
-  // Zoom in, hide a category, then open the page's link in another browser context.
+  // Colour by a numeric attribute (a scale from its lowest to its highest value), then by a text
+  // one (its values as categories in the legend; `digit` is numeric too, `parity` is text).
+  await page.selectOption("#color-by", "row");
+  await page.waitForFunction(() => window.__adminMap.colorBy?.field === "row");
+  const numeric = await page.evaluate(() => ({
+    colorBy: window.__adminMap.colorBy,
+    legend: window.__adminMap.legend,
+    gradients: document.querySelectorAll("#legend .gradient").length,
+    drawn: window.__adminMap.drawnPoints,
+  }));
+  await page.screenshot({ path: `${artifacts}/admin-color-numeric.png` });
+  await page.selectOption("#color-by", "parity");
+  await page.waitForFunction(() => window.__adminMap.colorBy?.field === "parity");
+  const text = await page.evaluate(() => ({
+    colorBy: window.__adminMap.colorBy,
+    buttons: document.querySelectorAll("#legend button").length,
+    categories: window.__adminMap.view.categories.length,
+  }));
+  const colored = { numeric, text };
+
+  // Zoom in, hide a value of the field, then open the page's link in another browser context.
   await page.mouse.move(...at(0.5, 0.5));
   await page.mouse.wheel(0, -300);
-  await page.click('#legend button[data-category="3"]');
+  await page.click('#legend button[data-category="odd"]');
   await page.waitForTimeout(500);
   const link = page.url();
   const before = await page.evaluate(() => ({
@@ -101,7 +121,9 @@ try {
     ids: window.__adminMap.regionIds,
   }));
   const other = await signedIn(link);
+  await other.waitForFunction(() => window.__adminMap.colorBy?.field === "parity");
   const restored = await other.evaluate(() => ({
+    colorBy: window.__adminMap.colorBy,
     view: window.__adminMap.view.viewState,
     drawn: window.__adminMap.drawnPoints,
     ids: window.__adminMap.regionIds,
@@ -116,7 +138,7 @@ try {
     ids: window.__adminMap.regionIds.length,
     panel: !document.querySelector("#selection-panel").hidden,
   }));
-  console.log(JSON.stringify({ box, exported, lasso, before, restored, cleared, errors }));
+  console.log(JSON.stringify({ box, exported, lasso, colored, before, restored, cleared, errors }));
 } finally {
   await browser.close();
 }
