@@ -757,6 +757,25 @@ async fn a_polygon_selects_exactly_the_points_inside_paged_and_exports_them_as_c
         page_token = page.next_page_token;
     }
     assert_eq!(over_grpc, expected, "gRPC selects what HTTP selects");
+    // A lasso of 300 vertices (a circle about the middle): over gRPC as the brute force has it.
+    let middle = ((min_x + max_x) / 2.0, (min_y + max_y) / 2.0);
+    let radius = (max_x - min_x).min(max_y - min_y) * 0.3;
+    let circle: Vec<[f64; 2]> = (0..300)
+        .map(|i| {
+            let angle = i as f64 * std::f64::consts::TAU / 300.0;
+            [middle.0 + radius * angle.cos(), middle.1 + radius * angle.sin()]
+        })
+        .collect();
+    let in_circle: Vec<i64> = points.iter().filter(|p| winding_inside(&circle, p.1, p.2)).map(|p| p.0).collect();
+    let lasso = pb::SelectMapPointsRequest {
+        generation,
+        polygon: circle.iter().map(|&[x, y]| pb::MapCoordinate { x, y }).collect(),
+        page_size: 10_000,
+        page_token: String::new(),
+    };
+    let answer = client.select_map_points(admin(lasso)).await.unwrap().into_inner();
+    assert!(!in_circle.is_empty());
+    assert_eq!(answer.points.iter().map(|p| p.id).collect::<Vec<_>>(), in_circle, "a 300-vertex lasso over gRPC");
     let stale = pb::SelectMapPointsRequest { generation: generation + 1, polygon: vertices, ..Default::default() };
     let refused = client.select_map_points(admin(stale)).await.unwrap_err();
     assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");

@@ -38,8 +38,9 @@ type Reply<T> = Result<Response<T>, Status>;
 /// maps are answered from their shared encoding in front of the generated service.
 pub fn admin_map_service(state: &AppState, max_response_bytes: usize) -> AdminMapService {
     let server = AdminMapServiceServer::new(Api(state.clone()))
-        // The request is one flag, so a few bytes; a larger body is refused before it is read whole.
-        .max_decoding_message_size(MAP_REQUEST_BYTES)
+        // Map requests are a flag, a selection's polygon up to `MAX_VERTICES` vertices (two
+        // doubles and their tags each); a larger body is refused before it is read whole.
+        .max_decoding_message_size(MAP_REQUEST_BYTES.max(crate::map_selection::MAX_VERTICES * 24 + 64))
         .max_encoding_message_size(max_response_bytes);
     let name = <AdminMapServiceServer<Api> as NamedService>::NAME;
     let ready = ReadyAnswersLayer::new(state.map.clone(), name, "GetEmbeddingMap", max_response_bytes);
@@ -179,7 +180,7 @@ impl pb::admin_map_service_server::AdminMapService for Api {
             page_size: Some(page_size as usize),
             page_token: Some(page_token),
         };
-        let answer = crate::map_selection::select(self.0.map.served().await?, request)?;
+        let answer = crate::map_selection::select(self.0.map.served().await?, request).await?;
         Ok(Response::new(pb::SelectMapPointsResponse {
             generation: answer.generation,
             count: answer.count as u64,

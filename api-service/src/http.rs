@@ -115,7 +115,7 @@ async fn select_points(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<map_selection::SelectRequest>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(map_selection::select(state.map.served().await?, request)?).into_response())
+    Ok(Json(map_selection::select(state.map.served().await?, request).await?).into_response())
 }
 
 /// Every point, or those inside a polygon, as a streamed CSV download.
@@ -123,7 +123,7 @@ async fn export_points(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<map_selection::ExportRequest>,
 ) -> Result<Response, ApiError> {
-    map_selection::export(state.map.served().await?, request)
+    map_selection::export(state.map.served().await?, request).await
 }
 
 /// The attribute names the map can be coloured by.
@@ -135,10 +135,11 @@ async fn map_fields(State(state): State<AppState>) -> Result<Response, ApiError>
 async fn map_field_column(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<crate::map_fields::ColumnQuery>,
+    Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let generation = crate::map_fields::generation_of(&query)?;
     let values = state.items.attribute_values(&name).await?;
-    Ok(Json(crate::map_fields::column(state.map.served().await?, query.generation, &name, values)?).into_response())
+    Ok(Json(crate::map_fields::column(state.map.served().await?, generation, name, values).await?).into_response())
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

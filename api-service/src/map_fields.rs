@@ -5,15 +5,15 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{error::ApiError, map_selection::of_generation, map_view::JoinedMap};
 
-/// `GET /api/admin/embedding-map/fields/{name}?generation=G`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ColumnQuery {
-    pub generation: u64,
+/// The `generation` of `GET /api/admin/embedding-map/fields/{name}?generation=G`, read by the
+/// error table's rules (other parameters, such as a cache-buster, are ignored).
+pub fn generation_of(query: &HashMap<String, String>) -> Result<u64, ApiError> {
+    let text = query.get("generation").ok_or_else(|| ApiError::invalid("generation", "give the map's generation"))?;
+    text.parse().map_err(|_| ApiError::invalid("generation", format!("not a generation: {text:?}")))
 }
 
 /// One field's values, one per point in the map's order (`null` where an item lacks it).
@@ -36,13 +36,19 @@ pub enum Values {
 }
 
 /// `values` by id, laid out in the order of `map`'s points.
-pub fn column(
+pub async fn column(
     map: Option<Arc<JoinedMap>>,
     generation: u64,
-    field: &str,
-    mut values: HashMap<i64, String>,
+    field: String,
+    values: HashMap<i64, String>,
 ) -> Result<FieldColumn, ApiError> {
     let map = of_generation(map, generation)?;
+    tokio::task::spawn_blocking(move || lay_out(&map, field, values))
+        .await
+        .map_err(|error| ApiError::Internal(error.to_string()))
+}
+
+fn lay_out(map: &JoinedMap, field: String, mut values: HashMap<i64, String>) -> FieldColumn {
     let texts: Vec<Option<String>> = map.points().iter().map(|point| values.remove(&point.id)).collect();
     let numbers: Option<Vec<Option<f64>>> = texts
         .iter()
@@ -61,5 +67,5 @@ pub fn column(
         }
         None => (false, None, None, Values::Texts(texts)),
     };
-    Ok(FieldColumn { generation: map.generation, field: field.to_owned(), numeric, min, max, values })
+    FieldColumn { generation: map.generation, field, numeric, min, max, values }
 }

@@ -24,9 +24,14 @@ pub const MAX_PAGE_SIZE: usize = 10_000;
 /// Rows of CSV written per chunk of the streamed export.
 const ROWS_PER_CHUNK: usize = 2_000;
 
-/// A simple polygon in map coordinates, checked: 3 to `MAX_VERTICES` finite vertices.
+/// A simple polygon in map coordinates, checked: 3 to `MAX_VERTICES` finite vertices, with its
+/// bounding box (most points of a map fall outside a selection's box and cost one comparison).
 #[derive(Debug, Clone)]
-pub struct Polygon(Vec<(f64, f64)>);
+pub struct Polygon {
+    vertices: Vec<(f64, f64)>,
+    min: (f64, f64),
+    max: (f64, f64),
+}
 
 impl Polygon {
     pub fn new(vertices: Vec<[f64; 2]>) -> Result<Self, ApiError> {
@@ -39,15 +44,23 @@ impl Polygon {
         if vertices.iter().flatten().any(|v| !v.is_finite()) {
             return Err(ApiError::invalid("polygon", "every coordinate must be a finite number"));
         }
-        Ok(Polygon(vertices.into_iter().map(|[x, y]| (x, y)).collect()))
+        let vertices: Vec<(f64, f64)> = vertices.into_iter().map(|[x, y]| (x, y)).collect();
+        let fold = |pick: fn(f64, f64) -> f64| {
+            vertices.iter().fold(vertices[0], |(ax, ay), &(x, y)| (pick(ax, x), pick(ay, y)))
+        };
+        let (min, max) = (fold(f64::min), fold(f64::max));
+        Ok(Polygon { vertices, min, max })
     }
 
     /// Whether `(x, y)` is inside, by the even-odd rule (a ray to the right crosses the boundary
     /// an odd number of times), so a self-crossing lasso selects what it visibly encloses.
     pub fn contains(&self, x: f64, y: f64) -> bool {
+        if x < self.min.0 || x > self.max.0 || y < self.min.1 || y > self.max.1 {
+            return false;
+        }
         let mut inside = false;
-        let mut previous = self.0[self.0.len() - 1];
-        for &current in &self.0 {
+        let mut previous = self.vertices[self.vertices.len() - 1];
+        for &current in &self.vertices {
             let ((x1, y1), (x2, y2)) = (previous, current);
             if (y1 > y) != (y2 > y) && x < x1 + (y - y1) * (x2 - x1) / (y2 - y1) {
                 inside = !inside;
@@ -121,7 +134,20 @@ fn inside(map: &JoinedMap, polygon: Option<&Polygon>) -> Vec<(usize, api_pb::Map
         .collect()
 }
 
-pub fn select(map: Option<Arc<JoinedMap>>, request: SelectRequest) -> Result<SelectResponse, ApiError> {
+/// Runs `work` (decoding the map, testing every point) on a blocking thread: it is CPU work of
+/// up to seconds on a large map, which would otherwise hold an async worker every other request
+/// needs.
+async fn off_the_workers<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| ApiError::Internal(error.to_string()))?
+}
+
+pub async fn select(map: Option<Arc<JoinedMap>>, request: SelectRequest) -> Result<SelectResponse, ApiError> {
+    off_the_workers(move || select_now(map, request)).await
+}
+
+fn select_now(map: Option<Arc<JoinedMap>>, request: SelectRequest) -> Result<SelectResponse, ApiError> {
     let polygon = Polygon::new(request.polygon)?;
     let page_size = match request.page_size {
         None | Some(0) => DEFAULT_PAGE_SIZE,
@@ -157,10 +183,14 @@ pub fn select(map: Option<Arc<JoinedMap>>, request: SelectRequest) -> Result<Sel
 
 /// The export as a streamed CSV download: the points are decoded once, the text is written a
 /// chunk at a time as the client reads.
-pub fn export(map: Option<Arc<JoinedMap>>, request: ExportRequest) -> Result<Response, ApiError> {
+pub async fn export(map: Option<Arc<JoinedMap>>, request: ExportRequest) -> Result<Response, ApiError> {
     let polygon = request.polygon.map(Polygon::new).transpose()?;
     let map = of_generation(map, request.generation)?;
-    let rows = inside(&map, polygon.as_ref());
+    let (map, rows) = off_the_workers(move || {
+        let rows = inside(&map, polygon.as_ref());
+        Ok((map, rows))
+    })
+    .await?;
     let levels = map.cluster_assignments.len();
     let mut header: Vec<String> = ["id", "name", "category", "x", "y"].map(String::from).to_vec();
     header.extend((0..levels).map(|level| format!("cluster_level_{level}")));
