@@ -55,6 +55,11 @@ impl NeighborBatches {
 fn answer_batches(mut waiting: mpsc::Receiver<Waiting>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while waiting.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
+        // A caller that has gone (cancelled, or past its deadline) is not worth a scan.
+        batch.retain(|item| !item.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
         metrics::histogram!("embedding_neighbor_batch_size").record(batch.len() as f64);
         // A refresh may swap the index between queries of one batch: each index answers its own.
         while !batch.is_empty() {
