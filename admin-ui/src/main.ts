@@ -22,6 +22,8 @@ let exportCsv: ((polygon: [number, number][] | null) => Promise<void>) | null = 
 /** Fetches the item fields to colour by, and one field's values on the map shown; set once signed in. */
 let fieldNames: (() => Promise<string[]>) | null = null;
 let fieldColumn: ((field: string) => Promise<ColorField>) | null = null;
+/** Most distinct values of a text field the map colours by. */
+const MAX_COLOR_GROUPS = 200;
 /** The field chosen to colour by; empty: the category. */
 let colorField = "";
 /** What a lasso or box drag does: nothing (drag pans), or draw the shape. */
@@ -175,8 +177,12 @@ async function chooseColor(field: string) {
   $<HTMLSelectElement>("color-by").value = field;
   if (!field) view.setColorBy(null);
   else {
+    const generation = shownGeneration;
     try {
-      view.setColorBy(await fieldColumn!(field));
+      const column = await fieldColumn!(field);
+      // A later choice, or a new map, has come since: this answer is not for the map shown.
+      if (colorField !== field || shownGeneration !== generation) return;
+      view.setColorBy(column);
     } catch (error) {
       colorField = "";
       $<HTMLSelectElement>("color-by").value = "";
@@ -197,12 +203,13 @@ function applyFragment() {
   view.hidden = new Set(link.hidden);
   view.search = link.search;
   $<HTMLInputElement>("search").value = link.search;
-  if (link.polygon) view.selectRegion(link.polygon);
+  if (link.polygon) view.selectRegion(link.polygon, shownGeneration);
   // After the field's values arrive; its hidden values then apply to them.
   if (link.color) void chooseColor(link.color).then(() => {
     view.hidden = new Set(link.hidden);
     renderLegend();
     view.requestDraw();
+    saveFragment();
   });
 }
 
@@ -226,7 +233,10 @@ function showRegion() {
   saveFragment();
   if (!region) return;
   const chosen = view.points.filter((p) => region.ids.has(p.id));
-  $("selection-count").textContent = `${chosen.length} point${chosen.length === 1 ? "" : "s"} selected`;
+  const stale = region.generation !== shownGeneration
+    ? ` (drawn on map ${region.generation}; draw it again to export this map's points)`
+    : "";
+  $("selection-count").textContent = `${chosen.length} point${chosen.length === 1 ? "" : "s"} selected${stale}`;
   const byCategory = new Map<string, number>();
   for (const p of chosen) byCategory.set(p.category, (byCategory.get(p.category) ?? 0) + 1);
   const ranked = [...byCategory].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0], undefined, { numeric: true }));
@@ -411,9 +421,11 @@ async function follow(token: string, baseUrl: string) {
     const response = await fetch(`/api/admin/embedding-map/fields/${encodeURIComponent(field)}?${query}`, { headers });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer?.error?.message ?? `${response.status}`);
-    return answer.numeric
-      ? { field, numeric: true, values: answer.values, min: answer.min ?? 0, max: answer.max ?? 0 }
-      : { field, numeric: false, values: answer.values };
+    if (answer.numeric) return { field, numeric: true, values: answer.values, min: answer.min ?? 0, max: answer.max ?? 0 };
+    // A text field of many values (a description, say) would be a legend nobody can read.
+    const distinct = new Set(answer.values).size;
+    if (distinct > MAX_COLOR_GROUPS) throw new Error(`it has ${distinct} different values; at most ${MAX_COLOR_GROUPS} can be told apart`);
+    return { field, numeric: false, values: answer.values };
   };
   void fieldNames().then((names) => {
     const select = $<HTMLSelectElement>("color-by");
@@ -421,7 +433,8 @@ async function follow(token: string, baseUrl: string) {
     select.value = colorField;
   }, () => {});
   exportCsv = async (polygon) => {
-    const generation = Number(shownGeneration);
+    // A selection names the map it was drawn on; a refresh since is refused by the server.
+    const generation = Number(polygon && view.region ? view.region.generation : shownGeneration);
     const body = JSON.stringify(polygon ? { generation, polygon } : { generation });
     const response = await fetch("/api/admin/embedding-map/export", {
       method: "POST",
@@ -534,7 +547,7 @@ async function main() {
         ? [drawn[0], [drawn[1][0], drawn[0][1]], drawn[1], [drawn[0][0], drawn[1][1]]]
         : simplify(drawn);
       if (shape.length >= 3) {
-        view.selectRegion(shape.map(([x, y]) => view.toMap(x, y)));
+        view.selectRegion(shape.map(([x, y]) => view.toMap(x, y)), shownGeneration);
         showRegion();
       } else view.requestDraw();
       pressedAt = null;
@@ -639,7 +652,8 @@ async function main() {
       l: () => setTool("lasso"),
       b: () => setTool("box"),
     };
-    const action = actions[e.key];
+    // Ctrl/Cmd/Alt with a letter belong to the browser (Ctrl+L: the address bar).
+    const action = e.ctrlKey || e.metaKey || e.altKey ? undefined : actions[e.key];
     if (action) {
       e.preventDefault();
       action();

@@ -22,6 +22,8 @@ export interface Selection {
 export interface Region {
   polygon: [number, number][];
   ids: Set<bigint>;
+  /** The map the polygon was drawn on: its coordinates mean nothing on another. */
+  generation: bigint;
 }
 
 /** Whether (x, y) is inside `polygon` by the even-odd rule, as the api-service decides it. */
@@ -159,8 +161,8 @@ export class MapView {
       ? this.transitionTo(points)
       : null;
     this.points = points;
-    // A field's values are in the order of the points they came with.
-    if (this.colorBy && this.colorBy.values.length !== points.length) this.colorBy = null;
+    // A field's values are in the order of the points they came with: fetched again for these.
+    this.colorBy = null;
     this.regroup();
     let [minX, minY, maxX, maxY] = [Infinity, Infinity, -Infinity, -Infinity];
     for (const p of points) {
@@ -239,10 +241,10 @@ export class MapView {
 
   /** Chooses the points inside `polygon` (map coordinates), hidden categories included: what
    *  is chosen is a place on the map, and the API answers the same polygon the same way. */
-  selectRegion(polygon: [number, number][]) {
+  selectRegion(polygon: [number, number][], generation: bigint) {
     const ids = new Set<bigint>();
     for (const p of this.points) if (insidePolygon(polygon, p.x, p.y)) ids.add(p.id);
-    this.region = { polygon, ids };
+    this.region = { polygon, ids, generation };
     this.requestDraw();
   }
 
