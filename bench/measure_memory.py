@@ -34,20 +34,21 @@ def start(command, env, labels):
     return process, addresses
 
 
-def peak_mib(process):
+def status_mib(process, field):
+    """A memory figure of /proc/PID/status (VmHWM: peak RSS, VmRSS: now), in MiB."""
     with open(f"/proc/{process.pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_mib(process):
+    return status_mib(process, "VmHWM")
 
 
 def rss_mib(process):
-    with open(f"/proc/{process.pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return status_mib(process, "VmRSS")
 
 
 def export_growth(process, url, body, headers):

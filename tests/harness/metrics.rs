@@ -31,15 +31,9 @@ pub async fn scrape(address: SocketAddr) -> Scrape {
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(content_type.starts_with("text/plain; version=0.0.4"), "content type {content_type}");
     let text = response.text().await.unwrap();
-    let mut parser = Command::new(crate::peers_python())
-        .arg(crate::peers_dir().join("metrics_parse.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the metrics parser");
-    parser.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = parser.wait_with_output().unwrap();
+    let mut parser = Command::new(crate::peers_python());
+    parser.arg(crate::peers_dir().join("metrics_parse.py"));
+    let output = fed(parser, &text);
     assert!(
         output.status.success(),
         "prometheus_client refused the text:\n{}\n{text}",
@@ -75,19 +69,25 @@ impl Scrape {
 /// `promtool check metrics` over `text`: Prometheus's own linter of the exposition format and
 /// its naming conventions (Debian's `prometheus` package; scripts/install-deps.sh installs it).
 pub fn promtool_check_metrics(text: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (scripts/install-deps.sh)");
-    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let output = promtool.wait_with_output().unwrap();
+    let mut promtool = Command::new("promtool");
+    promtool.args(["check", "metrics"]);
+    let output = fed(promtool, text);
     assert!(
         output.status.success(),
         "promtool check metrics:\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// What `command` printed with `text` as its input.
+fn fed(mut command: Command, text: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?} (scripts/test.sh installs it): {e}"));
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
 }
