@@ -50,8 +50,22 @@ impl MapStore {
     /// The store under `root` for maps of `source` made with `settings`, reading back map files
     /// of at most `max_bytes`.
     pub fn new(root: &Path, source: &CorpusSource, settings: &MapSettings, max_bytes: u64) -> Self {
+        Self::of_algorithm(root, source, settings, max_bytes, crate::pipeline::ALGORITHM_VERSION)
+    }
+
+    fn of_algorithm(
+        root: &Path,
+        source: &CorpusSource,
+        settings: &MapSettings,
+        max_bytes: u64,
+        algorithm: u32,
+    ) -> Self {
         let files: Vec<String> = source.files().iter().map(|file| file.display().to_string()).collect();
-        let key = format!("corpus: {} {files:?}\nparameters: {}\n", source.describe(), settings.identity());
+        let key = format!(
+            "algorithm: {algorithm}\ncorpus: {} {files:?}\nparameters: {}\n",
+            source.describe(),
+            settings.identity()
+        );
         let digest = format!("{:x}", Sha256::digest(key.as_bytes()));
         MapStore { dir: root.join(&digest[..16]), key, max_bytes }
     }
@@ -193,6 +207,17 @@ mod tests {
         assert!(other.load().is_none(), "another corpus source has its own maps");
         std::fs::write(store.dir().join(MAP_FILE), b"\xff\xff cut short").unwrap();
         assert!(store.load().is_none());
+    }
+
+    #[test]
+    fn a_map_older_code_stored_is_not_read_as_current() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = <MapSettingsFlags as clap::Parser>::parse_from(["test"]).map;
+        let version = crate::pipeline::ALGORITHM_VERSION;
+        let older = MapStore::of_algorithm(root.path(), &CorpusSource::Demo, &settings, 1 << 20, version - 1);
+        older.save(&map(1)).unwrap();
+        assert_eq!(older.load(), Some(map(1)));
+        assert!(store_in(root.path(), &CorpusSource::Demo).load().is_none(), "another algorithm's map");
     }
 
     #[test]
