@@ -148,6 +148,27 @@ async fn plain_flat_index_uses_row_numbers_and_npy_uses_its_ids_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_float16_corpus_gives_the_map_of_the_same_values_in_float32() {
+    // The values a float16 file can hold, written once as float16 and once widened to float32:
+    // the same numbers, so the same map, point for point and bit for bit.
+    let values: Vec<f32> =
+        corpus_files::clustered(4, 30, 16).iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let halves = corpus_files::write_matrix_f16(&dir.path().join("half.npy"), 120, 16, &values);
+    let singles = corpus_files::write_matrix(&dir.path().join("single.npy"), 120, 16, &values);
+    let mut maps = Vec::new();
+    for corpus in [halves, singles] {
+        let service = start_embedding(&["--corpus", corpus.to_str().unwrap()]);
+        let mut client = map_client(&service).await;
+        let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+        assert_eq!(ready.state(), MapState::Ready, "{corpus:?}: {:?}", ready.failure);
+        maps.push(points(&ready).iter().map(|p| (p.0, p.1.to_bits(), p.2.to_bits())).collect::<Vec<_>>());
+    }
+    assert_eq!(maps[0].len(), 120);
+    assert_eq!(maps[0], maps[1], "float16 and float32 of the same values give the same map");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name);

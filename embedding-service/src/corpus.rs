@@ -281,6 +281,7 @@ fn check_data_length(
     let item_bytes = match type_str(npy).as_str() {
         "<f8" | "<i8" | "<u8" => 8,
         "<f4" | "<i4" | "<u4" => 4,
+        "<f2" => 2,
         // Any other type is refused by name afterwards.
         _ => return Ok(()),
     };
@@ -317,7 +318,17 @@ pub fn read_npy_matrix(reader: impl Read, path: &Path, len: u64) -> Result<Array
     let values: Vec<f32> = match type_str(&npy).as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(|e| corrupt(path, FORMAT, e))?,
         "<f8" => npy.into_vec::<f64>().map_err(|e| corrupt(path, FORMAT, e))?.into_iter().map(|v| v as f32).collect(),
-        other => return Err(corrupt(path, FORMAT, format!("expected float32 or float64 values, found dtype {other}"))),
+        // Many teams store embeddings in half precision; each value widens to float32 exactly.
+        "<f2" => {
+            npy.into_vec::<half::f16>().map_err(|e| corrupt(path, FORMAT, e))?.into_iter().map(f32::from).collect()
+        }
+        other => {
+            return Err(corrupt(
+                path,
+                FORMAT,
+                format!("expected float16, float32 or float64 values, found dtype {other}"),
+            ));
+        }
     };
     let shape = (rows, columns);
     // Rows must be contiguous (FAISS and the pipeline take them as slices). C order already is,
@@ -430,8 +441,13 @@ mod tests {
 
     /// A float32 `.npy` file of `shape` whose data section holds `values` as written.
     fn npy(fortran: bool, shape: (usize, usize), values: &[f32]) -> Vec<u8> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        npy_of("<f4", fortran, shape, &data)
+    }
+
+    fn npy_of(descr: &str, fortran: bool, shape: (usize, usize), data: &[u8]) -> Vec<u8> {
         let dict = format!(
-            "{{'descr': '<f4', 'fortran_order': {}, 'shape': {shape:?}, }}",
+            "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape:?}, }}",
             if fortran { "True" } else { "False" }
         );
         let mut header = dict.into_bytes();
@@ -442,8 +458,22 @@ mod tests {
         let mut file = b"\x93NUMPY\x01\x00".to_vec();
         file.extend((header.len() as u16).to_le_bytes());
         file.extend(header);
-        file.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        file.extend(data);
         file
+    }
+
+    #[test]
+    fn a_float16_matrix_widens_exactly_and_its_size_is_checked_first() {
+        let values = [1.0f32, -2.5, 0.333_251_95, 65504.0, 6.1e-5, 0.0];
+        let data: Vec<u8> = values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let file = npy_of("<f2", false, (2, 3), &data);
+        let matrix = read_npy_matrix(&file[..], Path::new("half.npy"), file.len() as u64).unwrap();
+        let widened: Vec<f32> = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        assert_eq!(matrix.as_slice().unwrap(), widened);
+        // 2M x 384 halves declared in a header alone: refused by size, nothing allocated.
+        let header = npy_of("<f2", false, (2_000_000, 384), &[]);
+        let message = read_npy_matrix(&header[..], Path::new("big.npy"), header.len() as u64).unwrap_err().to_string();
+        assert!(message.contains("1536000000 bytes of data"), "{message}");
     }
 
     #[test]

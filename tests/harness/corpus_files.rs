@@ -10,6 +10,14 @@ pub fn write_matrix(path: &Path, rows: usize, columns: usize, values: &[f32]) ->
     write_npy(path, &[rows as u64, columns as u64], values)
 }
 
+/// Writes a float16 `.npy` of `rows x columns` from `values` (row-major), each rounded to the
+/// nearest half-precision value.
+pub fn write_matrix_f16(path: &Path, rows: usize, columns: usize, values: &[f32]) -> PathBuf {
+    assert_eq!(values.len(), rows * columns);
+    let halves: Vec<half::f16> = values.iter().map(|&v| half::f16::from_f32(v)).collect();
+    write_npy(path, &[rows as u64, columns as u64], &halves)
+}
+
 /// Writes an int64 `.npy` id vector.
 pub fn write_ids(path: &Path, ids: &[i64]) -> PathBuf {
     write_npy(path, &[ids.len() as u64], ids)
