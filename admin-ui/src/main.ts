@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
 import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
-import { DISTINCT_CATEGORIES, MapView, SCALE_STOPS, categoryColor, type ColorField, type Point } from "./map_view";
+import { DISTINCT_CATEGORIES, MapView, SCALE, categoryColor, type ColorField, type Point } from "./map_view";
 import { readFragment, writeFragment } from "./view_link";
 
 const $ = <T extends HTMLElement>(id: string) => document.getElementById(id) as T;
@@ -351,7 +351,7 @@ function renderLegend() {
     scale.className = "scale";
     const bar = document.createElement("span");
     bar.className = "gradient";
-    bar.style.background = `linear-gradient(to right, ${SCALE_STOPS.join(", ")})`;
+    bar.style.background = `linear-gradient(to right, ${SCALE.join(", ")})`;
     const low = document.createElement("span");
     low.textContent = String(field.min);
     const high = document.createElement("span");

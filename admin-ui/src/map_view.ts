@@ -43,8 +43,9 @@ export type ColorField =
   | { field: string; numeric: false; values: (string | null)[] }
   | { field: string; numeric: true; values: (number | null)[]; min: number; max: number };
 
-/** A continuous scale (viridis's ends and three stops between), dark for low values. */
-const SCALE = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
+/** A continuous scale (viridis's ends and three stops between), dark for low values; the legend
+ *  draws the same stops as a CSS gradient. */
+export const SCALE = ["#440154", "#3b528b", "#21918c", "#5ec962", "#fde725"];
 
 /** The scale's colour at `t` in 0..1, as CSS. */
 export function scaleColor(t: number): string {
@@ -54,9 +55,6 @@ export function scaleColor(t: number): string {
   const mix = a.map((v, k) => Math.round(v + (b[k] - v) * (at - i)));
   return `#${mix.map((v) => v.toString(16).padStart(2, "0")).join("")}`;
 }
-
-/** The scale's stops for CSS gradients (the legend). */
-export const SCALE_STOPS = SCALE;
 
 export interface Point {
   id: bigint;

@@ -138,8 +138,10 @@ async fn map_field_column(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let generation = crate::map_fields::generation_of(&query)?;
+    // The generation first: a stale request costs no scan of the items.
+    let map = map_selection::of_generation(state.map.served().await?, generation)?;
     let values = state.items.attribute_values(&name).await?;
-    Ok(Json(crate::map_fields::column(state.map.served().await?, generation, name, values).await?).into_response())
+    Ok(Json(crate::map_fields::column(map, name, values).await?).into_response())
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

@@ -7,7 +7,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use serde::Serialize;
 
-use crate::{error::ApiError, map_selection::of_generation, map_view::JoinedMap};
+use crate::{error::ApiError, map_view::JoinedMap};
 
 /// The `generation` of `GET /api/admin/embedding-map/fields/{name}?generation=G`, read by the
 /// error table's rules (other parameters, such as a cache-buster, are ignored).
@@ -35,14 +35,8 @@ pub enum Values {
     Texts(Vec<Option<String>>),
 }
 
-/// `values` by id, laid out in the order of `map`'s points.
-pub async fn column(
-    map: Option<Arc<JoinedMap>>,
-    generation: u64,
-    field: String,
-    values: HashMap<i64, String>,
-) -> Result<FieldColumn, ApiError> {
-    let map = of_generation(map, generation)?;
+/// `values` by id, laid out in the order of `map`'s points (a map `of_generation` checked).
+pub async fn column(map: Arc<JoinedMap>, field: String, values: HashMap<i64, String>) -> Result<FieldColumn, ApiError> {
     tokio::task::spawn_blocking(move || lay_out(&map, field, values))
         .await
         .map_err(|error| ApiError::Internal(error.to_string()))

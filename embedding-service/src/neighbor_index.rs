@@ -106,13 +106,16 @@ impl NeighborIndex {
         Ok(Query { vector: QueryVector::Given(unit), k, skip: None })
     }
 
-    /// The `k` nearest other points of the point `id`, best first.
+    /// The `k` nearest other points of the point `id`, best first (one query alone: the service
+    /// answers through `NeighborBatches`).
+    #[cfg(test)]
     pub fn by_id(&self, id: i64, k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
         let query = self.query_by_id(id, k)?;
         Ok(self.search(std::slice::from_ref(&query)).swap_remove(0))
     }
 
     /// The `k` nearest points of a query vector, best first.
+    #[cfg(test)]
     pub fn by_vector(&self, vector: &[f32], k: u32) -> Result<Vec<(i64, f32)>, QueryError> {
         let query = self.query_by_vector(vector, k)?;
         Ok(self.search(std::slice::from_ref(&query)).swap_remove(0))
