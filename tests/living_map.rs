@@ -11,7 +11,7 @@ use std::{
 };
 
 use embeddingmap_proto::v1::{
-    EmbeddingMapStatus, GetEmbeddingMapRequest, MapState, RefreshEmbeddingMapRequest,
+    EmbeddingMapStatus, GetEmbeddingMapRequest, GetPreviousMapRequest, MapState, RefreshEmbeddingMapRequest,
     embedding_map_service_client::EmbeddingMapServiceClient, refresh_embedding_map_response::Start,
     refresh_outcome::Result as RefreshResult,
 };
@@ -263,6 +263,18 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
     })
     .await;
     assert_eq!((first["generation"].as_u64(), &first["refreshing"]), (Some(1), &serde_json::Value::Null));
+    let previous_url =
+        |generation: u64| http_url(&api, &format!("/api/admin/embedding-map/previous?generation={generation}"));
+    let previous_answer = async |generation: u64| {
+        let response = client.get(previous_url(generation)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+        (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = previous_answer(1).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "a first map has no previous one: {body}"
+    );
     let mut admin_map = AdminMapServiceClient::new(grpc_channel(&api).await);
     let mut watch = admin_map
         .watch_embedding_map(admin(api_pb::GetAdminMapRequest { omit_points: true }))
@@ -307,6 +319,29 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
     assert_eq!(refresh.json::<serde_json::Value>().await.unwrap()["refresh"], "started");
     let second = generation_seen(&mut watch, 2).await;
     assert_eq!(second.count, 2400);
+    // The previous map's ids and positions (the page's comparison): generation 1's points, on
+    // both transports, admin only; a generation no longer served is a conflict.
+    let (status, previous) = previous_answer(2).await;
+    assert_eq!(status, 200, "{previous}");
+    assert_eq!((previous["generation"].as_u64(), previous["previous_generation"].as_u64()), (Some(2), Some(1)));
+    let positions = |points: &serde_json::Value| -> Vec<(i64, f64, f64)> {
+        let point =
+            |p: &serde_json::Value| (p["id"].as_i64().unwrap(), p["x"].as_f64().unwrap(), p["y"].as_f64().unwrap());
+        points.as_array().unwrap().iter().map(point).collect()
+    };
+    assert_eq!(positions(&previous["points"]), positions(&first["points"]));
+    assert_eq!(previous["count"], 1800);
+    let (status, stale) = previous_answer(1).await;
+    assert_eq!((status, stale["error"]["code"].as_str()), (409, Some("generation_not_served")), "{stale}");
+    let unauthenticated = client.get(previous_url(2)).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let previous_request = |generation| embeddingmap_proto::v1::GetPreviousMapRequest { generation };
+    let over_grpc = admin_map.get_previous_map(admin(previous_request(2))).await.unwrap().into_inner();
+    assert_eq!((over_grpc.previous_generation, over_grpc.points.len()), (1, 1800));
+    let refused = admin_map.get_previous_map(previous_request(2)).await.expect_err("admin only");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let stale = admin_map.get_previous_map(admin(previous_request(1))).await.expect_err("stale");
+    assert_eq!(stale.code(), tonic::Code::FailedPrecondition, "{stale:?}");
     // Over gRPC (admin only): the next one.
     write_corpus(dir.path(), 5, 5000);
     let unauthenticated =
@@ -440,6 +475,15 @@ async fn stored_maps_survive_restarts_and_agree_across_processes_in_either_boot_
     let answer = first_answer(&later).await;
     assert_eq!((answer.state(), generation(&answer)), (MapState::Ready, 2));
     assert_eq!(bits(&answer), bits(&refreshed), "the stored refresh, bit for bit");
+    // With its parent's positions: generation 1's points, bit for bit, in A and after the restart.
+    let previous_of = async |service: &end_to_end_tests::ServiceProcess| {
+        let request = GetPreviousMapRequest { generation: 2 };
+        let previous = map_client(service).await.get_previous_map(request).await.unwrap().into_inner();
+        assert_eq!(previous.previous_generation, 1);
+        previous.points.iter().map(|p| (p.id, p.x.to_bits(), p.y.to_bits())).collect::<Vec<_>>()
+    };
+    assert_eq!(previous_of(&a).await, bits(&first));
+    assert_eq!(previous_of(&later).await, bits(&first), "the previous map survives a restart");
     // Booted on a store holding only generation 1: serves it, then refreshes from it to the same
     // bits as A's refresh in place.
     let other = start(&parent_only);

@@ -65,7 +65,7 @@ pub enum ApiError {
     #[error("the embedding service cannot be reached: {0}")]
     EmbeddingUnavailable(String),
 
-    #[error("generation {asked} is not the map served ({served}); select again on the map served")]
+    #[error("generation {asked} is not the map served ({served}); ask again about the map served")]
     GenerationNotServed { asked: u64, served: String },
 
     #[error("the embedding map failed in {phase}: {message}")]

@@ -192,4 +192,11 @@ impl pb::admin_map_service_server::AdminMapService for Api {
             next_page_token: answer.next_page_token.unwrap_or_default(),
         }))
     }
+
+    async fn get_previous_map(
+        &self,
+        request: Request<embeddingmap_proto::v1::GetPreviousMapRequest>,
+    ) -> Reply<embeddingmap_proto::v1::PreviousMap> {
+        Ok(Response::new(self.0.map.previous(request.get_ref().generation).await?))
+    }
 }

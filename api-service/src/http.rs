@@ -31,6 +31,7 @@ pub fn router(state: AppState, max_body_bytes: usize, admin_page: Router<AppStat
         .route("/api/admin/embedding-map/export", post(export_points))
         .route("/api/admin/embedding-map/fields", get(map_fields))
         .route("/api/admin/embedding-map/fields/{name}", get(map_field_column))
+        .route("/api/admin/embedding-map/previous", get(previous_map))
         .route("/api/admin/items", get(list_items).post(create_item))
         .route("/api/admin/items/import", post(import_items))
         .route("/api/admin/items/{id}", get(get_item).put(update_item))
@@ -142,6 +143,15 @@ async fn map_field_column(
     let map = map_selection::of_generation(state.map.served().await?, generation)?;
     let values = state.items.attribute_values(&name).await?;
     Ok(Json(crate::map_fields::column(map, name, values).await?).into_response())
+}
+
+/// The ids and positions of the map the served one refreshed, for the map of `generation`.
+async fn previous_map(
+    State(state): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let generation = crate::map_fields::generation_of(&query)?;
+    Ok(crate::map_view::previous_json(&state.map.previous(generation).await?))
 }
 
 /// 202: the refresh runs in the background; the map's answers report its progress and outcome.

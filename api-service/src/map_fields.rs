@@ -9,8 +9,9 @@ use serde::Serialize;
 
 use crate::{error::ApiError, map_view::JoinedMap};
 
-/// The `generation` of `GET /api/admin/embedding-map/fields/{name}?generation=G`, read by the
-/// error table's rules (other parameters, such as a cache-buster, are ignored).
+/// The `generation` of `GET /api/admin/embedding-map/fields/{name}?generation=G` (and of
+/// `.../previous`), read by the error table's rules (other parameters, such as a cache-buster,
+/// are ignored).
 pub fn generation_of(query: &HashMap<String, String>) -> Result<u64, ApiError> {
     let text = query.get("generation").ok_or_else(|| ApiError::invalid("generation", "give the map's generation"))?;
     text.parse().map_err(|_| ApiError::invalid("generation", format!("not a generation: {text:?}")))

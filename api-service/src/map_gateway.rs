@@ -133,6 +133,22 @@ impl MapGateway {
         }
     }
 
+    /// The ids and positions of the map the served one (`generation`) refreshed. Its refusals
+    /// keep their meaning: another generation served is a conflict, none kept is not found.
+    pub async fn previous(&self, generation: u64) -> Result<pb::PreviousMap, ApiError> {
+        let request = self.request(pb::GetPreviousMapRequest { generation });
+        match self.client.clone().get_previous_map(request).await {
+            Ok(answer) => Ok(answer.into_inner()),
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(ApiError::GenerationNotServed { asked: generation, served: status.message().to_owned() })
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                Err(ApiError::not_found(format!("a previous map of map {generation} (a first map has none)")))
+            }
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+
     /// Asks the embedding service for a refresh.
     pub async fn refresh(&self) -> Result<pb::RefreshEmbeddingMapResponse, ApiError> {
         let request = self.request(pb::RefreshEmbeddingMapRequest {});

@@ -219,6 +219,35 @@ impl JoinedMap {
     }
 }
 
+/// `GET /api/admin/embedding-map/previous`: the ids and positions of the map the served one
+/// refreshed, serialised straight from the message.
+pub fn previous_json(previous: &pb::PreviousMap) -> Response {
+    #[derive(serde::Serialize)]
+    struct JsonPoint {
+        id: i64,
+        x: f32,
+        y: f32,
+    }
+    #[derive(serde::Serialize)]
+    #[serde(bound(serialize = "SerializeIter<I>: serde::Serialize"))]
+    struct Previous<'a, I> {
+        generation: u64,
+        previous_generation: u64,
+        previous_fingerprint: &'a str,
+        count: usize,
+        points: SerializeIter<I>,
+    }
+    let points = previous.points.iter().map(|p| JsonPoint { id: p.id, x: p.x, y: p.y });
+    Json(Previous {
+        generation: previous.generation,
+        previous_generation: previous.previous_generation,
+        previous_fingerprint: &previous.previous_fingerprint,
+        count: previous.points.len(),
+        points: SerializeIter::new(points),
+    })
+    .into_response()
+}
+
 /// A sequence serialised as a JSON array from an iterator, without collecting it first.
 struct SerializeIter<I>(std::cell::Cell<Option<I>>);
 

@@ -74,6 +74,24 @@ impl EmbeddingMapService for MapService {
         tracing::info!(?start, "refresh requested over gRPC");
         Ok(Response::new(pb::RefreshEmbeddingMapResponse { start: start.into() }))
     }
+
+    async fn get_previous_map(
+        &self,
+        request: Request<pb::GetPreviousMapRequest>,
+    ) -> Result<Response<pb::PreviousMap>, Status> {
+        let asked = request.get_ref().generation;
+        let map = self.board.ready().ok_or_else(|| Status::failed_precondition("no map is ready"))?;
+        let served = map.summary.generation;
+        if served != asked {
+            return Err(Status::failed_precondition(format!("map {served} is; map {asked} is not")));
+        }
+        let previous = map.previous.as_deref().ok_or_else(|| {
+            Status::not_found(format!(
+                "map {asked} has no previous map kept: it is the first map, or was stored by a version that kept none"
+            ))
+        })?;
+        Ok(Response::new(previous.clone()))
+    }
 }
 
 /// `embeddingmap.v1.NeighborService`: a point's true neighbours, from the corpus of the map being

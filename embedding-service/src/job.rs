@@ -115,13 +115,15 @@ fn compute_and_publish(
         Ok(Computed { outcome: Outcome::New(map), neighbors }) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
+            // The parent's positions stay beside the new map, to show what moved (16 bytes a point).
+            let previous = parent.map(|parent| parent.as_previous_of(generation));
             // Stored before it is served, so a replica that sees it served can also find it.
             if let Some(store) = store
-                && let Err(error) = store.save(&map)
+                && let Err(error) = store.save(&map, previous.as_ref())
             {
                 tracing::warn!(store = %store.dir().display(), "cannot store the map ({error}); serving it anyway");
             }
-            publisher.ready(*map, Some(neighbors));
+            publisher.ready(*map, Some(neighbors), previous);
         }
         Ok(Computed { outcome: Outcome::Unchanged, neighbors }) => {
             tracing::info!("the corpus is unchanged (same fingerprint); the map stays");

@@ -64,7 +64,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let dir = store.dir().display();
         tracing::info!(generation = stored.generation, points = stored.count, store = %dir, "serving the stored map");
-        publisher.ready(stored, None);
+        let previous = store.load_previous(&stored);
+        publisher.ready(stored, None, previous);
         // Checking the corpus against it shows as a refresh under way.
         publisher.computation_started();
     }

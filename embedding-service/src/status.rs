@@ -157,10 +157,15 @@ pub struct ReadyMap {
     pub summary: pb::EmbeddingMap,
     with_points: Bytes,
     without_points: Bytes,
+    /// The positions of the map this one refreshed, if kept: what moved, what arrived.
+    pub previous: Option<Arc<pb::PreviousMap>>,
 }
 
 impl ReadyMap {
-    pub fn new(map: pb::EmbeddingMap) -> Self {
+    /// `previous` is kept only if it is `map`'s parent (same generation named, its fingerprint
+    /// the map's parent's), so a mismatched pair is never shown as a comparison.
+    pub fn new(map: pb::EmbeddingMap, previous: Option<pb::PreviousMap>) -> Self {
+        let previous = previous.filter(|previous| is_parent_of(previous, &map)).map(Arc::new);
         let status =
             |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
         let summary = pb::EmbeddingMap { points: Vec::new(), cluster_levels: Vec::new(), ..map.clone() };
@@ -168,6 +173,17 @@ impl ReadyMap {
             without_points: status(summary.clone()).encode_to_vec().into(),
             with_points: status(map).encode_to_vec().into(),
             summary,
+            previous,
+        }
+    }
+
+    /// The positions of this map's points, kept as the next map's previous one.
+    pub fn as_previous_of(&self, generation: u64) -> pb::PreviousMap {
+        pb::PreviousMap {
+            generation,
+            previous_generation: self.summary.generation,
+            previous_fingerprint: self.summary.corpus_fingerprint.clone(),
+            points: self.points(),
         }
     }
 
@@ -185,6 +201,14 @@ impl ReadyMap {
         // Encoded by `new` from a valid message, so it decodes.
         pb::EmbeddingMapStatus::decode(self.encoded(omit_points)).unwrap_or_default()
     }
+}
+
+/// Whether `previous` holds the positions of `map`'s parent.
+pub fn is_parent_of(previous: &pb::PreviousMap, map: &pb::EmbeddingMap) -> bool {
+    previous.generation == map.generation
+        && previous.previous_generation < map.generation
+        && !map.parent_fingerprint.is_empty()
+        && previous.previous_fingerprint == map.parent_fingerprint
 }
 
 /// Read side, cheap to clone into every RPC handler.
@@ -205,6 +229,11 @@ impl StatusBoard {
 
     pub fn subscribe(&self) -> watch::Receiver<MapStatus> {
         self.receiver.clone()
+    }
+
+    /// The map served now, if any.
+    pub fn ready(&self) -> Option<Arc<ReadyMap>> {
+        self.receiver.borrow().ready().cloned()
     }
 }
 
@@ -284,9 +313,15 @@ impl StatusPublisher {
     }
 
     /// The map served from now on, with its corpus's neighbours (None for a stored map, whose
-    /// corpus is loaded after); a refresh's outcome says it replaced one.
-    pub fn ready(&self, map: pb::EmbeddingMap, neighbors: Option<Arc<NeighborIndex>>) {
-        let map = Arc::new(ReadyMap::new(map));
+    /// corpus is loaded after) and its parent's positions if kept; a refresh's outcome says it
+    /// replaced one.
+    pub fn ready(
+        &self,
+        map: pb::EmbeddingMap,
+        neighbors: Option<Arc<NeighborIndex>>,
+        previous: Option<pb::PreviousMap>,
+    ) {
+        let map = Arc::new(ReadyMap::new(map, previous));
         self.sender.send_modify(|status| {
             if status.ready().is_some() {
                 status.last_refresh = Some(outcome(RefreshResult::Updated, None));
@@ -392,6 +427,7 @@ mod tests {
             points: vec![pb::Point { id: 1, x: 0.5, y: 0.25 }],
             count: 1,
             generation,
+            corpus_fingerprint: format!("corpus {generation}"),
             ..Default::default()
         }
     }
@@ -426,7 +462,7 @@ mod tests {
     #[test]
     fn ready_can_omit_points_and_answers_share_one_encoding() {
         let (publisher, board) = status_channel(10);
-        publisher.ready(one_point_map(1), None);
+        publisher.ready(one_point_map(1), None, None);
         assert_eq!(board.current(false).map.unwrap().points.len(), 1);
         let summary = board.current(true).map.unwrap();
         assert_eq!((summary.points.len(), summary.count), (0, 1));
@@ -439,7 +475,7 @@ mod tests {
     #[test]
     fn a_refresh_keeps_the_map_served_and_reports_how_it_went() {
         let (publisher, board) = status_channel(10);
-        publisher.ready(one_point_map(1), None);
+        publisher.ready(one_point_map(1), None, None);
         publisher.computation_started();
         publisher.phase(Phase::Pca);
         let refreshing = sent(&board, true);
@@ -465,9 +501,36 @@ mod tests {
         assert_eq!(board.current(true).last_refresh.unwrap().result(), RefreshResult::Unchanged);
 
         publisher.computation_started();
-        publisher.ready(one_point_map(2), None);
+        let parent = board.ready().unwrap();
+        let second = pb::EmbeddingMap { parent_fingerprint: "corpus 1".into(), ..one_point_map(2) };
+        publisher.ready(second, None, Some(parent.as_previous_of(2)));
         let updated = sent(&board, false);
         assert_eq!((updated.map.as_ref().unwrap().generation, updated.refresh), (2, None));
         assert_eq!(updated.last_refresh.unwrap().result(), RefreshResult::Updated);
+        let previous = board.ready().unwrap().previous.clone().expect("the parent's positions are kept");
+        assert_eq!((previous.generation, previous.previous_generation), (2, 1));
+        assert_eq!(previous.points, one_point_map(1).points);
+    }
+
+    #[test]
+    fn positions_that_are_not_the_parents_are_not_kept() {
+        let map = pb::EmbeddingMap { parent_fingerprint: "first".into(), ..one_point_map(3) };
+        let previous = pb::PreviousMap {
+            generation: 3,
+            previous_generation: 2,
+            previous_fingerprint: "first".into(),
+            points: one_point_map(2).points,
+        };
+        assert!(ReadyMap::new(map.clone(), Some(previous.clone())).previous.is_some());
+        for wrong in [
+            pb::PreviousMap { generation: 4, ..previous.clone() },
+            pb::PreviousMap { previous_generation: 3, ..previous.clone() },
+            pb::PreviousMap { previous_fingerprint: "another".into(), ..previous.clone() },
+        ] {
+            assert!(ReadyMap::new(map.clone(), Some(wrong)).previous.is_none());
+        }
+        let first = pb::EmbeddingMap { parent_fingerprint: String::new(), ..map };
+        let unnamed = pb::PreviousMap { previous_fingerprint: String::new(), ..previous };
+        assert!(ReadyMap::new(first, Some(unnamed)).previous.is_none(), "a first map has no parent");
     }
 }
