@@ -407,6 +407,20 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     }
     assert!(before["scale"].as_f64().unwrap() > 1.0, "{seen}");
     assert!(after["summary"].as_str().unwrap().contains("map 2"), "{seen}");
+    // The comparison with map 1 marks exactly the 300 points the refresh added, draws every
+    // point on the distance scale, and travels in the link.
+    assert_eq!(seen["compareDisabledOnFirst"], true, "{seen}");
+    let compared = &seen["compared"];
+    let added: Vec<u64> = compared["addedIds"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect();
+    assert_eq!(added, (1800..2100).collect::<Vec<_>>(), "{seen}");
+    assert_eq!((compared["added"].as_u64(), compared["removed"].as_u64()), (Some(300), Some(0)), "{seen}");
+    assert_eq!(compared["field"], "moved since map 1");
+    assert_eq!((compared["pressed"].as_str(), compared["gradients"].as_u64()), (Some("true"), Some(1)), "{seen}");
+    assert!(compared["legend"].as_str().unwrap().contains("added: 300"), "{seen}");
+    assert_eq!(compared["drawn"], 2100, "a comparison hides nothing: {seen}");
+    assert_eq!(compared["inLink"], true, "{seen}");
+    assert_eq!(seen["off"], serde_json::json!({ "colorBy": null, "compared": null }), "{seen}");
+    assert!(end_to_end_tests::browser::artifact_saved("admin-compare.png"));
 }
 
 /// Every point of a READY map, as (id, x bits, y bits): equal means the same bits.

@@ -3,7 +3,8 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { AdminMapService, AdminNeighborService, type AdminMapStatus } from "./gen/embeddingmap/api/v1/api_pb";
-import { MapState, Phase, RefreshOutcome_Result } from "./gen/embeddingmap/v1/embedding_map_pb";
+import { MapState, Phase, RefreshOutcome_Result, type PreviousMap } from "./gen/embeddingmap/v1/embedding_map_pb";
+import { compare, type Comparison } from "./compare";
 import { DISTINCT_CATEGORIES, MapView, SCALE, categoryColor, type ColorField, type Point } from "./map_view";
 import { readFragment, writeFragment } from "./view_link";
 
@@ -26,6 +27,12 @@ let fieldColumn: ((field: string) => Promise<ColorField>) | null = null;
 const MAX_COLOR_GROUPS = 200;
 /** The field chosen to colour by; empty: the category. */
 let colorField = "";
+/** Whether points are coloured by how far they moved since the previous map (over the field). */
+let comparing = false;
+/** The comparison drawn, while comparing. */
+let compared: Comparison | null = null;
+/** Fetches the positions of the map a generation refreshed; set once signed in. */
+let previousMap: ((generation: bigint) => Promise<PreviousMap>) | null = null;
 /** What a lasso or box drag does: nothing (drag pans), or draw the shape. */
 let tool: "pan" | "lasso" | "box" = "pan";
 /** Files downloaded by the export buttons (for tests). */
@@ -56,6 +63,13 @@ let session = 0;
   get exports() { return exports; },
   get colorBy() { return view.colorBy ? { field: view.colorBy.field, numeric: view.colorBy.numeric } : null; },
   get legend() { return document.querySelector("#legend")!.textContent; },
+  get comparing() { return comparing; },
+  get compared() { return compared && { added: compared.added, removed: compared.removed, field: compared.color.field }; },
+  /** The points the comparison marks as added. */
+  get addedIds() {
+    const values = compared?.color.values ?? [];
+    return view.points.filter((_, i) => values[i] === null).map((p) => Number(p.id)).sort((a, b) => a - b);
+  },
   screenPosition: (id: number) => view.screenPosition(BigInt(id)),
   view,
 };
@@ -160,6 +174,8 @@ function showReady(status: AdminMapStatus) {
   shownKey = key;
   shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
+  // A first map has no previous one to compare with.
+  $<HTMLButtonElement>("compare").disabled = status.generation <= 1n;
   const first = view.points.length === 0;
   view.setPoints(points, replacing);
   closePanel();
@@ -167,8 +183,39 @@ function showReady(status: AdminMapStatus) {
   renderLegend();
   updateSearchCount();
   showRegion();
-  // A field's values are per map: fetched again for a new one.
-  if (colorField) void chooseColor(colorField);
+  // A field's values and a comparison are per map: fetched again for a new one.
+  compared = null;
+  if (comparing) void showComparison();
+  else if (colorField) void chooseColor(colorField);
+}
+
+/** Turns the comparison with the previous map on or off (off: the chosen field's colours). */
+function setComparing(on: boolean) {
+  comparing = on && !$<HTMLButtonElement>("compare").disabled;
+  $("compare").setAttribute("aria-pressed", String(comparing));
+  if (comparing) void showComparison();
+  else {
+    compared = null;
+    void chooseColor(colorField);
+  }
+}
+
+/** Colours the points by how far they moved since the previous map, added ones marked. */
+async function showComparison() {
+  const generation = shownGeneration;
+  try {
+    const previous = await previousMap!(generation);
+    // Turned off, or a new map has come since: this answer is not for the view shown.
+    if (!comparing || shownGeneration !== generation) return;
+    compared = compare(view.points, previous.points, previous.previousGeneration);
+    view.setColorBy(compared.color);
+  } catch (error) {
+    if (shownGeneration !== generation) return;
+    setComparing(false);
+    showStatus("Compare", `The previous map could not be loaded: ${ConnectError.from(error).rawMessage}`);
+  }
+  renderLegend();
+  saveFragment();
 }
 
 /** Colours the points by `field` (empty: the category), fetching its values for the map shown. */
@@ -180,8 +227,8 @@ async function chooseColor(field: string) {
     const generation = shownGeneration;
     try {
       const column = await fieldColumn!(field);
-      // A later choice, or a new map, has come since: this answer is not for the map shown.
-      if (colorField !== field || shownGeneration !== generation) return;
+      // A later choice, a new map or the comparison has come since: this answer is not for the view shown.
+      if (colorField !== field || shownGeneration !== generation || comparing) return;
       view.setColorBy(column);
     } catch (error) {
       colorField = "";
@@ -204,6 +251,7 @@ function applyFragment() {
   view.search = link.search;
   $<HTMLInputElement>("search").value = link.search;
   if (link.polygon) view.selectRegion(link.polygon, shownGeneration);
+  if (link.compare) setComparing(true);
   // After the field's values arrive; its hidden values then apply to them.
   if (link.color) void chooseColor(link.color).then(() => {
     view.hidden = new Set(link.hidden);
@@ -222,6 +270,7 @@ function saveFragment() {
     search: view.search,
     color: colorField,
     polygon: view.region?.polygon ?? null,
+    compare: comparing,
   });
   history.replaceState(null, "", `${location.pathname}${location.search}${hash}`);
 }
@@ -353,11 +402,28 @@ function renderLegend() {
     bar.className = "gradient";
     bar.style.background = `linear-gradient(to right, ${SCALE.join(", ")})`;
     const low = document.createElement("span");
-    low.textContent = String(field.min);
+    low.textContent = shortNumber(field.min);
     const high = document.createElement("span");
-    high.textContent = String(field.max);
+    high.textContent = `${field.clipped ? "≥ " : ""}${shortNumber(field.max)}`;
     scale.append(`${field.field}:`, low, bar, high);
     legend.append(scale);
+    if (field.missing) {
+      // The points without a value, in their own colour: under a comparison, the added ones.
+      const missing = document.createElement("span");
+      missing.className = "missing";
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = field.missing.color;
+      const count = field.values.filter((v) => v === null).length;
+      missing.append(swatch, `${field.missing.label}: ${count}`);
+      legend.append(missing);
+    }
+    if (compared) {
+      const removed = document.createElement("span");
+      removed.className = "missing";
+      removed.textContent = `removed: ${compared.removed}`;
+      legend.append(removed);
+    }
     return;
   }
   const button = (label: string, color: string, categories: string[]) => {
@@ -394,6 +460,11 @@ function renderLegend() {
   }
 }
 
+/** A legend number: integers whole, others to four significant digits. */
+function shortNumber(value: number): string {
+  return Number.isInteger(value) ? String(value) : String(+value.toPrecision(4));
+}
+
 function updateSearchCount() {
   $("search-count").textContent = view.search ? `${view.highlighted} match${view.highlighted === 1 ? "" : "es"}` : "";
 }
@@ -410,6 +481,7 @@ async function follow(token: string, baseUrl: string) {
     return response.ok ? (await response.json()).attributes : null;
   };
   findNeighbors = (id) => neighborClient.findNeighbors({ query: { case: "id", value: id }, k: NEIGHBORS }, { headers });
+  previousMap = (generation) => client.getPreviousMap({ generation }, { headers });
   // Fetched with the token in a header and saved from memory: a link carrying the token would
   // end up in history and logs.
   fieldNames = async () => {
@@ -562,8 +634,11 @@ async function main() {
     pressedAt = null;
   });
   $("point-close").addEventListener("click", closePanel);
+  $("compare").addEventListener("click", () => setComparing(!comparing));
   $<HTMLSelectElement>("color-by").addEventListener("change", (event) => {
-    void chooseColor((event.target as HTMLSelectElement).value);
+    // Choosing a field ends a comparison.
+    colorField = (event.target as HTMLSelectElement).value;
+    setComparing(false);
   });
   $("tool-lasso").addEventListener("click", () => setTool("lasso"));
   $("tool-box").addEventListener("click", () => setTool("box"));
@@ -617,7 +692,9 @@ async function main() {
     tooltip.hidden = !point;
     if (point) {
       const colorBy = view.colorBy;
-      const field = colorBy ? ` · ${colorBy.field}: ${colorBy.values[view.indexOf(point.id)] ?? "none"}` : "";
+      const value = colorBy?.values[view.indexOf(point.id)];
+      const shown = typeof value === "number" ? shortNumber(value) : (value ?? (colorBy?.numeric && colorBy.missing?.label) ?? "none");
+      const field = colorBy ? ` · ${colorBy.field}: ${shown}` : "";
       tooltip.textContent = `${point.name || `#${point.id}`} · ${point.category}${field}`;
       tooltip.style.left = `${e.clientX - rect.left + 12}px`;
       tooltip.style.top = `${e.clientY - rect.top + 12}px`;

@@ -41,7 +41,17 @@ export function insidePolygon(polygon: [number, number][], x: number, y: number)
  *  numeric field on a continuous scale. `values` are in the order of the points. */
 export type ColorField =
   | { field: string; numeric: false; values: (string | null)[] }
-  | { field: string; numeric: true; values: (number | null)[]; min: number; max: number };
+  | {
+      field: string;
+      numeric: true;
+      values: (number | null)[];
+      min: number;
+      max: number;
+      /** Values above `max` draw as the top colour (the scale ends at a percentile). */
+      clipped?: boolean;
+      /** How points without a value are named and drawn, if not grey. */
+      missing?: { label: string; color: string };
+    };
 
 /** A continuous scale (viridis's ends and three stops between), dark for low values; the legend
  *  draws the same stops as a CSS gradient. */
@@ -208,7 +218,7 @@ export class MapView {
     const field = this.colorBy;
     if (field?.numeric) {
       const value = field.values[i];
-      if (value === null) return rgba(OTHER_COLOR);
+      if (value === null) return rgba(field.missing?.color ?? OTHER_COLOR);
       return rgba(scaleColor(field.max > field.min ? (value - field.min) / (field.max - field.min) : 0.5));
     }
     return this.colors[this.categoryIndex.get(this.group(i))!];

@@ -10,6 +10,8 @@ export interface ViewLink {
   /** The item field the points are coloured by; empty: the category. */
   color: string;
   polygon: [number, number][] | null;
+  /** Whether points are coloured by how far they moved since the previous map. */
+  compare: boolean;
 }
 
 /** Most vertices a link's polygon may bring (a lasso is simplified to 200 before it is kept). */
@@ -24,6 +26,7 @@ export function writeFragment(link: ViewLink): string {
   if (link.hidden.length) params.set("hidden", JSON.stringify(link.hidden));
   if (link.search) params.set("q", link.search);
   if (link.color) params.set("color", link.color);
+  if (link.compare) params.set("compare", "1");
   if (link.polygon) params.set("polygon", link.polygon.map(([x, y]) => `${+x.toPrecision(7)},${+y.toPrecision(7)}`).join(";"));
   const text = params.toString();
   return text ? `#${text}` : "";
@@ -33,7 +36,7 @@ export function writeFragment(link: ViewLink): string {
 export function readFragment(hash: string): ViewLink | null {
   if (hash.length <= 1) return null;
   const params = new URLSearchParams(hash.slice(1));
-  const link: ViewLink = { view: null, hidden: [], search: params.get("q") ?? "", color: params.get("color") ?? "", polygon: null };
+  const link: ViewLink = { view: null, hidden: [], search: params.get("q") ?? "", color: params.get("color") ?? "", polygon: null, compare: params.get("compare") === "1" };
   const view = params.get("view")?.split(",").map(Number);
   if (view?.length === 3 && finite(view) && view[0] > 0) link.view = { scale: view[0], x: view[1], y: view[2] };
   try {

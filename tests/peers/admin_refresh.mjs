@@ -39,6 +39,8 @@ try {
     return { scale: view.scale, offsetX: view.offsetX, offsetY: view.offsetY, drawn: view.drawnPoints, total: view.points.length };
   });
   check(before.drawn < before.total, `hiding ${hiddenCategory} hid nothing (${before.drawn} of ${before.total})`);
+  // A first map has nothing to compare with.
+  const compareDisabledOnFirst = await page.isDisabled("#compare");
 
   const refresh = await page.evaluate(async (token) => {
     const response = await fetch("/api/admin/embedding-map/refresh", { method: "POST", headers: { authorization: `Bearer ${token}` } });
@@ -66,8 +68,25 @@ try {
     };
   }, hiddenCategory);
   await page.screenshot({ path: `${artifacts}/admin-refreshed.png` });
+
+  // Compare with the previous map: points coloured by how far they moved, the added ones marked.
+  await page.click("#compare");
+  await page.waitForFunction(() => window.__adminMap.compared !== null, null, { timeout: 30000 });
+  const compared = await page.evaluate(() => ({
+    ...window.__adminMap.compared,
+    addedIds: window.__adminMap.addedIds,
+    pressed: document.querySelector("#compare").getAttribute("aria-pressed"),
+    legend: window.__adminMap.legend,
+    gradients: document.querySelectorAll("#legend .gradient").length,
+    drawn: window.__adminMap.drawnPoints,
+    inLink: location.hash.includes("compare=1"),
+  }));
+  await page.screenshot({ path: `${artifacts}/admin-compare.png` });
+  // Off again: the colours by category come back.
+  await page.click("#compare");
+  const off = await page.evaluate(() => ({ colorBy: window.__adminMap.colorBy, compared: window.__adminMap.compared }));
   check(errors.length === 0, `page errors: ${errors}`);
-  console.log(JSON.stringify({ hiddenCategory, before, after, updatingText, stateWhileUpdating, loads, transitions, transitionFrames }));
+  console.log(JSON.stringify({ hiddenCategory, before, after, updatingText, stateWhileUpdating, loads, transitions, transitionFrames, compareDisabledOnFirst, compared, off }));
 } finally {
   await browser.close();
 }
