@@ -162,6 +162,7 @@ const HTTP_ADMIN_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/admin/embedding-map/export"),
     ("GET", "/api/admin/embedding-map/fields"),
     ("GET", "/api/admin/embedding-map/fields/row?generation=1"),
+    ("GET", "/api/admin/embedding-map/previous?generation=2"),
     ("GET", "/api/admin/items"),
     ("POST", "/api/admin/items"),
     ("POST", "/api/admin/items/import"),
@@ -182,6 +183,7 @@ const GRPC_ADMIN_METHODS: &[&str] = &[
     "AdminMapService/WatchEmbeddingMap",
     "AdminMapService/RefreshEmbeddingMap",
     "AdminMapService/SelectMapPoints",
+    "AdminMapService/GetPreviousMap",
     "AdminNeighborService/FindNeighbors",
 ];
 const PUBLIC_GRPC_SERVICES: &[&str] = &["EventService"];
@@ -224,6 +226,10 @@ async fn call_admin_method(api: &ServiceProcess, method: &str, token: Option<&st
             .map(drop),
         "AdminMapService/SelectMapPoints" => AdminMapServiceClient::new(channel)
             .select_map_points(wrap(pb::SelectMapPointsRequest::default(), token))
+            .await
+            .map(drop),
+        "AdminMapService/GetPreviousMap" => AdminMapServiceClient::new(channel)
+            .get_previous_map(wrap(embeddingmap_proto::v1::GetPreviousMapRequest::default(), token))
             .await
             .map(drop),
         "AdminNeighborService/FindNeighbors" => AdminNeighborServiceClient::new(channel)
