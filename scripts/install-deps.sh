@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages the build needs on Debian: cmake and BLAS/LAPACK for the FAISS
 # build; Node.js for the admin page; sqlite3, python3-venv, Chromium and strace for the tests;
+# postgresql for the tests on PostgreSQL (each starts its own server with initdb; the package's
+# own cluster is not used);
 # prometheus for its promtool (the tests lint the metrics and unit-test the alert rules; the
 # package also ships a Prometheus server unit, which systemd starts where it runs); curl for the
 # demo. Only what is missing is installed.
 set -euo pipefail
 
-packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3 python3-venv chromium strace prometheus)
+packages=(cmake g++ make libopenblas-dev liblapack-dev sqlite3 curl python3 python3-venv chromium strace prometheus postgresql)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

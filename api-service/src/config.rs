@@ -1,6 +1,6 @@
 //! Command-line flags and environment variables (every flag has an `API_*` twin).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 use service_kit::{LogFormat, parse_duration};
@@ -24,11 +24,13 @@ pub struct Config {
     #[arg(long, env = "API_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// SQLite database file, created if missing. Must be on a local filesystem (WAL).
-    #[arg(long, env = "API_DATABASE", default_value = "data/api.sqlite3")]
-    pub database: PathBuf,
+    /// The database: a SQLite file, created if missing (on a local filesystem: WAL), or a
+    /// `postgres://user:password@host/db` URL, which several replicas may share. Any password is
+    /// never logged.
+    #[arg(long, env = "API_DATABASE", default_value = "data/api.sqlite3", value_parser = crate::db::Target::parse)]
+    pub database: crate::db::Target,
 
-    /// Pooled SQLite connections.
+    /// Pooled database connections.
     #[arg(long, env = "API_DATABASE_CONNECTIONS", default_value_t = 8)]
     pub database_connections: u32,
 
@@ -115,6 +117,12 @@ pub struct Config {
     /// listeners. Use when nothing else (a Kubernetes preStop hook) delays SIGTERM.
     #[arg(long, env = "API_READINESS_DRAIN", default_value = "0s", value_parser = parse_duration)]
     pub readiness_drain: Duration,
+
+    /// How long the database may fail to answer before /readyz does: shorter outages (a
+    /// PostgreSQL failover) are answered with retryable 503s while the replica stays in the
+    /// Service, so a brief one never leaves it without endpoints.
+    #[arg(long, env = "API_DATABASE_OUTAGE_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub database_outage_grace: Duration,
 
     /// How long in-flight requests may run after SIGTERM.
     #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]

@@ -2,13 +2,14 @@
 //!
 //! Group commit for events. Public traffic is many small writes; one transaction each made
 //! callers queue on SQLite's write lock one by one and pay a commit apiece. Here every event goes
-//! through one writer task: it takes what is queued (up to a batch), writes it in one
-//! `BEGIN IMMEDIATE` transaction, commits, and only then answers each caller.
+//! through one writer task (one per replica on PostgreSQL): it takes what is queued (up to a
+//! batch), writes it in one transaction (`BEGIN IMMEDIATE` on SQLite), commits, and only then
+//! answers each caller.
 //!
 //! One rule for keys holds within and across batches: each event's insert runs in the transaction
 //! that holds the batch's earlier events, so a retry in the same batch meets its first copy as one
-//! in a later batch does. A bad event (a taken key, an unknown item) is refused by its own
-//! statement, which SQLite undoes alone, so it fails alone; a batch that fails for any other
+//! in a later batch does. A bad event (a taken key, an unknown item) fails alone: SQLite undoes
+//! its statement alone, and on PostgreSQL no statement of a batch fails (`db::postgres`); a batch that fails for any other
 //! reason than a busy database is written again event by event, so whatever failed fails alone.
 //!
 //! Imports (`ItemStore::import`) go through the same task, from a second, small queue. An import
@@ -20,9 +21,8 @@
 //! batch is taken next (after the events already queued), so a steady stream of events cannot
 //! hold it back for ever.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
 use tokio::{
     sync::{mpsc, oneshot, watch},
     task::JoinHandle,
@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    db,
+    db::{self, Database, EventOutcome},
     error::ApiError,
     events::{EventKind, NewEvent, Recorded},
     items::Import,
@@ -83,17 +83,17 @@ struct Queues {
 }
 
 /// An event whose fields passed the checks that need no database.
-struct Checked {
-    item_id: i64,
-    kind: EventKind,
-    client_key: Option<String>,
+pub(crate) struct Checked {
+    pub(crate) item_id: i64,
+    pub(crate) kind: EventKind,
+    pub(crate) client_key: Option<String>,
 }
 
 impl EventWriter {
-    pub fn start(pool: SqlitePool, settings: BatchSettings) -> (EventWriter, WriterTask) {
+    pub fn start(db: Database, settings: BatchSettings) -> (EventWriter, WriterTask) {
         let (writer, queues) = EventWriter::queues(settings);
         let (stop, stopped) = watch::channel(None);
-        let handle = tokio::spawn(run(pool, settings, queues, stopped));
+        let handle = tokio::spawn(run(db, settings, queues, stopped));
         (writer, WriterTask { stop, handle })
     }
 
@@ -161,7 +161,7 @@ fn check(event: NewEvent) -> Result<Checked, ApiError> {
     Ok(Checked { item_id: event.item_id, kind: event.kind, client_key })
 }
 
-async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop: watch::Receiver<Option<Instant>>) {
+async fn run(db: Database, settings: BatchSettings, queues: Queues, mut stop: watch::Receiver<Option<Instant>>) {
     let Queues { events: mut queue, mut imports } = queues;
     let max_batch = settings.max_batch.max(1);
     let mut batch = Vec::with_capacity(max_batch);
@@ -180,7 +180,7 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
                 }
                 gather(&mut queue, &mut batch, &settings).await;
                 depth.set(queue.len() as f64);
-                write_and_answer(&pool, &mut batch).await;
+                write_and_answer(&db, &mut batch).await;
                 // An import waiting takes its turn after this batch and the events queued by now,
                 // so a steady stream of events cannot hold it back for ever.
                 imports.try_recv().ok()
@@ -191,8 +191,8 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
             },
         };
         if let Some(import) = import {
-            write_queued(&pool, &mut queue, &mut batch, max_batch).await;
-            import_and_answer(&pool, import).await;
+            write_queued(&db, &mut queue, &mut batch, max_batch).await;
+            import_and_answer(&db, import).await;
         }
     }
     // Shutdown: refuse new writes, then write what is already queued while the grace lasts,
@@ -202,7 +202,7 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
     let deadline = stop.borrow().unwrap_or_else(Instant::now);
     while queue.recv_many(&mut batch, max_batch).await > 0 {
         if Instant::now() < deadline {
-            write_and_answer(&pool, &mut batch).await;
+            write_and_answer(&db, &mut batch).await;
         } else {
             for pending in batch.drain(..) {
                 let _ = pending.reply.send(Err(ApiError::ShuttingDown));
@@ -211,7 +211,7 @@ async fn run(pool: SqlitePool, settings: BatchSettings, queues: Queues, mut stop
     }
     while let Some(import) = imports.recv().await {
         if Instant::now() < deadline {
-            import_and_answer(&pool, import).await;
+            import_and_answer(&db, import).await;
         } else {
             let _ = import.reply.send(Err(ApiError::ShuttingDown));
         }
@@ -241,12 +241,7 @@ async fn gather(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, s
 }
 
 /// Writes the events queued now, batch by batch; events that come meanwhile wait their turn.
-async fn write_queued(
-    pool: &SqlitePool,
-    queue: &mut mpsc::Receiver<Pending>,
-    batch: &mut Vec<Pending>,
-    max_batch: usize,
-) {
+async fn write_queued(db: &Database, queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, max_batch: usize) {
     let mut owed = queue.len();
     while owed > 0 {
         let taken = queue.recv_many(batch, owed.min(max_batch)).await;
@@ -254,19 +249,19 @@ async fn write_queued(
             break;
         }
         owed -= taken;
-        write_and_answer(pool, batch).await;
+        write_and_answer(db, batch).await;
     }
 }
 
 /// Writes an import and answers its caller.
-async fn import_and_answer(pool: &SqlitePool, pending: PendingImport) {
+async fn import_and_answer(db: &Database, pending: PendingImport) {
     // A caller that left before its import began (its deadline passed) is not written, as for
     // events: it had no answer, and it would hold the lock for no one.
     if pending.reply.is_closed() {
         return;
     }
     let started = std::time::Instant::now();
-    let answer = pending.import.write(pool, db::now_millis()).await;
+    let answer = pending.import.write(db, db::now_millis()).await;
     match &answer {
         Ok((created, updated)) => tracing::info!(
             task = "event-writer",
@@ -281,7 +276,7 @@ async fn import_and_answer(pool: &SqlitePool, pending: PendingImport) {
 }
 
 /// Writes `batch` (emptying it) and answers each of its callers.
-async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
+async fn write_and_answer(db: &Database, batch: &mut Vec<Pending>) {
     // A caller that left before its batch began (its deadline passed, its connection closed) is
     // not written; it had no answer, so a retry under its key is the way to know.
     batch.retain(|pending| !pending.reply.is_closed());
@@ -290,7 +285,7 @@ async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
     }
     let events: Vec<&Checked> = batch.iter().map(|pending| &pending.event).collect();
     metrics::histogram!("event_writer_batch_size").record(events.len() as f64);
-    let answers = match write(pool, &events).await {
+    let answers = match write(db, &events).await {
         Ok(answers) => answers,
         Err(error) if db::is_busy(&error) || events.len() == 1 => vec![Err(ApiError::from(error)); events.len()],
         Err(error) => {
@@ -298,7 +293,7 @@ async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
             let mut answers = Vec::with_capacity(events.len());
             for event in &events {
                 answers
-                    .push(write(pool, &[*event]).await.map_or_else(|error| Err(error.into()), |mut one| one.remove(0)));
+                    .push(write(db, &[*event]).await.map_or_else(|error| Err(error.into()), |mut one| one.remove(0)));
             }
             answers
         }
@@ -310,9 +305,9 @@ async fn write_and_answer(pool: &SqlitePool, batch: &mut Vec<Pending>) {
 
 /// Writes `events` in one transaction: each event's own answer, or the error that failed them all.
 /// Counts the transaction by its end, and times it.
-async fn write(pool: &SqlitePool, events: &[&Checked]) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
+async fn write(db: &Database, events: &[&Checked]) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
     let started = Instant::now();
-    let written = write_transaction(pool, events).await;
+    let written = write_transaction(db, events).await;
     let result = match &written {
         Ok(_) => "committed",
         Err(error) if db::is_busy(error) => "busy",
@@ -323,82 +318,23 @@ async fn write(pool: &SqlitePool, events: &[&Checked]) -> Result<Vec<Result<Reco
     written
 }
 
-async fn write_transaction(
-    pool: &SqlitePool,
-    events: &[&Checked],
-) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
-    let mut tx = db::write_transaction(pool).await?;
-    let now = db::now_millis();
-    // Per-item counts add up in memory and are written in one statement at the end.
-    let mut counts: HashMap<i64, (i64, i64)> = HashMap::new();
-    let mut answers = Vec::with_capacity(events.len());
-    for event in events {
-        let answer = write_one(&mut tx, event, now).await?;
-        if answer.as_ref().is_ok_and(|recorded| recorded.created) {
-            let count = counts.entry(event.item_id).or_default();
-            match event.kind {
-                EventKind::View => count.0 += 1,
-                EventKind::Search => count.1 += 1,
-            }
-        }
-        answers.push(answer);
-    }
-    if !counts.is_empty() {
-        let rows: Vec<[i64; 3]> = counts.into_iter().map(|(item, (views, searches))| [item, views, searches]).collect();
-        // `WHERE true` tells SQLite's parser that ON CONFLICT is the upsert, not a join's.
-        sqlx::query(
-            "INSERT INTO item_stats (item_id, views, searches)
-             SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) WHERE true
-             ON CONFLICT(item_id) DO UPDATE SET views = views + excluded.views, searches = searches + excluded.searches",
-        )
-        .bind(serde_json::to_string(&rows).map_err(|error| sqlx::Error::Encode(error.into()))?)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(answers)
+async fn write_transaction(db: &Database, events: &[&Checked]) -> Result<Vec<Result<Recorded, ApiError>>, sqlx::Error> {
+    let outcomes = db.write_events(events, db::now_millis()).await?;
+    Ok(events.iter().zip(outcomes).map(|(event, outcome)| answer(event, outcome)).collect())
 }
 
-/// One event, inside the batch's transaction. The insert is tried first: it is the common case,
-/// and the database itself says when the key is taken (no row returned) or the item unknown (the
-/// foreign key, checked by the statement since it is not deferred), a failed statement leaving
-/// the transaction and its other events as they were.
-async fn write_one(
-    tx: &mut Transaction<'static, Sqlite>,
-    event: &Checked,
-    now: i64,
-) -> Result<Result<Recorded, ApiError>, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO events (item_id, kind, client_key, created_at) VALUES (?, ?, ?, ?)
-         ON CONFLICT(client_key) DO NOTHING RETURNING id",
-    )
-    .bind(event.item_id)
-    .bind(event.kind.code())
-    .bind(&event.client_key)
-    .bind(now)
-    .fetch_optional(&mut **tx)
-    .await;
-    match inserted {
-        Ok(Some(row)) => return Ok(Ok(Recorded { event_id: row.try_get("id")?, created: true })),
-        Ok(None) => {}
-        Err(error) if db::is_foreign_key_violation(&error) => {
-            return Ok(Err(ApiError::not_found(format!("item {}", event.item_id))));
+/// What an event's outcome means to its caller. A key names one event: the same event retried
+/// gets the original answer; another event under a used key is refused, never silently answered
+/// with the first one's id.
+fn answer(event: &Checked, outcome: EventOutcome) -> Result<Recorded, ApiError> {
+    match outcome {
+        EventOutcome::Inserted(event_id) => Ok(Recorded { event_id, created: true }),
+        EventOutcome::UnknownItem => Err(ApiError::not_found(format!("item {}", event.item_id))),
+        EventOutcome::KeyTaken { id, item_id, kind } if item_id == event.item_id && kind == event.kind.code() => {
+            Ok(Recorded { event_id: id, created: false })
         }
-        Err(error) => return Err(error),
+        EventOutcome::KeyTaken { .. } => Err(ApiError::KeyReused),
     }
-    // The key was taken. A key names one event: the same event retried gets the original answer;
-    // another event under a used key is refused, never silently answered with the first one's id.
-    let row = sqlx::query("SELECT id, item_id, kind FROM events WHERE client_key = ?")
-        .bind(&event.client_key)
-        .fetch_one(&mut **tx)
-        .await?;
-    let same_event =
-        row.try_get::<i64, _>("item_id")? == event.item_id && row.try_get::<i64, _>("kind")? == event.kind.code();
-    Ok(if same_event {
-        Ok(Recorded { event_id: row.try_get("id")?, created: false })
-    } else {
-        Err(ApiError::KeyReused)
-    })
 }
 
 #[cfg(test)]
@@ -408,8 +344,8 @@ mod tests {
 
     /// A database with item 1, and a log of the rows written to `events` and `items` in the order
     /// SQLite wrote them.
-    async fn logged_database(dir: &std::path::Path) -> SqlitePool {
-        let pool = db::open(&dir.join("order.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
+    async fn logged_database(dir: &std::path::Path) -> Database {
+        let db = sqlite_database(&dir.join("order.sqlite3")).await;
         sqlx::raw_sql(
             "INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0);
              CREATE TABLE written (seq INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT NOT NULL);
@@ -420,14 +356,18 @@ mod tests {
              CREATE TRIGGER item_replaced AFTER UPDATE OF name ON items
                 BEGIN INSERT INTO written (what) VALUES ('item ' || NEW.id); END;",
         )
-        .execute(&pool)
+        .execute(db.as_sqlite().unwrap())
         .await
         .unwrap();
-        pool
+        db
     }
 
-    async fn written(pool: &SqlitePool) -> Vec<String> {
-        sqlx::query_scalar("SELECT what FROM written ORDER BY seq").fetch_all(pool).await.unwrap()
+    async fn sqlite_database(path: &std::path::Path) -> Database {
+        db::open(&db::Target::Sqlite(path.to_owned()), 1, db::Checkpoints::Sqlite).await.unwrap()
+    }
+
+    async fn written(db: &Database) -> Vec<String> {
+        sqlx::query_scalar("SELECT what FROM written ORDER BY seq").fetch_all(db.as_sqlite().unwrap()).await.unwrap()
     }
 
     /// Queues an event for item 1 under `key` straight into the writer's queue; its answer.
@@ -461,20 +401,20 @@ mod tests {
     #[tokio::test]
     async fn events_queued_before_an_import_are_written_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = logged_database(dir.path()).await;
+        let db = logged_database(dir.path()).await;
         let (writer, queues) = EventWriter::queues(settings(2));
         // The import is queued first, yet the five events (three batches) waiting beside it go
         // first; the import is written whole after them.
         let import = queue_import(&writer, &[1, 2, 3]);
         let events: Vec<_> = (1..=5).map(|n| queue_event(&writer, &format!("e{n}"))).collect();
         let (_stop, stopped) = watch::channel(None);
-        let task = tokio::spawn(run(pool.clone(), settings(2), queues, stopped));
+        let task = tokio::spawn(run(db.clone(), settings(2), queues, stopped));
         assert_eq!(import.await.unwrap().unwrap(), (2, 1));
         for event in events {
             assert!(event.await.unwrap().unwrap().created);
         }
         assert_eq!(
-            written(&pool).await,
+            written(&db).await,
             ["event e1", "event e2", "event e3", "event e4", "event e5", "item 1", "item 2", "item 3"]
         );
         // Then the writer goes on: an event for an item the import created.
@@ -488,22 +428,22 @@ mod tests {
     async fn shutdown_answers_queued_imports_written_while_grace_lasts_else_shutting_down() {
         for grace_left in [true, false] {
             let dir = tempfile::tempdir().unwrap();
-            let pool = logged_database(dir.path()).await;
+            let db = logged_database(dir.path()).await;
             let (writer, queues) = EventWriter::queues(settings(256));
             let import = queue_import(&writer, &[2]);
             let event = queue_event(&writer, "last");
             // Shutdown came before the writer took anything.
             let deadline = if grace_left { Instant::now() + Duration::from_secs(30) } else { Instant::now() };
             let (_stop, stopped) = watch::channel(Some(deadline));
-            run(pool.clone(), settings(256), queues, stopped).await;
+            run(db.clone(), settings(256), queues, stopped).await;
             if grace_left {
                 assert_eq!(import.await.unwrap().unwrap(), (1, 0));
                 assert!(event.await.unwrap().unwrap().created);
-                assert_eq!(written(&pool).await, ["event last", "item 2"]);
+                assert_eq!(written(&db).await, ["event last", "item 2"]);
             } else {
                 assert!(matches!(import.await.unwrap(), Err(ApiError::ShuttingDown)));
                 assert!(matches!(event.await.unwrap(), Err(ApiError::ShuttingDown)));
-                assert!(written(&pool).await.is_empty());
+                assert!(written(&db).await.is_empty());
             }
             // The queues are closed: later writes are refused at once.
             assert!(matches!(
@@ -516,9 +456,10 @@ mod tests {
     #[tokio::test]
     async fn one_batch_answers_each_event_by_its_own_rule_and_counts_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&dir.path().join("batch.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
+        let db = sqlite_database(&dir.path().join("batch.sqlite3")).await;
+        let pool = db.as_sqlite().unwrap();
         sqlx::query("INSERT INTO items (id, name, created_at, updated_at) VALUES (1, 'one', 0, 0), (2, 'two', 0, 0)")
-            .execute(&pool)
+            .execute(pool)
             .await
             .unwrap();
         let event = |item_id, kind, key: Option<&str>| Checked { item_id, kind, client_key: key.map(str::to_owned) };
@@ -530,7 +471,7 @@ mod tests {
             event(2, EventKind::Search, None),
             event(2, EventKind::View, Some("b")), // the unknown item's key was not taken
         ];
-        let answers = write(&pool, &events.iter().collect::<Vec<_>>()).await.unwrap();
+        let answers = write(&db, &events.iter().collect::<Vec<_>>()).await.unwrap();
         let first = answers[0].as_ref().unwrap();
         assert!(first.created);
         assert!(matches!(answers[1], Ok(Recorded { event_id, created: false }) if event_id == first.event_id));
@@ -540,11 +481,11 @@ mod tests {
         assert!(matches!(answers[5], Ok(Recorded { created: true, .. })));
         let counts: Vec<(i64, i64, i64)> =
             sqlx::query_as("SELECT item_id, views, searches FROM item_stats ORDER BY item_id")
-                .fetch_all(&pool)
+                .fetch_all(pool)
                 .await
                 .unwrap();
         assert_eq!(counts, [(1, 1, 0), (2, 1, 1)]);
-        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await.unwrap();
         assert_eq!(stored, 3);
     }
 }

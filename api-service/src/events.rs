@@ -1,10 +1,8 @@
 //! Events (public traffic) and the per-item counts they keep.
 
+use crate::{db::Database, error::ApiError};
 use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool};
-
-use crate::error::ApiError;
 
 pub const MAX_CLIENT_KEY_CHARS: usize = 100;
 
@@ -63,39 +61,21 @@ impl From<ItemStats> for pb::ItemStats {
 }
 
 /// Counts for `item_ids`, or for the `limit` most viewed items when none are named.
-pub async fn stats(pool: &SqlitePool, item_ids: &[i64], limit: u32) -> Result<Vec<ItemStats>, ApiError> {
-    let to_stats = |row: &sqlx::sqlite::SqliteRow| -> Result<ItemStats, sqlx::Error> {
-        Ok(ItemStats {
-            item_id: row.try_get("item_id")?,
-            views: row.try_get::<i64, _>("views")? as u64,
-            searches: row.try_get::<i64, _>("searches")? as u64,
-        })
-    };
+pub async fn stats(db: &Database, item_ids: &[i64], limit: u32) -> Result<Vec<ItemStats>, ApiError> {
     if item_ids.is_empty() {
         let limit = match limit {
             0 => 100,
             n if n > 1000 => return Err(ApiError::invalid("limit", "at most 1000")),
             n => n,
         };
-        let rows = sqlx::query("SELECT item_id, views, searches FROM item_stats ORDER BY views DESC, item_id LIMIT ?")
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
-        return Ok(rows.iter().map(to_stats).collect::<Result<_, _>>()?);
+        return Ok(db.top_stats(i64::from(limit)).await?);
     }
     if item_ids.len() > 1000 {
         return Err(ApiError::invalid("item_ids", "at most 1000"));
     }
     let mut stats = Vec::with_capacity(item_ids.len());
     for &item_id in item_ids {
-        let row = sqlx::query("SELECT item_id, views, searches FROM item_stats WHERE item_id = ?")
-            .bind(item_id)
-            .fetch_optional(pool)
-            .await?;
-        stats.push(match row {
-            Some(row) => to_stats(&row)?,
-            None => ItemStats { item_id, views: 0, searches: 0 },
-        });
+        stats.push(db.stats_of(item_id).await?.unwrap_or(ItemStats { item_id, views: 0, searches: 0 }));
     }
     Ok(stats)
 }

@@ -119,7 +119,7 @@ impl pb::event_service_server::EventService for Api {
 impl pb::stats_service_server::StatsService for Api {
     async fn get_item_stats(&self, request: Request<pb::GetItemStatsRequest>) -> Reply<pb::GetItemStatsResponse> {
         let request = request.into_inner();
-        let stats = events::stats(&self.0.pool, &request.item_ids, request.limit).await?;
+        let stats = events::stats(&self.0.db, &request.item_ids, request.limit).await?;
         Ok(Response::new(pb::GetItemStatsResponse { stats: stats.into_iter().map(Into::into).collect() }))
     }
 }

@@ -278,5 +278,5 @@ async fn item_stats(
         Some(text) => text.parse().map_err(|_| ApiError::invalid("limit", "must be a whole number"))?,
         None => 0,
     };
-    Ok(Json(json!({ "stats": events::stats(&state.pool, &ids, limit).await? })))
+    Ok(Json(json!({ "stats": events::stats(&state.db, &ids, limit).await? })))
 }

@@ -2,11 +2,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::{
+    db::{self, Database},
+    error::ApiError,
+    event_writer::EventWriter,
+};
 use embeddingmap_proto::api as pb;
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction, sqlite::SqliteRow};
-
-use crate::{db, error::ApiError, event_writer::EventWriter};
 
 pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_CATEGORY_CHARS: usize = 100;
@@ -120,7 +122,7 @@ impl NewItem {
         Ok(())
     }
 
-    fn attributes_json(&self) -> String {
+    pub(crate) fn attributes_json(&self) -> String {
         serde_json::to_string(&self.attributes).unwrap_or_else(|_| "{}".to_owned())
     }
 }
@@ -156,9 +158,9 @@ fn to_json(value: &impl Serialize) -> Result<String, ApiError> {
 /// between event batches.
 pub struct Import {
     /// `[[id, name, category, attributes JSON], ...]`.
-    rows: String,
+    pub(crate) rows: String,
     /// `[id, ...]`.
-    ids: String,
+    pub(crate) ids: String,
     count: u32,
 }
 
@@ -176,28 +178,9 @@ impl Import {
 
     /// Creates or replaces every item in one transaction, all or nothing, as of `now` (created
     /// items get it as both timestamps, replaced ones keep their `created_at`); returns
-    /// (created, updated). Two statements whatever the count, so the write lock is held briefly.
-    pub(crate) async fn write(&self, pool: &SqlitePool, now: i64) -> Result<(u32, u32), sqlx::Error> {
-        let mut tx = db::write_transaction(pool).await?;
-        let existing: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM items WHERE id IN (SELECT value FROM json_each(?))")
-                .bind(&self.ids)
-                .fetch_one(&mut *tx)
-                .await?;
-        // `WHERE true` tells SQLite's parser that ON CONFLICT is the upsert, not a join's.
-        sqlx::query(&format!(
-            "INSERT INTO items ({COLUMNS})
-             SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, ?, ? FROM json_each(?) WHERE true
-             ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
-                attributes = excluded.attributes, updated_at = excluded.updated_at"
-        ))
-        .bind(now)
-        .bind(now)
-        .bind(&self.rows)
-        .execute(&mut *tx)
-        .await?;
-        commit_items(tx).await?;
-        let updated = existing as u32;
+    /// (created, updated).
+    pub(crate) async fn write(&self, db: &Database, now: i64) -> Result<(u32, u32), sqlx::Error> {
+        let updated = db.import_items(self, now).await?;
         Ok((self.count - updated, updated))
     }
 }
@@ -209,71 +192,38 @@ impl Import {
 /// long; single-item writes are short and go to the database directly.
 #[derive(Clone)]
 pub struct ItemStore {
-    pool: SqlitePool,
+    db: Database,
     writer: EventWriter,
 }
 
-const COLUMNS: &str = "id, name, category, attributes, created_at, updated_at";
-
-fn from_row(row: &SqliteRow) -> Result<Item, sqlx::Error> {
-    let attributes: String = row.try_get("attributes")?;
-    Ok(Item {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        category: row.try_get("category")?,
-        attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-    })
-}
-
 impl ItemStore {
-    pub fn new(pool: SqlitePool, writer: EventWriter) -> Self {
-        ItemStore { pool, writer }
+    pub fn new(db: Database, writer: EventWriter) -> Self {
+        ItemStore { db, writer }
     }
 
     /// The committed items' version.
     pub async fn version(&self) -> Result<i64, ApiError> {
-        Ok(sqlx::query("SELECT version FROM items_version WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(self.db.items_version().await?)
     }
 
     pub async fn create(&self, item: &NewItem) -> Result<Item, ApiError> {
         item.validate()?;
-        let mut tx = db::write_transaction(&self.pool).await?;
-        if exists(&mut tx, item.id).await? {
-            return Err(ApiError::AlreadyExists { what: format!("item {}", item.id) });
-        }
-        let created = upsert(&mut tx, item, db::now_millis()).await?;
-        commit_items(tx).await?;
-        Ok(created)
+        self.db
+            .create_item(item, db::now_millis())
+            .await?
+            .ok_or_else(|| ApiError::AlreadyExists { what: format!("item {}", item.id) })
     }
 
     pub async fn update(&self, item: &NewItem) -> Result<Item, ApiError> {
         item.validate()?;
-        let mut tx = db::write_transaction(&self.pool).await?;
-        let row = sqlx::query(&format!(
-            "UPDATE items SET name = ?, category = ?, attributes = ?, updated_at = ? WHERE id = ? RETURNING {COLUMNS}"
-        ))
-        .bind(&item.name)
-        .bind(&item.category)
-        .bind(item.attributes_json())
-        .bind(db::now_millis())
-        .bind(item.id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))?;
-        let updated = from_row(&row)?;
-        commit_items(tx).await?;
-        Ok(updated)
+        self.db
+            .update_item(item, db::now_millis())
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("item {}", item.id)))
     }
 
     pub async fn get(&self, id: i64) -> Result<Item, ApiError> {
-        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM items WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| ApiError::not_found(format!("item {id}")))?;
-        Ok(from_row(&row)?)
+        self.db.item(id).await?.ok_or_else(|| ApiError::not_found(format!("item {id}")))
     }
 
     /// A page of items by ascending id; the token is the last id of the previous page.
@@ -295,17 +245,7 @@ impl ItemStore {
                     .map_err(|_| ApiError::invalid("page_token", "not a token this service issued"))?,
             )
         };
-        // Two statements rather than `? IS NULL OR id > ?`, so that each is a rowid range search.
-        let sql = match after {
-            None => format!("SELECT {COLUMNS} FROM items ORDER BY id LIMIT ?"),
-            Some(_) => format!("SELECT {COLUMNS} FROM items WHERE id > ? ORDER BY id LIMIT ?"),
-        };
-        let mut query = sqlx::query(&sql);
-        if let Some(after) = after {
-            query = query.bind(after);
-        }
-        let rows = query.bind(i64::from(page_size) + 1).fetch_all(&self.pool).await?;
-        let mut items = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut items = self.db.items(after, i64::from(page_size) + 1).await?;
         let next = if items.len() > page_size as usize {
             items.truncate(page_size as usize);
             items.last().map(|item| item.id.to_string()).unwrap_or_default()
@@ -325,84 +265,27 @@ impl ItemStore {
 
     /// The attribute names the items carry, in name order (at most `MAX_FIELDS`).
     pub async fn attribute_names(&self) -> Result<Vec<String>, ApiError> {
-        let rows = sqlx::query("SELECT DISTINCT key FROM items, json_each(items.attributes) ORDER BY key LIMIT ?")
-            .bind(MAX_FIELDS as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(|row| row.try_get("key")).collect::<Result<_, sqlx::Error>>()?)
+        Ok(self.db.attribute_names(MAX_FIELDS as i64).await?)
     }
 
     /// Every item's value of the attribute `name`, by id (items without it are absent).
     pub async fn attribute_values(&self, name: &str) -> Result<HashMap<i64, String>, ApiError> {
-        let rows = sqlx::query(
-            "SELECT items.id AS id, json_each.value AS value FROM items, json_each(items.attributes) \
-             WHERE json_each.key = ?",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("id")?, row.try_get("value")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(ApiError::from)
+        Ok(self.db.attribute_values(name).await?)
     }
 
     /// The names and categories of those of `ids` that are items.
     pub async fn labels_of(&self, ids: &[i64]) -> Result<HashMap<i64, (String, String)>, ApiError> {
-        let ids = serde_json::to_string(ids).map_err(|error| ApiError::Internal(error.to_string()))?;
-        let rows = sqlx::query("SELECT id, name, category FROM items WHERE id IN (SELECT value FROM json_each(?))")
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await?;
-        labels_by_id(&rows)
+        Ok(self.db.labels(Some(ids)).await?)
     }
 
     /// Every item's name and category by id, for joining with the map.
     pub async fn labels(&self) -> Result<HashMap<i64, (String, String)>, ApiError> {
-        let rows = sqlx::query("SELECT id, name, category FROM items").fetch_all(&self.pool).await?;
-        labels_by_id(&rows)
+        Ok(self.db.labels(None).await?)
     }
 }
 
 /// Most attribute names the map offers to colour by.
 pub const MAX_FIELDS: usize = 200;
-
-/// `id, name, category` rows as name and category by id.
-fn labels_by_id(rows: &[sqlx::sqlite::SqliteRow]) -> Result<HashMap<i64, (String, String)>, ApiError> {
-    rows.iter()
-        .map(|row| Ok((row.try_get("id")?, (row.try_get("name")?, row.try_get("category")?))))
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(ApiError::from)
-}
-
-/// Marks the items as changed and commits `tx`.
-async fn commit_items(mut tx: Transaction<'static, Sqlite>) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE items_version SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
-    tx.commit().await
-}
-
-async fn exists(tx: &mut Transaction<'_, Sqlite>, id: i64) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query("SELECT 1 FROM items WHERE id = ?").bind(id).fetch_optional(&mut **tx).await?.is_some())
-}
-
-/// Inserts `item`, or replaces its fields (keeping `created_at`) when the id exists.
-async fn upsert(tx: &mut Transaction<'_, Sqlite>, item: &NewItem, now: i64) -> Result<Item, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "INSERT INTO items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)
-         ON CONFLICT(id) DO UPDATE SET name = excluded.name, category = excluded.category,
-            attributes = excluded.attributes, updated_at = excluded.updated_at
-         RETURNING {COLUMNS}"
-    ))
-    .bind(item.id)
-    .bind(&item.name)
-    .bind(&item.category)
-    .bind(item.attributes_json())
-    .bind(now)
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    from_row(&row)
-}
 
 #[cfg(test)]
 mod tests {
@@ -492,38 +375,36 @@ mod tests {
     }
 
     /// Stored rows, timestamps included.
-    async fn rows(pool: &SqlitePool) -> Vec<(i64, String, String, String, i64, i64)> {
+    async fn rows(db: &Database) -> Vec<(i64, String, String, String, i64, i64)> {
         sqlx::query_as("SELECT id, name, category, attributes, created_at, updated_at FROM items ORDER BY id")
-            .fetch_all(pool)
+            .fetch_all(db.as_sqlite().unwrap())
             .await
             .unwrap()
     }
 
-    async fn version(pool: &SqlitePool) -> i64 {
-        sqlx::query_scalar("SELECT version FROM items_version").fetch_one(pool).await.unwrap()
+    /// The import item by item, through the single-item writes: created, else updated.
+    async fn import_row_by_row(db: &Database, items: &[NewItem], now: i64) -> (u32, u32) {
+        let (mut created, mut updated) = (0, 0);
+        for item in items {
+            if db.create_item(item, now).await.unwrap().is_some() {
+                created += 1
+            } else {
+                db.update_item(item, now).await.unwrap().unwrap();
+                updated += 1
+            }
+        }
+        (created, updated)
     }
 
-    /// The import as it was written before, one existence check and one upsert per item.
-    async fn import_row_by_row(pool: &SqlitePool, items: &[NewItem], now: i64) -> (u32, u32) {
-        let (mut created, mut updated) = (0, 0);
-        let mut tx = db::write_transaction(pool).await.unwrap();
-        for item in items {
-            if exists(&mut tx, item.id).await.unwrap() {
-                updated += 1
-            } else {
-                created += 1
-            }
-            upsert(&mut tx, item, now).await.unwrap();
-        }
-        commit_items(tx).await.unwrap();
-        (created, updated)
+    async fn sqlite_database(path: &std::path::Path) -> Database {
+        db::open(&db::Target::Sqlite(path.to_owned()), 1, db::Checkpoints::Sqlite).await.unwrap()
     }
 
     #[tokio::test]
     async fn the_set_based_import_counts_and_stores_as_row_by_row_did() {
         let dir = tempfile::tempdir().unwrap();
-        let set_based = db::open(&dir.path().join("set.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
-        let row_by_row = db::open(&dir.path().join("rows.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
+        let set_based = sqlite_database(&dir.path().join("set.sqlite3")).await;
+        let row_by_row = sqlite_database(&dir.path().join("rows.sqlite3")).await;
         let with = |id: i64, name: &str, category: &str, attributes: &[(&str, &str)]| NewItem {
             id,
             name: name.to_owned(),
@@ -558,13 +439,13 @@ mod tests {
         assert_eq!((of(3).4, of(3).5), (2_000, 3_000));
         assert_eq!(of(1).3, serde_json::to_string(&BTreeMap::from([("a", "x")])).unwrap());
         assert_eq!(stored.len(), 7);
-        assert_eq!((version(&set_based).await, version(&row_by_row).await), (3, 3));
+        assert_eq!(set_based.items_version().await.unwrap(), 3, "one version per import");
     }
 
     #[tokio::test]
     async fn the_first_and_repeated_imports_count_created_and_updated() {
         let dir = tempfile::tempdir().unwrap();
-        let pool = db::open(&dir.path().join("counts.sqlite3"), 1, db::Checkpoints::Sqlite).await.unwrap();
+        let pool = sqlite_database(&dir.path().join("counts.sqlite3")).await;
         let items: Vec<NewItem> = (0..10_000).map(|id| item(id, &format!("item {id}"))).collect();
         assert_eq!(Import::new(&items).unwrap().write(&pool, 1).await.unwrap(), (10_000, 0));
         assert_eq!(Import::new(&items[5_000..]).unwrap().write(&pool, 2).await.unwrap(), (0, 5_000));

@@ -5,6 +5,7 @@ pub mod admin_page;
 pub mod auth;
 pub mod cluster_labels;
 pub mod config;
+pub mod database_health;
 pub mod db;
 pub mod error;
 pub mod event_writer;

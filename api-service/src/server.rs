@@ -50,11 +50,12 @@ const DESCRIPTOR_SETS: &[&[u8]] = &[embeddingmap_proto::FILE_DESCRIPTOR_SET, ton
 /// `api-service http listening on ADDR` once bound.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = AdminToken::new(&config.admin_token)?;
-    let pool = db::open(&config.database, config.database_connections, config.wal_checkpoints)
+    let db = db::open(&config.database, config.database_connections, config.wal_checkpoints)
         .await
-        .with_context(|| format!("cannot open the database {}", config.database.display()))?;
-    let (events, event_writer) = EventWriter::start(pool.clone(), config.event_batches());
-    let items = ItemStore::new(pool.clone(), events.clone());
+        .with_context(|| format!("cannot open the database {}", config.database))?;
+    tracing::info!(backend = db.backend(), database = %config.database, "database open and migrated");
+    let (events, event_writer) = EventWriter::start(db.clone(), config.event_batches());
+    let items = ItemStore::new(db.clone(), events.clone());
     let map = MapGateway::new(
         &config.embedding_url,
         config.embedding_connect_timeout,
@@ -64,8 +65,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         items.clone(),
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
-    let state =
-        AppState { pool: pool.clone(), events, items, map, token, rate_limit, ready: Arc::new(AtomicBool::new(false)) };
+    let shutdown = CancellationToken::new();
+    let database_health =
+        crate::database_health::DatabaseHealth::spawn(db.clone(), config.database_outage_grace, shutdown.clone());
+    let state = AppState {
+        db: db.clone(),
+        events,
+        items,
+        map,
+        token,
+        rate_limit,
+        ready: Arc::new(AtomicBool::new(false)),
+        database_health,
+    };
 
     let grpc_listener =
         TcpListener::bind(config.grpc_listen).await.with_context(|| format!("cannot bind {}", config.grpc_listen))?;
@@ -73,7 +85,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
     let (grpc_address, http_address) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
 
-    let shutdown = CancellationToken::new();
     let limits = ConnectionLimits::from(&config.connections);
     let metrics = match config.metrics_listen {
         Some(address) => {
@@ -114,7 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("SIGHUP: the api-service has nothing to reload (refresh the map with the embedding service)")
     }));
     state.ready.store(true, Ordering::Release);
-    tracing::info!(grpc = %grpc_address, http = %http_address, database = %config.database.display(), "serving");
+    tracing::info!(grpc = %grpc_address, http = %http_address, database = %config.database, "serving");
     println!("api-service grpc listening on {grpc_address}");
     println!("api-service http listening on {http_address}");
 
@@ -145,7 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Requests in flight have had their events and imports written; what is still queued is
     // written while the grace lasts, for callers still waiting.
     event_writer.drain(config.shutdown_grace.saturating_sub(draining.elapsed())).await;
-    pool.close().await;
+    db.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -5,16 +5,15 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
-use sqlx::SqlitePool;
-
 use crate::{
-    auth::AdminToken, event_writer::EventWriter, items::ItemStore, map_gateway::MapGateway, rate_limit::RateLimiter,
+    auth::AdminToken, database_health::DatabaseHealth, db::Database, event_writer::EventWriter, items::ItemStore,
+    map_gateway::MapGateway, rate_limit::RateLimiter,
 };
 
 #[derive(Clone)]
 pub struct AppState {
     /// For stats; items go through `items`, events through `events`.
-    pub pool: SqlitePool,
+    pub db: Database,
     /// The one writer of events (group commit), which writes imports too (through `items`).
     pub events: EventWriter,
     pub items: ItemStore,
@@ -24,10 +23,15 @@ pub struct AppState {
     pub rate_limit: RateLimiter,
     /// Set once the database is open and migrated; cleared when shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// Whether the database has answered within the outage grace.
+    pub database_health: DatabaseHealth,
 }
 
 impl AppState {
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.pool.is_closed() && self.events.is_running()
+        self.ready.load(Ordering::Acquire)
+            && !self.db.is_closed()
+            && self.events.is_running()
+            && self.database_health.healthy()
     }
 }

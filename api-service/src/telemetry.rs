@@ -32,13 +32,14 @@ pub fn describe() {
         "Error answers on every transport, by the error table's code (database_busy, overloaded, key_reused, rate_limited, ...)."
     );
     describe_histogram!("event_writer_batch_size", "Events written in one transaction.");
+    describe_gauge!("database_up", "1 while the database answers its once-a-second ping, 0 after a ping failed.");
     describe_gauge!(
         "event_writer_queue_depth",
         "Events waiting for the writer, as of its last batch taken or written."
     );
     describe_counter!(
         "event_writer_transactions_total",
-        "Event transactions, by result: committed, busy (SQLITE_BUSY past busy_timeout) or failed."
+        "Event transactions, by result: committed, busy (SQLite busy past busy_timeout, or PostgreSQL unreachable, failing over or in conflict) or failed."
     );
     describe_histogram!(
         "event_writer_transaction_seconds",

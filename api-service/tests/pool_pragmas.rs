@@ -13,7 +13,7 @@ async fn every_pooled_connection_reports_wal_busy_timeout_and_its_checkpoints() 
 
 async fn every_pooled_connection_reports(checkpoints: db::Checkpoints, autocheckpoint: i64) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = db::open(&dir.path().join("pragmas.sqlite3"), 6, checkpoints).await.unwrap();
+    let pool = db::sqlite::open(&dir.path().join("pragmas.sqlite3"), 6, checkpoints).await.unwrap();
     let mut held = Vec::new();
     for _ in 0..6 {
         held.push(pool.acquire().await.unwrap());
@@ -26,7 +26,7 @@ async fn every_pooled_connection_reports(checkpoints: db::Checkpoints, autocheck
         let wal_limit: i64 =
             sqlx::query("PRAGMA journal_size_limit").fetch_one(&mut **connection).await.unwrap().get(0);
         assert_eq!((mode.as_str(), timeout, synchronous, foreign_keys), ("wal", 5000, 1, 1));
-        assert_eq!(wal_limit as u64, db::WAL_SIZE_LIMIT);
+        assert_eq!(wal_limit as u64, db::sqlite::WAL_SIZE_LIMIT);
         let pages: i64 = sqlx::query("PRAGMA wal_autocheckpoint").fetch_one(&mut **connection).await.unwrap().get(0);
         assert_eq!(pages, autocheckpoint, "{checkpoints:?}");
     }
@@ -38,20 +38,21 @@ async fn a_deferred_read_then_write_is_what_begin_immediate_avoids() {
     // Two connections: one reads in a write transaction begun IMMEDIATE while another commits;
     // with IMMEDIATE the second writer waits (busy_timeout) instead of failing at once.
     let dir = tempfile::tempdir().unwrap();
-    let pool = db::open(&dir.path().join("immediate.sqlite3"), 2, db::Checkpoints::Sqlite).await.unwrap();
+    let target = db::Target::Sqlite(dir.path().join("immediate.sqlite3"));
+    let pool = db::open(&target, 2, db::Checkpoints::Sqlite).await.unwrap().as_sqlite().unwrap().clone();
     sqlx::query(
         "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'a', '', '{}', 0, 0)",
     )
     .execute(&pool)
     .await
     .unwrap();
-    let mut first = db::write_transaction(&pool).await.unwrap();
+    let mut first = db::sqlite::write_transaction(&pool).await.unwrap();
     let release = tokio::spawn(async move {
         sqlx::query("UPDATE items SET name = 'b' WHERE id = 1").execute(&mut *first).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         first.commit().await.unwrap();
     });
-    let mut second = db::write_transaction(&pool).await.expect("waits for the lock instead of failing");
+    let mut second = db::sqlite::write_transaction(&pool).await.expect("waits for the lock instead of failing");
     let name: String = sqlx::query("SELECT name FROM items WHERE id = 1").fetch_one(&mut *second).await.unwrap().get(0);
     assert_eq!(name, "b", "the second writer saw the first one's commit");
     second.commit().await.unwrap();

@@ -52,13 +52,12 @@ async fn main() {
     let events = EVENTS_PER_RUN as f64;
 
     // The service's own writer in process: 64 tasks, no network, no HTTP.
-    let pool = api_service::db::open(&dir.path().join("ceiling.sqlite3"), 1, api_service::db::Checkpoints::Sqlite)
-        .await
-        .unwrap();
+    let ceiling = api_service::db::Target::Sqlite(dir.path().join("ceiling.sqlite3"));
+    let pool = api_service::db::open(&ceiling, 1, api_service::db::Checkpoints::Sqlite).await.unwrap();
     sqlx::query(
         "INSERT INTO items (id, name, category, attributes, created_at, updated_at) VALUES (1, 'one', '', '{}', 0, 0)",
     )
-    .execute(&pool)
+    .execute(pool.as_sqlite().unwrap())
     .await
     .unwrap();
     // Batches as the service's flags (and their API_* variables) set them.

@@ -1,33 +1,103 @@
 //! Starting the api-service for tests, and calling it over HTTP, gRPC and gRPC-web with or
 //! without the admin token.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tonic::{Request, metadata::MetadataValue, transport::Channel};
 
-use crate::{ServiceProcess, binary};
+use crate::{ServiceProcess, binary, postgres::Postgres};
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 pub const GRPC: &str = "api-service grpc";
 pub const HTTP: &str = "api-service http";
 pub const ALLOWED_ORIGIN: &str = "http://admin.example.test";
 
+/// What `--database` is given: a SQLite file's path, or a PostgreSQL URL.
+pub trait DatabaseArg {
+    fn database_arg(&self) -> &str;
+}
+
+impl DatabaseArg for Path {
+    fn database_arg(&self) -> &str {
+        self.to_str().expect("utf-8 path")
+    }
+}
+
+impl DatabaseArg for PathBuf {
+    fn database_arg(&self) -> &str {
+        self.as_path().database_arg()
+    }
+}
+
+impl DatabaseArg for str {
+    fn database_arg(&self) -> &str {
+        self
+    }
+}
+
+/// A test's database on either backend: a SQLite file in a temporary directory, or a fresh
+/// database on a real PostgreSQL server of its own; the suites that hold for both run on each.
+pub enum TestDatabase {
+    Sqlite { _dir: tempfile::TempDir, path: PathBuf },
+    Postgres { server: Postgres, name: String, url: String },
+}
+
+impl TestDatabase {
+    pub fn sqlite() -> TestDatabase {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api.sqlite3");
+        TestDatabase::Sqlite { _dir: dir, path }
+    }
+
+    /// None, loudly, where PostgreSQL is not installed (`Postgres::start`).
+    pub fn postgres() -> Option<TestDatabase> {
+        let server = Postgres::start()?;
+        let name = "api".to_owned();
+        let url = server.create_database(&name);
+        Some(TestDatabase::Postgres { server, name, url })
+    }
+
+    /// Runs `sql` on the database (sqlite3 or psql); its output, one row a line.
+    pub fn query(&self, sql: &str) -> String {
+        match self {
+            TestDatabase::Sqlite { path, .. } => crate::sqlite::sqlite3(path, sql).trim().to_owned(),
+            TestDatabase::Postgres { server, name, .. } => server.psql(name, sql),
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            TestDatabase::Sqlite { .. } => "sqlite",
+            TestDatabase::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+impl DatabaseArg for TestDatabase {
+    fn database_arg(&self) -> &str {
+        match self {
+            TestDatabase::Sqlite { path, .. } => path.database_arg(),
+            TestDatabase::Postgres { url, .. } => url,
+        }
+    }
+}
+
 /// Starts the api-service on ephemeral ports with its database at `database`.
-pub fn start_api(database: &Path, embedding_url: &str, extra: &[&str]) -> ServiceProcess {
+pub fn start_api(database: &(impl DatabaseArg + ?Sized), embedding_url: &str, extra: &[&str]) -> ServiceProcess {
     let mut args = api_args(database, embedding_url);
     args.extend_from_slice(extra);
     ServiceProcess::start_listening(&binary("api-service"), &args, &[("API_ADMIN_TOKEN", ADMIN_TOKEN)], &[GRPC, HTTP])
 }
 
 /// The api-service's flags for ephemeral ports, `database` and the embedding service's URL.
-pub fn api_args<'a>(database: &'a Path, embedding_url: &'a str) -> Vec<&'a str> {
+pub fn api_args<'a>(database: &'a (impl DatabaseArg + ?Sized), embedding_url: &'a str) -> Vec<&'a str> {
     vec![
         "--grpc-listen",
         "127.0.0.1:0",
         "--http-listen",
         "127.0.0.1:0",
         "--database",
-        database.to_str().expect("utf-8 path"),
+        database.database_arg(),
         "--embedding-url",
         embedding_url,
         "--cors-origins",

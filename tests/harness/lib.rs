@@ -8,6 +8,7 @@ pub mod api;
 pub mod browser;
 pub mod corpus_files;
 pub mod metrics;
+pub mod postgres;
 pub mod sqlite;
 
 use std::{

@@ -1,0 +1,239 @@
+//! PostgreSQL: the pool and its SQL. Several api-service replicas share one database, so every
+//! rule that must hold across them is the database's: a client key is unique by its index, an
+//! item id by its primary key, and the items' version is one row updated in each item write's
+//! transaction. Any error aborts a PostgreSQL transaction, so an event batch never lets a
+//! statement fail: unknown items are found first (items are never deleted), and taken keys are
+//! `ON CONFLICT DO NOTHING`.
+
+use std::{collections::HashMap, str::FromStr};
+
+use sqlx::{
+    PgPool, Postgres, Row, Transaction,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{BUSY_TIMEOUT, EventOutcome, ITEM_COLUMNS, item_from_row, labels_from_rows, stat_rows, stats_from_row};
+use crate::{
+    event_writer::Checked,
+    events::ItemStats,
+    items::{Import, Item, NewItem},
+};
+
+pub async fn open(url: &str, connections: u32) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(url)?.application_name("api-service");
+    PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        // As on SQLite: a request waits this long for a connection, then gets a retryable answer
+        // (during a failover, say).
+        .acquire_timeout(BUSY_TIMEOUT)
+        .connect_with(options)
+        .await
+}
+
+pub(super) async fn items_version(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query("SELECT version FROM items_version WHERE id = 1").fetch_one(pool).await?.try_get(0)
+}
+
+pub(super) async fn create_item(pool: &PgPool, item: &NewItem, now: i64) -> Result<Option<Item>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // The primary key decides, also between replicas creating the same id at once.
+    let row = sqlx::query(&format!(
+        "INSERT INTO items ({ITEM_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT (id) DO NOTHING RETURNING {ITEM_COLUMNS}"
+    ))
+    .bind(item.id)
+    .bind(&item.name)
+    .bind(&item.category)
+    .bind(item.attributes_json())
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let created = item_from_row(&row)?;
+    commit_items(tx).await?;
+    Ok(Some(created))
+}
+
+pub(super) async fn update_item(pool: &PgPool, item: &NewItem, now: i64) -> Result<Option<Item>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(&format!(
+        "UPDATE items SET name = $1, category = $2, attributes = $3, updated_at = $4 WHERE id = $5
+         RETURNING {ITEM_COLUMNS}"
+    ))
+    .bind(&item.name)
+    .bind(&item.category)
+    .bind(item.attributes_json())
+    .bind(now)
+    .bind(item.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let updated = item_from_row(&row)?;
+    commit_items(tx).await?;
+    Ok(Some(updated))
+}
+
+pub(super) async fn item(pool: &PgPool, id: i64) -> Result<Option<Item>, sqlx::Error> {
+    let row =
+        sqlx::query(&format!("SELECT {ITEM_COLUMNS} FROM items WHERE id = $1")).bind(id).fetch_optional(pool).await?;
+    row.as_ref().map(item_from_row).transpose()
+}
+
+pub(super) async fn items(pool: &PgPool, after: Option<i64>, limit: i64) -> Result<Vec<Item>, sqlx::Error> {
+    let rows = match after {
+        None => {
+            let sql = format!("SELECT {ITEM_COLUMNS} FROM items ORDER BY id LIMIT $1");
+            sqlx::query(&sql).bind(limit).fetch_all(pool).await?
+        }
+        Some(after) => {
+            let sql = format!("SELECT {ITEM_COLUMNS} FROM items WHERE id > $1 ORDER BY id LIMIT $2");
+            sqlx::query(&sql).bind(after).bind(limit).fetch_all(pool).await?
+        }
+    };
+    rows.iter().map(item_from_row).collect()
+}
+
+/// One statement: rows are locked in id order (two replicas' overlapping imports cannot
+/// deadlock), and each row says whether it was there before (`xmax` is 0 for a row inserted).
+pub(super) async fn import_items(pool: &PgPool, import: &Import, now: i64) -> Result<u32, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let existing: i64 = sqlx::query_scalar(&format!(
+        "WITH written AS (
+            INSERT INTO items ({ITEM_COLUMNS})
+            SELECT (value ->> 0)::bigint, value ->> 1, value ->> 2, value ->> 3, $1, $1
+            FROM jsonb_array_elements($2::jsonb) ORDER BY (value ->> 0)::bigint
+            ON CONFLICT (id) DO UPDATE SET name = excluded.name, category = excluded.category,
+                attributes = excluded.attributes, updated_at = excluded.updated_at
+            RETURNING xmax <> 0 AS existed)
+         SELECT count(*) FILTER (WHERE existed) FROM written"
+    ))
+    .bind(now)
+    .bind(&import.rows)
+    .fetch_one(&mut *tx)
+    .await?;
+    commit_items(tx).await?;
+    Ok(existing as u32)
+}
+
+pub(super) async fn attribute_names(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT key FROM items, jsonb_object_keys(items.attributes::jsonb) AS key ORDER BY key LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub(super) async fn attribute_values(pool: &PgPool, name: &str) -> Result<HashMap<i64, String>, sqlx::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT items.id, field.value FROM items, jsonb_each_text(items.attributes::jsonb) AS field
+         WHERE field.key = $1",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+pub(super) async fn labels(pool: &PgPool, ids: Option<&[i64]>) -> Result<HashMap<i64, (String, String)>, sqlx::Error> {
+    let rows = match ids {
+        None => sqlx::query("SELECT id, name, category FROM items").fetch_all(pool).await?,
+        Some(ids) => {
+            sqlx::query("SELECT id, name, category FROM items WHERE id = ANY($1)").bind(ids).fetch_all(pool).await?
+        }
+    };
+    labels_from_rows(&rows)
+}
+
+pub(super) async fn top_stats(pool: &PgPool, limit: i64) -> Result<Vec<ItemStats>, sqlx::Error> {
+    let rows = sqlx::query("SELECT item_id, views, searches FROM item_stats ORDER BY views DESC, item_id LIMIT $1")
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(stats_from_row).collect()
+}
+
+pub(super) async fn stats_of(pool: &PgPool, item_id: i64) -> Result<Option<ItemStats>, sqlx::Error> {
+    let row = sqlx::query("SELECT item_id, views, searches FROM item_stats WHERE item_id = $1")
+        .bind(item_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(stats_from_row).transpose()
+}
+
+/// The batch's items are looked up first, so no statement fails on a foreign key; a key taken
+/// (earlier in this batch, or by any replica's committed event) inserts nothing, and the stored
+/// event under it is read. Events are inserted in key order: a key in flight on two replicas at
+/// once (a client's retry on another replica) makes one batch wait for the other, and with every
+/// batch taking its keys in one order the waits cannot form a cycle (a deadlock, which
+/// PostgreSQL breaks only after a second, failing a whole batch). The counts are one statement,
+/// their rows in item order for the same reason.
+pub(super) async fn write_events(
+    pool: &PgPool,
+    events: &[&Checked],
+    now: i64,
+) -> Result<Vec<EventOutcome>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut wanted: Vec<i64> = events.iter().map(|event| event.item_id).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let known: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT id FROM items WHERE id = ANY($1)")
+        .bind(&wanted)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    // Stable: two events under one key keep their order, so the first is the one stored.
+    order.sort_by(|&a, &b| events[a].client_key.cmp(&events[b].client_key));
+    let mut outcomes = vec![EventOutcome::UnknownItem; events.len()];
+    for at in order {
+        let event = events[at];
+        if !known.contains(&event.item_id) {
+            continue;
+        }
+        let inserted: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO events (item_id, kind, client_key, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (client_key) DO NOTHING RETURNING id",
+        )
+        .bind(event.item_id)
+        .bind(event.kind.code())
+        .bind(&event.client_key)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        outcomes[at] = match inserted {
+            Some(id) => EventOutcome::Inserted(id),
+            None => {
+                let (id, item_id, kind) = sqlx::query_as("SELECT id, item_id, kind FROM events WHERE client_key = $1")
+                    .bind(&event.client_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                EventOutcome::KeyTaken { id, item_id, kind }
+            }
+        };
+    }
+    let rows = stat_rows(events, &outcomes);
+    if !rows.is_empty() {
+        let column = |at: usize| rows.iter().map(|row| row[at]).collect::<Vec<i64>>();
+        sqlx::query(
+            "INSERT INTO item_stats (item_id, views, searches)
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[])
+             ON CONFLICT (item_id) DO UPDATE SET views = item_stats.views + excluded.views,
+                searches = item_stats.searches + excluded.searches",
+        )
+        .bind(column(0))
+        .bind(column(1))
+        .bind(column(2))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Marks the items as changed and commits `tx`.
+async fn commit_items(mut tx: Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE items_version SET version = version + 1 WHERE id = 1").execute(&mut *tx).await?;
+    tx.commit().await
+}
