@@ -4,7 +4,7 @@
 //! they pass, loudly skipped.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,6 +16,7 @@ use end_to_end_tests::{
     ServiceProcess,
     api::{ADMIN_TOKEN, TestDatabase, admin_post, api_args, http_client, http_url, start_api},
     binary, eventually,
+    metrics::scrape,
 };
 use serde_json::{Value, json};
 
@@ -275,4 +276,22 @@ async fn a_schema_newer_than_the_binary_is_refused_at_start() {
         assert!(!status.success(), "{}", database.backend());
         assert!(stderr.contains("newer than this api-service") && stderr.contains("99990101000000"), "{stderr}");
     }
+}
+
+/// The series an operator watches have the same names on both backends after the same traffic,
+/// and the database's ping reports it up.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_have_the_same_names_on_both_backends() {
+    let Some(postgres) = TestDatabase::postgres() else { return };
+    let mut names = Vec::new();
+    for database in [TestDatabase::sqlite(), postgres] {
+        let api = start_api(&database, NO_EMBEDDING, &["--metrics-listen", "127.0.0.1:0"]);
+        import_items(&api).await;
+        let answer = post_event(&http_client(), &http_url(&api, ""), "one", 1).await;
+        assert_eq!(answer.map(|(status, ..)| status), Some(201));
+        let scraped = scrape(api.address_of("api-service metrics")).await;
+        assert_eq!(scraped.value("database_up", &[]), 1.0, "{}", database.backend());
+        names.push(scraped.samples.iter().map(|sample| sample.name.clone()).collect::<BTreeSet<_>>());
+    }
+    assert_eq!(names[0], names[1], "SQLite's series, then PostgreSQL's");
 }

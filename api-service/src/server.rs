@@ -66,6 +66,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
     let shutdown = CancellationToken::new();
+    // The recorder first: series recorded before it is installed go nowhere.
+    let limits = ConnectionLimits::from(&config.connections);
+    let metrics = match config.metrics_listen {
+        Some(address) => {
+            let handle = service_kit::metrics::install()?;
+            telemetry::describe();
+            Some(service_kit::metrics::serve("api-service", address, handle, &limits, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let database_health =
         crate::database_health::DatabaseHealth::spawn(db.clone(), config.database_outage_grace, shutdown.clone());
     let state = AppState {
@@ -85,15 +95,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         TcpListener::bind(config.http_listen).await.with_context(|| format!("cannot bind {}", config.http_listen))?;
     let (grpc_address, http_address) = (grpc_listener.local_addr()?, http_listener.local_addr()?);
 
-    let limits = ConnectionLimits::from(&config.connections);
-    let metrics = match config.metrics_listen {
-        Some(address) => {
-            let handle = service_kit::metrics::install()?;
-            telemetry::describe();
-            Some(service_kit::metrics::serve("api-service", address, handle, &limits, shutdown.clone()).await?)
-        }
-        None => None,
-    };
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let call_layers = grpc::call_layers(&state.token, config.request_timeout, GrpcMetricsLayer::new(DESCRIPTOR_SETS)?);
     let grpc_service = grpc_service(&config, &state, health_service, &call_layers)?;
