@@ -68,6 +68,59 @@ fn rendered_manifests_validate_strictly_and_a_broken_copy_does_not() {
     }
 }
 
+/// The PostgreSQL overlay: its Kubernetes objects validate strictly as the others do, and its
+/// CloudNativePG Cluster against the operator's own CRD schema (v1.30.0's, descriptions left out:
+/// `tests/fixtures/cnpg-cluster-v1.30.0.schema.json`), unknown fields included; a misspelt or
+/// mistyped copy does not.
+#[test]
+fn the_postgres_overlay_validates_and_its_cluster_matches_the_operators_schema() {
+    let yaml = render("deploy/overlays/postgres");
+    let (cluster, kubernetes): (Vec<&str>, Vec<&str>) =
+        yaml.split("\n---\n").partition(|document| document.contains("kind: Cluster\n"));
+    assert_eq!(cluster.len(), 1, "one Cluster");
+    let kubernetes = kubernetes.join("\n---\n");
+    for version in KUBERNETES_VERSIONS {
+        let (ok, report) = validate(&kubernetes, version);
+        assert!(ok, "deploy/overlays/postgres for {version}:\n{report}");
+    }
+    let check = |document: &str| {
+        let mut python = Command::new(venv_bin("python"))
+            .arg(repo().join("tests/peers/validate_crd.py"))
+            .arg(repo().join("tests/fixtures/cnpg-cluster-v1.30.0.schema.json"))
+            .arg("Cluster")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        python.stdin.take().unwrap().write_all(document.as_bytes()).unwrap();
+        let output = python.wait_with_output().unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    let (ok, report) = check(cluster[0]);
+    assert!(ok, "the Cluster against the CRD schema:\n{report}");
+    for broken in [
+        cluster[0].replacen("instances: 3", "instance: 3", 1),
+        cluster[0].replacen("instances: 3", "instances: three", 1),
+    ] {
+        assert_ne!(broken, cluster[0]);
+        let (ok, report) = check(&broken);
+        assert!(!ok, "a broken Cluster must fail, or the check proves nothing: {report}");
+    }
+    // The replicas read their database from the operator's Secret, and every variable they are
+    // given is one the binary reads.
+    let documents = documents_of("deploy/overlays/postgres");
+    let api = workload(&documents, "Deployment", "api-service");
+    assert!(api.env.contains_key("API_DATABASE") && !api.env.contains_key("API_WAL_CHECKPOINTS"));
+    assert!(api.container["volumeMounts"].as_array().unwrap().iter().all(|m| m["mountPath"] != "/data"));
+    let help = Command::new(binary("api-service")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for variable in api.env.keys() {
+        assert!(help.contains(&format!("[env: {variable}")), "api-service does not read {variable}");
+    }
+    assert!(!documents.iter().any(|d| d["kind"] == "StatefulSet"), "no SQLite StatefulSet beside the replicas");
+}
+
 /// The rendered local overlay as JSON documents.
 fn documents() -> Vec<Value> {
     documents_of("deploy/overlays/local")
