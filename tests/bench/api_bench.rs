@@ -2,9 +2,11 @@
 //! event writes per second and their p50/p99 latency at 1, 8, 64 and 256 concurrent HTTP clients
 //! and 64 gRPC clients, beside the service's event writer driven in process and the same statements
 //! run by the sqlite3 shell one transaction each (the ceiling), and the latency of the READY map
-//! endpoint for a 10k-point map.
+//! endpoint for a 10k-point map; then the same 64 HTTP clients spread over 1, 2 and 3 replicas
+//! on one PostgreSQL database (a server of its own, started here; skipped where none is
+//! installed).
 //!
-//!     cargo run --release -p end-to-end-tests --bin api-bench
+//!     cargo run --release -p end-to-end-tests --bin api-bench [-- --postgres-only]
 
 use std::{
     sync::Arc,
@@ -22,6 +24,9 @@ const MAP_REQUESTS: usize = 300;
 
 #[tokio::main]
 async fn main() {
+    if std::env::args().any(|arg| arg == "--postgres-only") {
+        return postgres_replicas().await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus_files::write_matrix(
         &dir.path().join("map.npy"),
@@ -47,7 +52,7 @@ async fn main() {
         (Transport::Http, 256),
         (Transport::Grpc, 64),
     ] {
-        loads.push(event_load(&api, transport, clients).await);
+        loads.push(event_load(std::slice::from_ref(&api), transport, clients).await);
     }
     let events = EVENTS_PER_RUN as f64;
 
@@ -179,6 +184,38 @@ async fn main() {
         percentile(&mut not_modified, 0.5),
         percentile(&mut not_modified, 0.99)
     );
+    postgres_replicas().await;
+}
+
+/// 64 HTTP clients writing events to 1, 2 and 3 api-service replicas on one PostgreSQL database
+/// (client `i` to replica `i % n`), each replica count on a fresh database.
+async fn postgres_replicas() {
+    println!(
+        "  event writes on PostgreSQL, 64 HTTP clients in all   events/s   p50 ms   p99 ms   CPU: postgres / replicas / load generator (cores)"
+    );
+    for replicas in 1..=3 {
+        let Some(server) = end_to_end_tests::postgres::Postgres::start() else { return };
+        let url = server.create_database("bench");
+        let apis: Vec<Arc<ServiceProcess>> =
+            (0..replicas).map(|_| Arc::new(start_api(url.as_str(), "http://127.0.0.1:9", &[]))).collect();
+        let items: Vec<_> = (0..MAP_POINTS).map(|id| json!({ "id": id, "name": format!("item {id}") })).collect();
+        let response = admin_post(&apis[0], "/api/admin/items/import", &json!({ "items": items })).await;
+        assert!(response.status().is_success());
+        let before = [cpu_seconds("postgres"), cpu_seconds("api-service"), own_cpu_seconds()];
+        let started = Instant::now();
+        let load = event_load(&apis, Transport::Http, 64).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let after = [cpu_seconds("postgres"), cpu_seconds("api-service"), own_cpu_seconds()];
+        let cores: Vec<String> = (0..3).map(|i| format!("{:.2}", (after[i] - before[i]) / seconds)).collect();
+        println!(
+            "  {replicas} replica{}                                         {:>8.0} {:>8.2} {:>8.2}   {}",
+            if replicas == 1 { " " } else { "s" },
+            load.per_second,
+            load.p50_ms,
+            load.p99_ms,
+            cores.join(" / ")
+        );
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -205,14 +242,15 @@ struct Load {
 }
 
 /// `EVENTS_PER_RUN` events from `clients` concurrent clients (HTTP clients share a connection
-/// pool; each gRPC client has its own connection), each waiting for its answer before the next.
-async fn event_load(api: &Arc<ServiceProcess>, transport: Transport, clients: usize) -> Load {
+/// pool; each gRPC client has its own connection), each waiting for its answer before the next;
+/// client `i` writes to `apis[i % apis.len()]`.
+async fn event_load(apis: &[Arc<ServiceProcess>], transport: Transport, clients: usize) -> Load {
     let per_client = EVENTS_PER_RUN / clients;
     let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for writer in 0..clients {
-        let (api, http) = (api.clone(), http.clone());
+        let (api, http) = (apis[writer % apis.len()].clone(), http.clone());
         let mut grpc = match transport {
             Transport::Grpc => Some(EventServiceClient::new(grpc_channel(&api).await)),
             Transport::Http => None,
@@ -255,6 +293,31 @@ async fn event_load(api: &Arc<ServiceProcess>, transport: Transport, clients: us
         p50_ms: percentile(&mut latencies, 0.5),
         p99_ms: percentile(&mut latencies, 0.99),
     }
+}
+
+/// CPU seconds (user and system) used so far by every process named `name` (`/proc/PID/comm`),
+/// to say where a load's time goes on this machine's two cores.
+fn cpu_seconds(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_str().is_some_and(|pid| pid.chars().all(|c| c.is_ascii_digit())))
+        .filter(|entry| std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|comm| comm.trim() == name))
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .map(|stat| stat_cpu_seconds(&stat))
+        .sum()
+}
+
+fn own_cpu_seconds() -> f64 {
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap())
+}
+
+/// utime + stime of a `/proc/PID/stat` line, in seconds (clock ticks of 1/100 s).
+fn stat_cpu_seconds(stat: &str) -> f64 {
+    // Fields after the command name (which may hold spaces, so split after its closing paren).
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn percentile(samples: &mut [Duration], q: f64) -> f64 {
