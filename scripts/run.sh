@@ -43,9 +43,12 @@ if $postgres; then
   mkdir -p "$pgdir"
   [[ ${#as_pg[@]} -eq 0 ]] || chown postgres "$pgdir"
   [[ -f "$pgdir/data/PG_VERSION" ]] || "${as_pg[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U api --no-instructions >/dev/null
-  "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w \
-    -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
-  stop_postgres="${as_pg[*]} $pgbin/pg_ctl -D $pgdir/data -m fast stop"
+  # A server left running by an earlier run is used as it is (and left running).
+  if ! "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" status >/dev/null; then
+    "${as_pg[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w \
+      -o "-p $pgport -k $pgdir -c listen_addresses=127.0.0.1" start >/dev/null
+    stop_postgres="${as_pg[*]} $pgbin/pg_ctl -D $pgdir/data -m fast -w stop"
+  fi
   psql -h 127.0.0.1 -p "$pgport" -U api -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'api'" | grep -q 1 ||
     psql -h 127.0.0.1 -p "$pgport" -U api -d postgres -qc "CREATE DATABASE api"
   database="postgres://api@127.0.0.1:$pgport/api"
