@@ -84,18 +84,10 @@ fn the_postgres_overlay_validates_and_its_cluster_matches_the_operators_schema()
         assert!(ok, "deploy/overlays/postgres for {version}:\n{report}");
     }
     let check = |document: &str| {
-        let mut python = Command::new(venv_bin("python"))
-            .arg(repo().join("tests/peers/validate_crd.py"))
-            .arg(repo().join("tests/fixtures/cnpg-cluster-v1.30.0.schema.json"))
-            .arg("Cluster")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        python.stdin.take().unwrap().write_all(document.as_bytes()).unwrap();
-        let output = python.wait_with_output().unwrap();
-        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+        let schema = repo().join("tests/fixtures/cnpg-cluster-v1.30.0.schema.json");
+        let script = repo().join("tests/peers/validate_crd.py");
+        let (ok, stdout) = python(&[script.to_str().unwrap(), schema.to_str().unwrap(), "Cluster"], document);
+        (ok, String::from_utf8_lossy(&stdout).into_owned())
     };
     let (ok, report) = check(cluster[0]);
     assert!(ok, "the Cluster against the CRD schema:\n{report}");
@@ -129,17 +121,24 @@ fn documents() -> Vec<Value> {
 /// A rendered kustomization as JSON documents.
 fn documents_of(kustomization: &str) -> Vec<Value> {
     let yaml = render(kustomization);
+    let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))";
+    let (ok, stdout) = python(&["-c", script], &yaml);
+    assert!(ok);
+    serde_json::from_slice(&stdout).unwrap()
+}
+
+/// The venv's Python run with `args`, `stdin` fed to it: whether it succeeded, and its stdout.
+fn python(args: &[&str], stdin: &str) -> (bool, Vec<u8>) {
     let mut python = Command::new(venv_bin("python"))
-        .args(["-c", "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    python.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    python.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let output = python.wait_with_output().unwrap();
-    assert!(output.status.success());
-    serde_json::from_slice(&output.stdout).unwrap()
+    (output.status.success(), output.stdout)
 }
 
 /// One workload's container, with its environment resolved from ConfigMaps.
