@@ -27,7 +27,13 @@ pub struct Config {
     /// The database: a SQLite file, created if missing (on a local filesystem: WAL), or a
     /// `postgres://user:password@host/db` URL, which several replicas may share. Any password is
     /// never logged.
-    #[arg(long, env = "API_DATABASE", default_value = "data/api.sqlite3", value_parser = crate::db::Target::parse)]
+    #[arg(
+        long,
+        env = "API_DATABASE",
+        default_value = "data/api.sqlite3",
+        hide_env_values = true,
+        value_parser = crate::db::Target::parse
+    )]
     pub database: crate::db::Target,
 
     /// Pooled database connections.
@@ -118,9 +124,9 @@ pub struct Config {
     #[arg(long, env = "API_READINESS_DRAIN", default_value = "0s", value_parser = parse_duration)]
     pub readiness_drain: Duration,
 
-    /// How long the database may fail to answer before /readyz does: shorter outages (a
-    /// PostgreSQL failover) are answered with retryable 503s while the replica stays in the
-    /// Service, so a brief one never leaves it without endpoints.
+    /// How long a PostgreSQL database may fail to answer before /readyz does: shorter outages (a
+    /// failover) are answered with retryable 503s while the replica stays in the Service, so a
+    /// brief one never leaves it without endpoints. (SQLite's ping never gates readiness.)
     #[arg(long, env = "API_DATABASE_OUTAGE_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub database_outage_grace: Duration,
 

@@ -7,7 +7,7 @@
 mod postgres;
 pub mod sqlite;
 
-use std::{collections::HashMap, path::PathBuf, str::FromStr, time::Duration};
+use std::{collections::HashMap, path::PathBuf, time::Duration};
 
 use sqlx::{PgPool, SqlitePool, migrate::MigrateError};
 
@@ -33,12 +33,11 @@ pub enum Target {
 }
 
 impl Target {
-    /// A `postgres://` or `postgresql://` URL (checked here, so a bad one stops the start with
-    /// its reason), else a SQLite file path (`sqlite://` is accepted before it).
+    /// A `postgres://` or `postgresql://` URL, else a SQLite file path (`sqlite://` is accepted
+    /// before it). A URL is checked when it is opened (`open`), not here: a parser's error would
+    /// echo the whole value, password and all, into the log.
     pub fn parse(text: &str) -> Result<Target, String> {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            sqlx::postgres::PgConnectOptions::from_str(text)
-                .map_err(|error| format!("not a PostgreSQL URL this service can use: {error}"))?;
             return Ok(Target::Postgres(text.to_owned()));
         }
         let path = text.strip_prefix("sqlite://").unwrap_or(text);
@@ -49,18 +48,30 @@ impl Target {
     }
 }
 
-/// The path, or the URL with any password left out: what logs and errors may show.
+/// The path, or the URL with any password left out (in its user part or as a `password`
+/// parameter): what logs and errors may show.
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Sqlite(path) => write!(f, "{}", path.display()),
             Target::Postgres(url) => match url::Url::parse(url) {
-                Ok(mut url) if url.password().is_some() => {
-                    let _ = url.set_password(Some("redacted"));
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("redacted"));
+                    }
+                    let pairs: Vec<(String, String)> = url
+                        .query_pairs()
+                        .map(|(key, value)| {
+                            let value = if key == "password" { "redacted".into() } else { value.into_owned() };
+                            (key.into_owned(), value)
+                        })
+                        .collect();
+                    if !pairs.is_empty() {
+                        url.query_pairs_mut().clear().extend_pairs(pairs);
+                    }
                     write!(f, "{url}")
                 }
-                Ok(url) => write!(f, "{url}"),
-                Err(_) => write!(f, "postgres://<unparsed>"),
+                Err(_) => write!(f, "postgres://<not a URL>"),
             },
         }
     }
@@ -103,7 +114,15 @@ pub async fn open(target: &Target, connections: u32, checkpoints: Checkpoints) -
                     "--wal-checkpoints is SQLite's setting; a PostgreSQL database has no WAL of ours to hand over"
                 );
             }
-            Database::Postgres(postgres::open(url, connections).await?)
+            Database::Postgres(postgres::open(url, connections).await.map_err(|error| {
+                // sqlx's own message for a URL it cannot parse may quote the URL.
+                match error {
+                    sqlx::Error::Configuration(_) => {
+                        anyhow::anyhow!("not a PostgreSQL URL this service can use (check its parameters)")
+                    }
+                    other => anyhow::anyhow!(other),
+                }
+            })?)
         }
     };
     let migrated = match &database {
@@ -335,8 +354,9 @@ pub fn is_busy(error: &sqlx::Error) -> bool {
             }
             // PostgreSQL SQLSTATEs: connection exceptions (08), serialisation failure, deadlock,
             // too many connections, lock not available, and the server shutting down or starting.
+            // A primary demoted mid-failover answers writes read-only (25006) until clients move.
             code.starts_with("08")
-                || matches!(&*code, "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03")
+                || matches!(&*code, "25006" | "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03")
         }
         _ => false,
     }
@@ -370,7 +390,9 @@ mod tests {
         assert_eq!(target, Target::Postgres(url.into()));
         let shown = format!("{target} {target:?}");
         assert!(!shown.contains("s3cret") && shown.contains("db.internal"), "{shown}");
-        assert!(Target::parse("postgres://api@db/api?sslmode=sometimes").is_err());
+        let in_query = Target::parse("postgres://api@db/api?password=s3cret&sslmode=require").unwrap();
+        let shown = in_query.to_string();
+        assert!(!shown.contains("s3cret") && shown.contains("sslmode=require"), "{shown}");
         assert!(Target::parse("").is_err());
     }
 
