@@ -117,7 +117,9 @@ pub(super) async fn import_items(pool: &PgPool, import: &Import, now: i64) -> Re
 
 pub(super) async fn attribute_names(pool: &PgPool, limit: i64) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT DISTINCT key FROM items, jsonb_object_keys(items.attributes::jsonb) AS key ORDER BY key LIMIT $1",
+        // Byte order, as SQLite sorts, so both backends offer the same first names.
+        "SELECT DISTINCT key COLLATE \"C\" AS key FROM items, jsonb_object_keys(items.attributes::jsonb) AS key \
+         ORDER BY 1 LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)
@@ -190,6 +192,18 @@ pub(super) async fn write_events(
     for at in order {
         let event = events[at];
         if !known.contains(&event.item_id) {
+            // As on SQLite, whose key check comes before the foreign key's: an unknown item under
+            // a taken key is that key's reuse.
+            if let Some(key) = &event.client_key {
+                let taken: Option<(i64, i64, i64)> =
+                    sqlx::query_as("SELECT id, item_id, kind FROM events WHERE client_key = $1")
+                        .bind(key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some((id, item_id, kind)) = taken {
+                    outcomes[at] = EventOutcome::KeyTaken { id, item_id, kind };
+                }
+            }
             continue;
         }
         let inserted: Option<i64> = sqlx::query_scalar(
