@@ -2,6 +2,8 @@
 //! failover or restart) keeps the replica ready: callers get retryable answers (503 with
 //! Retry-After) meanwhile, and a Service that lost every endpoint at once would turn those into
 //! connection errors. Only an outage longer than `--database-outage-grace` takes the replica out.
+//! On SQLite the ping is reported (`database_up`) but never gates readiness: the file is local,
+//! and a ping that waited on a busy pool would take the one replica out for being busy.
 
 use std::{
     sync::{
@@ -26,13 +28,21 @@ pub struct DatabaseHealth {
     /// Milliseconds after `started` of the last answer.
     last_answer: Arc<AtomicU64>,
     grace: Duration,
+    /// Whether a failing ping may make the replica unready (PostgreSQL only).
+    gates_readiness: bool,
 }
 
 impl DatabaseHealth {
     /// Asks `database` every second until `shutdown` (the database has just answered: it was
     /// opened and migrated).
     pub fn spawn(database: Database, grace: Duration, shutdown: CancellationToken) -> Self {
-        let health = DatabaseHealth { started: Instant::now(), last_answer: Arc::new(AtomicU64::new(0)), grace };
+        let gates_readiness = matches!(database, Database::Postgres(_));
+        let health = DatabaseHealth {
+            started: Instant::now(),
+            last_answer: Arc::new(AtomicU64::new(0)),
+            grace,
+            gates_readiness,
+        };
         let watcher = health.clone();
         tokio::spawn(async move {
             let up = metrics::gauge!("database_up");
@@ -59,8 +69,11 @@ impl DatabaseHealth {
         health
     }
 
-    /// False once the database has not answered for longer than the grace.
+    /// False once a PostgreSQL database has not answered for longer than the grace.
     pub fn healthy(&self) -> bool {
+        if !self.gates_readiness {
+            return true;
+        }
         let last = Duration::from_millis(self.last_answer.load(Ordering::Acquire));
         self.started.elapsed().saturating_sub(last) <= self.grace
     }
