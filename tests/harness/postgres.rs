@@ -42,6 +42,11 @@ impl Postgres {
     /// installed.
     pub fn start() -> Option<Postgres> {
         let Some(bin) = server_binaries() else {
+            // scripts/test.sh sets it: there the PostgreSQL checks must run.
+            assert!(
+                std::env::var_os("REQUIRE_POSTGRES").is_none(),
+                "REQUIRE_POSTGRES is set and no PostgreSQL server binaries were found (install `postgresql`)"
+            );
             eprintln!(
                 "\n*** SKIPPED: no PostgreSQL server binaries (install Debian's `postgresql`, or set PG_BIN); \
                  the PostgreSQL checks of this test did not run ***\n"
