@@ -313,7 +313,8 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
     };
 
     // Refresh over HTTP: 202, and the same watch stream carries the next map.
-    write_corpus(dir.path(), 8, 1000);
+    // 1,800 ids kept and 600 added: laid out from the first map.
+    write_corpus(dir.path(), 8, 0);
     let refresh = admin_post(&api, "/api/admin/embedding-map/refresh", &serde_json::json!({})).await;
     assert_eq!(refresh.status(), 202);
     assert_eq!(refresh.json::<serde_json::Value>().await.unwrap()["refresh"], "started");
@@ -356,6 +357,10 @@ async fn the_api_service_serves_the_current_map_through_refreshes_on_every_trans
     let mut ids: Vec<i64> = latest["points"].as_array().unwrap().iter().map(|p| p["id"].as_i64().unwrap()).collect();
     ids.sort();
     assert_eq!(ids, (5000..6500).collect::<Vec<_>>());
+    // Every id new: laid out afresh, so no previous map is kept (its positions would not compare).
+    assert_eq!(latest["layout"], "fresh");
+    let (status, body) = previous_answer(3).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
 
     stop.store(true, Ordering::Relaxed);
     for (transport, poller) in [("HTTP", http_poller), ("gRPC", grpc_poller)] {

@@ -174,8 +174,8 @@ function showReady(status: AdminMapStatus) {
   shownKey = key;
   shownGeneration = status.generation;
   const points: Point[] = status.points.map((p) => ({ id: p.id, x: p.x, y: p.y, name: p.name, category: p.category || "(none)" }));
-  // A first map has no previous one to compare with.
-  $<HTMLButtonElement>("compare").disabled = status.generation <= 1n;
+  // Only a map laid out from the previous one compares with it (a first map has none).
+  $<HTMLButtonElement>("compare").disabled = status.layout !== "incremental";
   const first = view.points.length === 0;
   view.setPoints(points, replacing);
   closePanel();

@@ -142,9 +142,9 @@ impl MapGateway {
             Err(status) if status.code() == tonic::Code::FailedPrecondition => {
                 Err(ApiError::GenerationNotServed { asked: generation, served: status.message().to_owned() })
             }
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                Err(ApiError::not_found(format!("a previous map of map {generation} (a first map has none)")))
-            }
+            Err(status) if status.code() == tonic::Code::NotFound => Err(ApiError::not_found(format!(
+                "a previous map of map {generation} (none is kept for a first map or a fresh layout)"
+            ))),
             Err(status) => Err(unavailable(status)),
         }
     }

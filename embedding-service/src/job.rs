@@ -115,8 +115,10 @@ fn compute_and_publish(
         Ok(Computed { outcome: Outcome::New(map), neighbors }) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
-            // The parent's positions stay beside the new map, to show what moved (16 bytes a point).
-            let previous = parent.map(|parent| parent.as_previous_of(generation));
+            // The parent's positions stay beside the new map, to show what moved (16 bytes a point):
+            // only when it was laid out from them; a fresh layout's positions do not compare.
+            let laid_out_from_parent = map.layout == crate::pipeline::Layout::Incremental.name();
+            let previous = parent.filter(|_| laid_out_from_parent).map(|parent| parent.as_previous_of(generation));
             // Stored before it is served, so a replica that sees it served can also find it.
             if let Some(store) = store
                 && let Err(error) = store.save(&map, previous.as_ref())
