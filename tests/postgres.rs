@@ -321,3 +321,76 @@ async fn metrics_have_the_same_names_on_both_backends() {
     }
     assert_eq!(names[0], names[1], "SQLite's series, then PostgreSQL's");
 }
+
+/// One batch holding every kind of event answers each by its own rule, the same on both
+/// backends: the writer's queue is filled before its task first runs, so it takes them together.
+#[tokio::test]
+async fn one_batch_answers_each_event_by_its_own_rule_on_both_backends() {
+    use api_service::{
+        db,
+        event_writer::{BatchSettings, EventWriter},
+        events::{EventKind, NewEvent},
+        items::NewItem,
+    };
+    let Some(postgres) = TestDatabase::postgres() else { return };
+    let mut answers = Vec::new();
+    for database in [TestDatabase::sqlite(), postgres] {
+        let target = db::Target::parse(end_to_end_tests::api::DatabaseArg::database_arg(&database)).unwrap();
+        let store = db::open(&target, 2, db::Checkpoints::Sqlite).await.unwrap();
+        for (id, name) in [(1, "one"), (2, "two")] {
+            let item = NewItem { id, name: name.into(), category: String::new(), attributes: Default::default() };
+            store.create_item(&item, 0).await.unwrap().unwrap();
+        }
+        let settings = BatchSettings { max_batch: 64, max_wait: Duration::ZERO, queue: 64 };
+        let (writer, task) = EventWriter::start(store.clone(), settings);
+        let event = |item_id, kind, key: Option<&str>| NewEvent { item_id, kind, client_key: key.map(str::to_owned) };
+        let batch = [
+            event(1, EventKind::View, Some("a")),
+            event(1, EventKind::View, Some("a")), // the same event again: the first one's answer
+            event(2, EventKind::Search, Some("a")), // another event under a taken key
+            event(9, EventKind::View, Some("b")), // an unknown item, its key still free
+            event(2, EventKind::Search, None),
+            event(2, EventKind::Search, None),
+            event(2, EventKind::View, Some("b")), // the unknown item's key was not taken
+            event(9, EventKind::View, Some("b")), // an unknown item under a key now taken
+        ];
+        let answered = futures_util::future::join_all(batch.map(|event| writer.record(event))).await;
+        let shown: Vec<String> = answered
+            .iter()
+            .map(|answer| match answer {
+                Ok(recorded) => format!("created={}", recorded.created),
+                Err(error) => format!("{error}"),
+            })
+            .collect();
+        let ids: Vec<Option<i64>> = answered.iter().map(|a| a.as_ref().ok().map(|r| r.event_id)).collect();
+        assert_eq!(ids[0], ids[1], "{}: a replay gets the stored id", database.backend());
+        assert_ne!(ids[4], ids[5], "{}: keyless events are two", database.backend());
+        assert_eq!(database.query("SELECT count(*) FROM events"), "4", "{}", database.backend());
+        assert_eq!(
+            database.query("SELECT item_id || ':' || views || ':' || searches FROM item_stats ORDER BY item_id"),
+            "1:1:0\n2:1:2",
+            "{}",
+            database.backend()
+        );
+        drop(writer);
+        task.drain(Duration::from_secs(5)).await;
+        store.close().await;
+        answers.push(shown);
+    }
+    assert_eq!(answers[0], answers[1], "SQLite's answers, then PostgreSQL's");
+    assert_eq!(
+        answers[0],
+        [
+            "created=true",
+            "created=false",
+            "client_key was already used for a different event; send a new unique key (a UUID) per event",
+            "item 9 not found",
+            "created=true",
+            "created=true",
+            "created=true",
+            "client_key was already used for a different event; send a new unique key (a UUID) per event",
+        ]
+        .map(str::to_owned),
+        "the rules, event by event"
+    );
+}

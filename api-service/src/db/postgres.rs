@@ -5,7 +5,10 @@
 //! statement fail: unknown items are found first (items are never deleted), and taken keys are
 //! `ON CONFLICT DO NOTHING`.
 
-use std::{collections::HashMap, str::FromStr};
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+};
 
 use sqlx::{
     PgPool, Postgres, Row, Transaction,
@@ -163,13 +166,15 @@ pub(super) async fn stats_of(pool: &PgPool, item_id: i64) -> Result<Option<ItemS
     row.as_ref().map(stats_from_row).transpose()
 }
 
-/// The batch's items are looked up first, so no statement fails on a foreign key; a key taken
+/// Four statements whatever the batch's size, so a batch costs a few round trips rather than one
+/// per event. The batch's items are looked up first, so no statement fails on a foreign key. The
+/// events of known items go in one `INSERT ... ON CONFLICT (client_key) DO NOTHING`: a key taken
 /// (earlier in this batch, or by any replica's committed event) inserts nothing, and the stored
-/// event under it is read. Events are inserted in key order: a key in flight on two replicas at
-/// once (a client's retry on another replica) makes one batch wait for the other, and with every
-/// batch taking its keys in one order the waits cannot form a cycle (a deadlock, which
-/// PostgreSQL breaks only after a second, failing a whole batch). The counts are one statement,
-/// their rows in item order for the same reason.
+/// events under the keys not inserted are read in one statement. Rows go in key order: a key in
+/// flight on two replicas at once (a client's retry on another replica) makes one batch wait for
+/// the other, and with every batch taking its keys in one order the waits cannot form a cycle (a
+/// deadlock, which PostgreSQL breaks only after a second, failing a whole batch). The counts are
+/// one statement, their rows in item order for the same reason.
 pub(super) async fn write_events(
     pool: &PgPool,
     events: &[&Checked],
@@ -179,53 +184,96 @@ pub(super) async fn write_events(
     let mut wanted: Vec<i64> = events.iter().map(|event| event.item_id).collect();
     wanted.sort_unstable();
     wanted.dedup();
-    let known: std::collections::HashSet<i64> = sqlx::query_scalar("SELECT id FROM items WHERE id = ANY($1)")
+    let known: HashSet<i64> = sqlx::query_scalar("SELECT id FROM items WHERE id = ANY($1)")
         .bind(&wanted)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .collect();
-    let mut order: Vec<usize> = (0..events.len()).collect();
     // Stable: two events under one key keep their order, so the first is the one stored.
+    let mut order: Vec<usize> = (0..events.len()).filter(|&at| known.contains(&events[at].item_id)).collect();
     order.sort_by(|&a, &b| events[a].client_key.cmp(&events[b].client_key));
+    let column = |value: fn(&Checked) -> i64| order.iter().map(|&at| value(events[at])).collect::<Vec<i64>>();
+    let keys: Vec<Option<&str>> = order.iter().map(|&at| events[at].client_key.as_deref()).collect();
+    let inserted: Vec<(i64, Option<String>, i64, i64)> = sqlx::query_as(
+        "INSERT INTO events (item_id, kind, client_key, created_at)
+         SELECT item_id, kind, client_key, $4
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[]) WITH ORDINALITY AS batch(item_id, kind, client_key, at)
+         ORDER BY at
+         ON CONFLICT (client_key) DO NOTHING
+         RETURNING id, client_key, item_id, kind",
+    )
+    .bind(column(|event| event.item_id))
+    .bind(column(|event| event.kind.code()))
+    .bind(&keys)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    // Rows stored under a key answer that key's first event; keyless rows answer events of their
+    // item and kind, which are alike to their callers.
+    let mut by_key: HashMap<String, i64> = HashMap::new();
+    let mut keyless: HashMap<(i64, i64), Vec<i64>> = HashMap::new();
+    for (id, key, item_id, kind) in inserted {
+        match key {
+            Some(key) => {
+                by_key.insert(key, id);
+            }
+            None => keyless.entry((item_id, kind)).or_default().push(id),
+        }
+    }
+    // The event each stored key answers: the batch's first event of a known item under it.
+    let mut claimed: HashMap<&str, (usize, i64)> = HashMap::new();
+    for (at, event) in events.iter().enumerate() {
+        if let Some(key) = event.client_key.as_deref()
+            && known.contains(&event.item_id)
+            && !claimed.contains_key(key)
+            && let Some(id) = by_key.remove(key)
+        {
+            claimed.insert(key, (at, id));
+        }
+    }
     let mut outcomes = vec![EventOutcome::UnknownItem; events.len()];
-    for at in order {
-        let event = events[at];
-        if !known.contains(&event.item_id) {
-            // As on SQLite, whose key check comes before the foreign key's: an unknown item under
-            // a taken key is that key's reuse.
-            if let Some(key) = &event.client_key {
-                let taken: Option<(i64, i64, i64)> =
-                    sqlx::query_as("SELECT id, item_id, kind FROM events WHERE client_key = $1")
-                        .bind(key)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                if let Some((id, item_id, kind)) = taken {
+    let mut taken_keys: Vec<&str> = Vec::new();
+    for (at, event) in events.iter().enumerate() {
+        match (event.client_key.as_deref(), known.contains(&event.item_id)) {
+            (None, true) => {
+                let id = keyless.get_mut(&(event.item_id, event.kind.code())).and_then(Vec::pop);
+                outcomes[at] = EventOutcome::Inserted(id.ok_or(sqlx::Error::RowNotFound)?);
+            }
+            (None, false) => {}
+            (Some(key), _) => match claimed.get(key) {
+                Some(&(first, id)) if first == at => outcomes[at] = EventOutcome::Inserted(id),
+                // After the event that stored it, as SQLite's statement order would have it.
+                Some(&(first, id)) if first < at => {
+                    let (item_id, kind) = (events[first].item_id, events[first].kind.code());
                     outcomes[at] = EventOutcome::KeyTaken { id, item_id, kind };
                 }
-            }
-            continue;
+                // An unknown item before the event that stored its key: the key was still free.
+                Some(_) => {}
+                // Taken before this batch, or (for an unknown item) free.
+                None => taken_keys.push(key),
+            },
         }
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO events (item_id, kind, client_key, created_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (client_key) DO NOTHING RETURNING id",
-        )
-        .bind(event.item_id)
-        .bind(event.kind.code())
-        .bind(&event.client_key)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        outcomes[at] = match inserted {
-            Some(id) => EventOutcome::Inserted(id),
-            None => {
-                let (id, item_id, kind) = sqlx::query_as("SELECT id, item_id, kind FROM events WHERE client_key = $1")
-                    .bind(&event.client_key)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                EventOutcome::KeyTaken { id, item_id, kind }
+    }
+    if !taken_keys.is_empty() {
+        let stored: Vec<(String, i64, i64, i64)> =
+            sqlx::query_as("SELECT client_key, id, item_id, kind FROM events WHERE client_key = ANY($1)")
+                .bind(&taken_keys)
+                .fetch_all(&mut *tx)
+                .await?;
+        let stored: HashMap<String, EventOutcome> = stored
+            .into_iter()
+            .map(|(key, id, item_id, kind)| (key, EventOutcome::KeyTaken { id, item_id, kind }))
+            .collect();
+        for (at, event) in events.iter().enumerate() {
+            let Some(key) = event.client_key.as_deref().filter(|key| !claimed.contains_key(key)) else { continue };
+            match stored.get(key) {
+                Some(outcome) => outcomes[at] = *outcome,
+                // A known item's key that inserted nothing is stored: not finding it is a fault.
+                None if known.contains(&event.item_id) => return Err(sqlx::Error::RowNotFound),
+                None => {}
             }
-        };
+        }
     }
     let rows = stat_rows(events, &outcomes);
     if !rows.is_empty() {
