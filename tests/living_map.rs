@@ -424,7 +424,11 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     assert!(compared["legend"].as_str().unwrap().contains("added: 300"), "{seen}");
     assert_eq!(compared["drawn"], 2100, "a comparison hides nothing: {seen}");
     assert_eq!(compared["inLink"], true, "{seen}");
-    assert_eq!(seen["off"], serde_json::json!({ "colorBy": null, "compared": null }), "{seen}");
+    assert_eq!(
+        seen["off"],
+        serde_json::json!({ "colorBy": null, "compared": null, "stillHidden": true }),
+        "the comparison ends with the category hidden before it hidden again: {seen}"
+    );
     assert!(end_to_end_tests::browser::artifact_saved("admin-compare.png"));
 }
 

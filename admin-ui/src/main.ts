@@ -191,14 +191,29 @@ function showReady(status: AdminMapStatus) {
 
 /** Turns the comparison with the previous map on or off (off: the chosen field's colours). */
 function setComparing(on: boolean) {
+  const was = comparing;
   comparing = on && !$<HTMLButtonElement>("compare").disabled;
   $("compare").setAttribute("aria-pressed", String(comparing));
-  if (comparing) void showComparison();
-  else {
+  if (comparing) {
+    // Colouring by distance hides nothing; what was hidden comes back when the comparison ends.
+    if (!was) hiddenBeforeComparing = new Set(view.hidden);
+    void showComparison();
+  } else {
     compared = null;
-    void chooseColor(colorField);
+    const hidden = was ? hiddenBeforeComparing : null;
+    void chooseColor(colorField).then(() => {
+      if (!hidden || comparing) return;
+      view.hidden = new Set([...hidden].filter((group) => view.categories.includes(group)));
+      renderLegend();
+      view.requestDraw();
+      updateSearchCount();
+      saveFragment();
+    });
   }
 }
+
+/** The groups hidden when the comparison began, shown again as hidden when it ends. */
+let hiddenBeforeComparing = new Set<string>();
 
 /** Colours the points by how far they moved since the previous map, added ones marked. */
 async function showComparison() {

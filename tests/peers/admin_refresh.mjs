@@ -84,7 +84,11 @@ try {
   await page.screenshot({ path: `${artifacts}/admin-compare.png` });
   // Off again: the colours by category come back.
   await page.click("#compare");
-  const off = await page.evaluate(() => ({ colorBy: window.__adminMap.colorBy, compared: window.__adminMap.compared }));
+  const off = await page.evaluate((category) => ({
+    colorBy: window.__adminMap.colorBy,
+    compared: window.__adminMap.compared,
+    stillHidden: window.__adminMap.view.hidden.has(category),
+  }), hiddenCategory);
   check(errors.length === 0, `page errors: ${errors}`);
   console.log(JSON.stringify({ hiddenCategory, before, after, updatingText, stateWhileUpdating, loads, transitions, transitionFrames, compareDisabledOnFirst, compared, off }));
 } finally {
