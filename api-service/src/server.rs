@@ -50,6 +50,18 @@ const DESCRIPTOR_SETS: &[&[u8]] = &[embeddingmap_proto::FILE_DESCRIPTOR_SET, ton
 /// `api-service http listening on ADDR` once bound.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let token = AdminToken::new(&config.admin_token)?;
+    let shutdown = CancellationToken::new();
+    // The recorder before anything records: a series taken before it is installed (the event
+    // writer's queue gauge, the database's ping) goes nowhere for the life of the process.
+    let limits = ConnectionLimits::from(&config.connections);
+    let metrics = match config.metrics_listen {
+        Some(address) => {
+            let handle = service_kit::metrics::install()?;
+            telemetry::describe();
+            Some(service_kit::metrics::serve("api-service", address, handle, &limits, shutdown.clone()).await?)
+        }
+        None => None,
+    };
     let db = db::open(&config.database, config.database_connections, config.wal_checkpoints)
         .await
         .with_context(|| format!("cannot open the database {}", config.database))?;
@@ -65,17 +77,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         items.clone(),
     )?;
     let rate_limit = RateLimiter::new(config.event_rate_limit, config.event_rate_burst, config.trusted_proxies.clone());
-    let shutdown = CancellationToken::new();
-    // The recorder first: series recorded before it is installed go nowhere.
-    let limits = ConnectionLimits::from(&config.connections);
-    let metrics = match config.metrics_listen {
-        Some(address) => {
-            let handle = service_kit::metrics::install()?;
-            telemetry::describe();
-            Some(service_kit::metrics::serve("api-service", address, handle, &limits, shutdown.clone()).await?)
-        }
-        None => None,
-    };
     let database_health =
         crate::database_health::DatabaseHealth::spawn(db.clone(), config.database_outage_grace, shutdown.clone());
     let state = AppState {
