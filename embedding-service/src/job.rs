@@ -85,8 +85,9 @@ enum Trigger {
 
 /// What a computation that succeeded found.
 enum Outcome {
-    /// A new map of the corpus as it is now (boxed: it is ten times the other variant's size).
-    New(Box<pb::EmbeddingMap>),
+    /// A new map of the corpus as it is now (boxed: it is ten times the other variant's size),
+    /// and its parent's positions when it was laid out from them.
+    New { map: Box<pb::EmbeddingMap>, previous: Option<pb::PreviousMap> },
     /// The corpus has the served map's fingerprint: the map stays.
     Unchanged,
 }
@@ -112,13 +113,9 @@ fn compute_and_publish(
         catch_unwind(AssertUnwindSafe(|| compute(source, settings, publisher, parent.as_deref(), last_read, started)))
             .unwrap_or_else(|panic| Err(MapError::Crashed(panic_message(panic.as_ref()))));
     match outcome {
-        Ok(Computed { outcome: Outcome::New(map), neighbors }) => {
+        Ok(Computed { outcome: Outcome::New { map, previous }, neighbors }) => {
             let (points, generation) = (map.count, map.generation);
             tracing::info!(points, generation, seconds = started.elapsed().as_secs_f64(), "embedding map ready");
-            // The parent's positions stay beside the new map, to show what moved (16 bytes a point):
-            // only when it was laid out from them; a fresh layout's positions do not compare.
-            let laid_out_from_parent = map.layout == crate::pipeline::Layout::Incremental.name();
-            let previous = parent.filter(|_| laid_out_from_parent).map(|parent| parent.as_previous_of(generation));
             // Stored before it is served, so a replica that sees it served can also find it.
             if let Some(store) = store
                 && let Err(error) = store.save(&map, previous.as_ref())
@@ -183,9 +180,19 @@ fn compute(
     }
     let Corpus { ids, vectors } = corpus;
     // A refresh starts from the map it replaces, unless most of the points are new.
-    let start =
-        parent.map(|parent| WarmStart::from_parent(parent.points().into_iter().map(|p| (p.id, [p.x, p.y])), &ids));
-    let start = start.filter(|start| start.applies(settings));
+    let parent_points = parent.map(ReadyMap::points);
+    let start = parent_points
+        .as_ref()
+        .map(|points| WarmStart::from_parent(points.iter().map(|p| (p.id, [p.x, p.y])), &ids))
+        .filter(|start| start.applies(settings));
+    // Laid out from them, the parent's positions compare with the new map's and stay beside it,
+    // to show what moved (16 bytes a point); a fresh layout's do not compare, and are dropped now.
+    let previous = parent.zip(parent_points).filter(|_| start.is_some()).map(|(parent, points)| pb::PreviousMap {
+        generation,
+        previous_generation: parent.summary.generation,
+        previous_fingerprint: parent.summary.corpus_fingerprint.clone(),
+        points,
+    });
     tracing::info!(points = count, dimensions, incremental = start.is_some(), "corpus loaded; computing map");
     let MapOutput { points, parameters, timings } = match &start {
         Some(start) => pipeline::compute_map_from(vectors, settings, publisher, start)?,
@@ -209,7 +216,7 @@ fn compute(
         layout: parameters.layout.name().to_owned(),
         parent_fingerprint: parent.map(|parent| parent.summary.corpus_fingerprint.clone()).unwrap_or_default(),
     };
-    Ok(Computed { outcome: Outcome::New(Box::new(map)), neighbors })
+    Ok(Computed { outcome: Outcome::New { map: Box::new(map), previous }, neighbors })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

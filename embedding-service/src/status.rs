@@ -177,16 +177,6 @@ impl ReadyMap {
         }
     }
 
-    /// The positions of this map's points, kept as the next map's previous one.
-    pub fn as_previous_of(&self, generation: u64) -> pb::PreviousMap {
-        pb::PreviousMap {
-            generation,
-            previous_generation: self.summary.generation,
-            previous_fingerprint: self.summary.corpus_fingerprint.clone(),
-            points: self.points(),
-        }
-    }
-
     /// The map's points, decoded from its encoding (for a refresh that starts from them).
     pub fn points(&self) -> Vec<pb::Point> {
         self.to_proto(false).map.map(|map| map.points).unwrap_or_default()
@@ -503,7 +493,13 @@ mod tests {
         publisher.computation_started();
         let parent = board.ready().unwrap();
         let second = pb::EmbeddingMap { parent_fingerprint: "corpus 1".into(), ..one_point_map(2) };
-        publisher.ready(second, None, Some(parent.as_previous_of(2)));
+        let previous = pb::PreviousMap {
+            generation: 2,
+            previous_generation: 1,
+            previous_fingerprint: parent.summary.corpus_fingerprint.clone(),
+            points: parent.points(),
+        };
+        publisher.ready(second, None, Some(previous));
         let updated = sent(&board, false);
         assert_eq!((updated.map.as_ref().unwrap().generation, updated.refresh), (2, None));
         assert_eq!(updated.last_refresh.unwrap().result(), RefreshResult::Updated);
