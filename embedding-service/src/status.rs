@@ -12,7 +12,7 @@ use std::{
 
 use bytes::Bytes;
 use embeddingmap_proto::v1::{self as pb, MapState, Phase, refresh_outcome::Result as RefreshResult};
-use prost::Message;
+use service_kit::ready_answers::SharedAnswer;
 use tokio::sync::watch;
 
 use crate::neighbor_index::NeighborIndex;
@@ -134,17 +134,10 @@ impl MapStatus {
         }
     }
 
-    /// A READY answer as encoded pieces whose concatenation is the message (protobuf merges
-    /// concatenated messages): the map's shared encoding, then the few bytes that change with a
-    /// refresh's progress.
+    /// A READY answer as encoded pieces: the map's shared encoding, then the few bytes that
+    /// change with a refresh's progress.
     pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
-        let map = self.ready()?;
-        let extra = self.refresh_fields();
-        let mut pieces = vec![map.encoded(omit_points)];
-        if extra != pb::EmbeddingMapStatus::default() {
-            pieces.push(extra.encode_to_vec().into());
-        }
-        Some(pieces)
+        Some(self.ready()?.answer.with(omit_points, &self.refresh_fields()))
     }
 }
 
@@ -155,8 +148,7 @@ impl MapStatus {
 pub struct ReadyMap {
     /// The map without its points, for the job's lineage (fingerprint, generation).
     pub summary: pb::EmbeddingMap,
-    with_points: Bytes,
-    without_points: Bytes,
+    answer: SharedAnswer<pb::EmbeddingMapStatus>,
     /// The positions of the map this one refreshed, if kept: what moved, what arrived.
     pub previous: Option<Arc<pb::PreviousMap>>,
 }
@@ -169,12 +161,7 @@ impl ReadyMap {
         let status =
             |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
         let summary = pb::EmbeddingMap { points: Vec::new(), cluster_levels: Vec::new(), ..map.clone() };
-        ReadyMap {
-            without_points: status(summary.clone()).encode_to_vec().into(),
-            with_points: status(map).encode_to_vec().into(),
-            summary,
-            previous,
-        }
+        ReadyMap { answer: SharedAnswer::new(&status(map), &status(summary.clone())), summary, previous }
     }
 
     /// The map's points, decoded from its encoding (for a refresh that starts from them).
@@ -182,14 +169,8 @@ impl ReadyMap {
         self.to_proto(false).map.map(|map| map.points).unwrap_or_default()
     }
 
-    /// The encoded `EmbeddingMapStatus`; cloning it shares the bytes.
-    pub fn encoded(&self, omit_points: bool) -> Bytes {
-        if omit_points { self.without_points.clone() } else { self.with_points.clone() }
-    }
-
     fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
-        // Encoded by `new` from a valid message, so it decodes.
-        pb::EmbeddingMapStatus::decode(self.encoded(omit_points)).unwrap_or_default()
+        self.answer.decode(omit_points)
     }
 }
 
@@ -410,6 +391,8 @@ impl crate::pipeline::ProgressSink for StatusPublisher {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
     fn one_point_map(generation: u64) -> pb::EmbeddingMap {

@@ -9,6 +9,7 @@
 //! Both services' map requests are one message shape: `bool omit_points = 1`.
 
 use std::{
+    marker::PhantomData,
     pin::Pin,
     task::{Context, Poll},
 };
@@ -29,6 +30,49 @@ pub const MAP_REQUEST_BYTES: usize = 1024;
 
 /// How long a map request's few bytes may take to arrive.
 const REQUEST_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A READY answer message encoded once with its points and once without, shared by every answer
+/// until the map changes. Both services keep their READY map so: the whole message is never copied
+/// per answer, and the few answers built as messages decode it.
+#[derive(Debug)]
+pub struct SharedAnswer<M> {
+    with_points: Bytes,
+    without_points: Bytes,
+    message: PhantomData<fn() -> M>,
+}
+
+impl<M: Message + Default + PartialEq> SharedAnswer<M> {
+    /// `without_points` is `with_points` less its bulk (the points, per-point columns).
+    pub fn new(with_points: &M, without_points: &M) -> Self {
+        SharedAnswer {
+            with_points: with_points.encode_to_vec().into(),
+            without_points: without_points.encode_to_vec().into(),
+            message: PhantomData,
+        }
+    }
+
+    /// The encoding; cloning it shares the bytes.
+    pub fn encoded(&self, omit_points: bool) -> Bytes {
+        if omit_points { self.without_points.clone() } else { self.with_points.clone() }
+    }
+
+    /// The message decoded from its encoding.
+    pub fn decode(&self, omit_points: bool) -> M {
+        // Encoded by `new` from a valid message, so it decodes.
+        M::decode(self.encoded(omit_points)).unwrap_or_default()
+    }
+
+    /// An answer as pieces whose concatenation is the message: the shared encoding, then
+    /// `changing`'s few bytes (a refresh's progress) unless it is empty. Protobuf merges
+    /// concatenated messages field by field, so `changing`'s fields are set in the answer.
+    pub fn with(&self, omit_points: bool, changing: &M) -> Vec<Bytes> {
+        let mut pieces = vec![self.encoded(omit_points)];
+        if *changing != M::default() {
+            pieces.push(changing.encode_to_vec().into());
+        }
+        pieces
+    }
+}
 
 /// Where the encoded READY answer comes from.
 pub trait ReadyMaps: Clone + Send + Sync + 'static {
@@ -171,6 +215,27 @@ mod tests {
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
         frame.extend_from_slice(message);
         frame
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Answer {
+        #[prost(uint32, repeated, tag = "1")]
+        points: Vec<u32>,
+        #[prost(uint32, tag = "2")]
+        progress: u32,
+    }
+
+    #[test]
+    fn a_shared_answer_is_encoded_once_and_takes_the_changing_fields() {
+        let map = Answer { points: vec![1, 2, 3], progress: 0 };
+        let shared = SharedAnswer::new(&map, &Answer::default());
+        let plain = shared.with(false, &Answer::default());
+        assert_eq!(plain.len(), 1, "nothing changing, nothing appended");
+        assert_eq!(plain[0].as_ptr(), shared.encoded(false).as_ptr(), "the shared bytes, not a copy");
+        let refreshing = shared.with(false, &Answer { points: Vec::new(), progress: 7 });
+        assert_eq!(Answer::decode(refreshing.concat().as_slice()).unwrap(), Answer { progress: 7, ..map.clone() });
+        assert_eq!(shared.decode(false), map);
+        assert_eq!(shared.decode(true), Answer::default());
     }
 
     #[test]
