@@ -15,6 +15,7 @@ pub mod http;
 pub mod items;
 pub mod map_fields;
 pub mod map_gateway;
+pub mod map_json;
 pub mod map_selection;
 pub mod map_view;
 pub mod neighbors;

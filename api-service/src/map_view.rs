@@ -15,10 +15,15 @@ use embeddingmap_proto::{
     api as api_pb,
     v1::{self as pb, MapState, Phase},
 };
-use prost::Message;
-use serde_json::json;
+use service_kit::ready_answers::SharedAnswer;
 
-use crate::error::{ApiError, RETRY_AFTER_SECONDS};
+use crate::{
+    error::{ApiError, RETRY_AFTER_SECONDS},
+    map_json::{
+        ClusterJson, ComputingJson, FailureJson, LastRefreshJson, OpenObject, ParametersJson, PointJson, ProgressJson,
+        ReadyJson, RefreshJson, SerializeIter, seconds,
+    },
+};
 
 /// What the admin routes show.
 pub enum MapView {
@@ -45,21 +50,22 @@ impl Refresh {
         api_pb::AdminMapStatus { refresh: self.refresh, last_refresh: self.last_refresh.clone(), ..Default::default() }
     }
 
-    /// `"refreshing":{...}|null,"last_refresh":{...}|null`, the end of the READY JSON object.
-    fn json_fields(&self) -> String {
-        let last_refresh = self.last_refresh.as_ref().map(|last| {
-            let finished = last.finished_at.unwrap_or_default();
-            json!({
-                "result": result_name(last),
-                "finished_at_unix": finished.seconds as f64 + f64::from(finished.nanos) / 1e9,
-                "failure": last.failure.as_ref().map(|f| json!({ "phase": phase_name(f.phase()), "message": f.message })),
-            })
-        });
-        format!(
-            "\"refreshing\":{},\"last_refresh\":{}",
-            self.refresh.as_ref().map_or(serde_json::Value::Null, progress_json),
-            last_refresh.unwrap_or_default()
-        )
+    /// The READY JSON object's last fields: `refreshing` and `last_refresh`, each an object or null.
+    fn json_view(&self) -> RefreshJson<'_> {
+        RefreshJson {
+            refreshing: self.refresh.as_ref().map(ProgressJson::of),
+            last_refresh: self.last_refresh.as_ref().map(|last| {
+                let finished = last.finished_at.unwrap_or_default();
+                LastRefreshJson {
+                    result: result_name(last),
+                    finished_at_unix: seconds(finished.seconds, finished.nanos),
+                    failure: last
+                        .failure
+                        .as_ref()
+                        .map(|f| FailureJson { phase: phase_name(f.phase()), message: &f.message }),
+                }
+            }),
+        }
     }
 
     /// The same in headers, for answers without a body (304) too: `X-Map-Refresh:
@@ -89,11 +95,10 @@ pub struct JoinedMap {
     pub etag: String,
     /// `{"status":"ready",...,"points":[...]`: the JSON object without its end, which each answer
     /// gives with the refresh's fields.
-    pub json_open: Bytes,
+    json: OpenObject,
     /// The `AdminMapStatus` message encoded with its points and without; gRPC answers send these
     /// bytes as they are (`service_kit::ready_answers`).
-    with_points: Bytes,
-    summary: Bytes,
+    answer: SharedAnswer<api_pb::AdminMapStatus>,
     /// The map's generation, which selections and exports name.
     pub generation: u64,
     /// Each point's cluster at each level (coarsest first), in the order of the points.
@@ -116,12 +121,6 @@ impl JoinedMap {
         let mut levels: Vec<&pb::ClusterLevel> = map.cluster_levels.iter().collect();
         levels.sort_by_key(|level| level.level);
         let cluster_assignments = levels.iter().map(|level| level.assignment.clone()).collect();
-        let clusters_json: Vec<serde_json::Value> = clusters
-            .iter()
-            .map(|c| {
-                json!({ "level": c.level, "id": c.id, "x": c.x, "y": c.y, "size": c.size, "label": c.label, "category": c.category })
-            })
-            .collect();
         let points: Vec<api_pb::MapPoint> = map
             .points
             .iter()
@@ -130,59 +129,30 @@ impl JoinedMap {
                 api_pb::MapPoint { id: point.id, x: point.x, y: point.y, name, category }
             })
             .collect();
-        // Serialised straight from borrowed points: a `serde_json::Value` per point would cost
-        // several hundred bytes each (over 100 MB at 200k points) for a moment.
-        #[derive(serde::Serialize)]
-        struct JsonPoint<'a> {
-            id: i64,
-            x: f32,
-            y: f32,
-            name: Option<&'a str>,
-            category: Option<&'a str>,
-        }
-        let json_points = points.iter().map(|p| {
-            let known = labels.contains_key(&p.id);
-            JsonPoint {
-                id: p.id,
-                x: p.x,
-                y: p.y,
-                name: known.then_some(p.name.as_str()),
-                category: known.then_some(p.category.as_str()),
-            }
-        });
-        let parameters = map.parameters.clone().unwrap_or_default();
         let computed_at = map.computed_at.unwrap_or_default();
-        let mut body = json!({
-            "status": "ready",
-            "count": map.count,
-            "corpus_fingerprint": map.corpus_fingerprint,
-            "generation": map.generation,
-            "layout": map.layout,
-            "clusters": clusters_json,
-            "computed_at_unix": computed_at.seconds as f64 + f64::from(computed_at.nanos) / 1e9,
-            "parameters": {
-                "perplexity": parameters.perplexity,
-                "iterations": parameters.iterations,
-                "exaggeration_iterations": parameters.exaggeration_iterations,
-                "early_exaggeration": parameters.early_exaggeration,
-                "learning_rate": parameters.learning_rate,
-                "final_learning_rate": parameters.final_learning_rate,
-                "seed": parameters.seed,
-                "pca_dimensions": parameters.pca_dimensions,
-                "neighbors": parameters.neighbors,
-                "knn_method": parameters.knn_method,
-                "gradient_method": parameters.gradient_method,
-                "initialization": parameters.initialization,
-            },
-        })
-        .to_string();
-        // The points come after: the object's closing brace is replaced by `,"points":[...]`, and
-        // each answer ends the object.
-        body.pop();
-        body.push_str(",\"points\":");
-        let mut body = body.into_bytes();
-        // Serialising plain numbers and strings into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut body, &SerializeIter::new(json_points));
+        let parameters = map.parameters.clone().unwrap_or_default();
+        let json = OpenObject::new(&ReadyJson {
+            status: "ready",
+            count: map.count,
+            corpus_fingerprint: &map.corpus_fingerprint,
+            generation: map.generation,
+            layout: &map.layout,
+            clusters: SerializeIter::new(clusters.iter().map(ClusterJson::of)),
+            computed_at_unix: seconds(computed_at.seconds, computed_at.nanos),
+            parameters: ParametersJson::of(&parameters),
+            // Serialised straight from borrowed points: a `serde_json::Value` per point would
+            // cost several hundred bytes each (over 100 MB at 200k points) for a moment.
+            points: SerializeIter::new(points.iter().map(|p| {
+                let known = labels.contains_key(&p.id);
+                PointJson {
+                    id: p.id,
+                    x: p.x,
+                    y: p.y,
+                    name: known.then_some(p.name.as_str()),
+                    category: known.then_some(p.category.as_str()),
+                }
+            })),
+        });
         let status = api_pb::AdminMapStatus {
             state: MapState::Ready.into(),
             count: map.count,
@@ -198,9 +168,8 @@ impl JoinedMap {
         let summary = api_pb::AdminMapStatus { points: Vec::new(), ..status.clone() };
         JoinedMap {
             etag,
-            json_open: Bytes::from(body),
-            with_points: status.encode_to_vec().into(),
-            summary: summary.encode_to_vec().into(),
+            json,
+            answer: SharedAnswer::new(&status, &summary),
             generation: map.generation,
             cluster_assignments,
         }
@@ -209,13 +178,7 @@ impl JoinedMap {
     /// The points with their names and categories, decoded from the shared encoding: selections
     /// and exports are rare, so the map keeps one copy of its points, encoded.
     pub fn points(&self) -> Vec<api_pb::MapPoint> {
-        // Encoded by `new` from a valid message, so it decodes.
-        api_pb::AdminMapStatus::decode(self.with_points.clone()).map(|status| status.points).unwrap_or_default()
-    }
-
-    /// The encoded `AdminMapStatus`; cloning it shares the bytes.
-    pub fn encoded(&self, omit_points: bool) -> Bytes {
-        if omit_points { self.summary.clone() } else { self.with_points.clone() }
+        self.answer.decode(false).points
     }
 }
 
@@ -248,32 +211,6 @@ pub fn previous_json(previous: &pb::PreviousMap) -> Response {
     .into_response()
 }
 
-/// A sequence serialised as a JSON array from an iterator, without collecting it first.
-struct SerializeIter<I>(std::cell::Cell<Option<I>>);
-
-impl<I> SerializeIter<I> {
-    fn new(items: I) -> Self {
-        SerializeIter(std::cell::Cell::new(Some(items)))
-    }
-}
-
-impl<I: Iterator<Item = T>, T: serde::Serialize> serde::Serialize for SerializeIter<I> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(self.0.take().into_iter().flatten())
-    }
-}
-
-fn progress_json(progress: &pb::Progress) -> serde_json::Value {
-    let elapsed = progress.elapsed.unwrap_or_default();
-    json!({
-        "phase": phase_name(progress.phase()),
-        "iteration": progress.iteration,
-        "total_iterations": progress.total_iterations,
-        "point_count": progress.point_count,
-        "elapsed_seconds": elapsed.seconds as f64 + f64::from(elapsed.nanos) / 1e9,
-    })
-}
-
 /// The header that carries a refresh's progress on answers without a body.
 pub const REFRESH_HEADER: &str = "x-map-refresh";
 /// The header that says how the last refresh ended.
@@ -284,11 +221,7 @@ impl MapView {
     /// merges concatenated messages): the map's shared encoding, then the refresh's few bytes.
     pub fn encoded_ready(&self, omit_points: bool) -> Option<Vec<Bytes>> {
         let MapView::Ready(joined, refresh) = self else { return None };
-        let mut pieces = vec![joined.encoded(omit_points)];
-        if *refresh != Refresh::default() {
-            pieces.push(refresh.admin_fields().encode_to_vec().into());
-        }
-        Some(pieces)
+        Some(joined.answer.with(omit_points, &refresh.admin_fields()))
     }
 
     /// HTTP: 202 with progress while computing, 200 (or 304 for a matching `If-None-Match`) with
@@ -296,7 +229,7 @@ impl MapView {
     pub fn into_http(self, if_none_match: Option<&str>) -> Result<Response, ApiError> {
         match self {
             MapView::Computing(progress) => {
-                let body = json!({ "status": "computing", "progress": progress_json(&progress) });
+                let body = ComputingJson { status: "computing", progress: ProgressJson::of(&progress) };
                 let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
                 Ok(response)
@@ -312,9 +245,9 @@ impl MapView {
                     StatusCode::NOT_MODIFIED.into_response()
                 } else {
                     // The shared map, then this answer's end of the object: no copy of the points.
-                    let end = Bytes::from(format!(",{}}}", refresh.json_fields()));
-                    let length = joined.json_open.len() + end.len();
-                    let pieces = [joined.json_open.clone(), end].map(Ok::<_, std::convert::Infallible>);
+                    let pieces = joined.json.closed_with(&refresh.json_view());
+                    let length: usize = pieces.iter().map(Bytes::len).sum();
+                    let pieces = pieces.map(Ok::<_, std::convert::Infallible>);
                     let mut response = Response::new(Body::from_stream(futures_util::stream::iter(pieces)));
                     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                     response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(length));
@@ -340,8 +273,7 @@ impl MapView {
                 ..Default::default()
             },
             MapView::Ready(joined, refresh) => {
-                // Encoded by `JoinedMap::new` from a valid message, so it decodes.
-                let status = api_pb::AdminMapStatus::decode(joined.encoded(omit_points)).unwrap_or_default();
+                let status = joined.answer.decode(omit_points);
                 api_pb::AdminMapStatus { refresh: refresh.refresh, last_refresh: refresh.last_refresh, ..status }
             }
             MapView::Failed(failure) => {
