@@ -18,6 +18,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .codec_path("crate::codec::Codec")
+        // The map's parameters are shown as they are in the HTTP JSON (api-service's map_json).
+        .type_attribute("embeddingmap.v1.MapParameters", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)?;
     Ok(())
 }

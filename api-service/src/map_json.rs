@@ -24,7 +24,7 @@ pub struct ReadyJson<'a, C, P> {
     pub layout: &'a str,
     pub clusters: SerializeIter<C>,
     pub computed_at_unix: f64,
-    pub parameters: ParametersJson<'a>,
+    pub parameters: &'a pb::MapParameters,
     pub points: SerializeIter<P>,
 }
 
@@ -59,41 +59,6 @@ impl<'a> ClusterJson<'a> {
             size: cluster.size,
             label: &cluster.label,
             category: cluster.category.as_deref(),
-        }
-    }
-}
-
-#[derive(Serialize)]
-pub struct ParametersJson<'a> {
-    perplexity: f64,
-    iterations: u32,
-    exaggeration_iterations: u32,
-    early_exaggeration: f64,
-    learning_rate: f64,
-    final_learning_rate: f64,
-    seed: u64,
-    pca_dimensions: u32,
-    neighbors: u32,
-    knn_method: &'a str,
-    gradient_method: &'a str,
-    initialization: &'a str,
-}
-
-impl<'a> ParametersJson<'a> {
-    pub fn of(parameters: &'a pb::MapParameters) -> Self {
-        ParametersJson {
-            perplexity: parameters.perplexity,
-            iterations: parameters.iterations,
-            exaggeration_iterations: parameters.exaggeration_iterations,
-            early_exaggeration: parameters.early_exaggeration,
-            learning_rate: parameters.learning_rate,
-            final_learning_rate: parameters.final_learning_rate,
-            seed: parameters.seed,
-            pca_dimensions: parameters.pca_dimensions,
-            neighbors: parameters.neighbors,
-            knn_method: &parameters.knn_method,
-            gradient_method: &parameters.gradient_method,
-            initialization: &parameters.initialization,
         }
     }
 }

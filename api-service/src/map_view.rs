@@ -20,8 +20,8 @@ use service_kit::ready_answers::SharedAnswer;
 use crate::{
     error::{ApiError, RETRY_AFTER_SECONDS},
     map_json::{
-        ClusterJson, ComputingJson, FailureJson, LastRefreshJson, OpenObject, ParametersJson, PointJson, ProgressJson,
-        ReadyJson, RefreshJson, SerializeIter, seconds,
+        ClusterJson, ComputingJson, FailureJson, LastRefreshJson, OpenObject, PointJson, ProgressJson, ReadyJson,
+        RefreshJson, SerializeIter, seconds,
     },
 };
 
@@ -139,7 +139,7 @@ impl JoinedMap {
             layout: &map.layout,
             clusters: SerializeIter::new(clusters.iter().map(ClusterJson::of)),
             computed_at_unix: seconds(computed_at.seconds, computed_at.nanos),
-            parameters: ParametersJson::of(&parameters),
+            parameters: &parameters,
             // Serialised straight from borrowed points: a `serde_json::Value` per point would
             // cost several hundred bytes each (over 100 MB at 200k points) for a moment.
             points: SerializeIter::new(points.iter().map(|p| {
