@@ -153,7 +153,7 @@ impl JoinedMap {
                 }
             })),
         });
-        let status = api_pb::AdminMapStatus {
+        let summary = api_pb::AdminMapStatus {
             state: MapState::Ready.into(),
             count: map.count,
             corpus_fingerprint: map.corpus_fingerprint,
@@ -161,11 +161,11 @@ impl JoinedMap {
             parameters: map.parameters,
             generation: map.generation,
             layout: map.layout.clone(),
-            points,
             clusters,
             ..Default::default()
         };
-        let summary = api_pb::AdminMapStatus { points: Vec::new(), ..status.clone() };
+        // The points join the copy of the small summary, so they are never copied.
+        let status = api_pb::AdminMapStatus { points, ..summary.clone() };
         JoinedMap {
             etag,
             json,

@@ -117,7 +117,7 @@ impl MapStatus {
         match &self.serving {
             Serving::Ready { map, .. } => {
                 let pb::EmbeddingMapStatus { refresh, last_refresh, .. } = self.refresh_fields();
-                pb::EmbeddingMapStatus { refresh, last_refresh, ..map.to_proto(omit_points) }
+                pb::EmbeddingMapStatus { refresh, last_refresh, ..map.answer.decode(omit_points) }
             }
             Serving::Failed(failure) => pb::EmbeddingMapStatus {
                 state: MapState::Failed.into(),
@@ -160,17 +160,17 @@ impl ReadyMap {
         let previous = previous.filter(|previous| is_parent_of(previous, &map)).map(Arc::new);
         let status =
             |map| pb::EmbeddingMapStatus { state: MapState::Ready.into(), map: Some(map), ..Default::default() };
-        let summary = pb::EmbeddingMap { points: Vec::new(), cluster_levels: Vec::new(), ..map.clone() };
+        // The bulk is taken out before the summary is copied, so the points are never copied.
+        let mut summary = map;
+        let points = std::mem::take(&mut summary.points);
+        let cluster_levels = std::mem::take(&mut summary.cluster_levels);
+        let map = pb::EmbeddingMap { points, cluster_levels, ..summary.clone() };
         ReadyMap { answer: SharedAnswer::new(&status(map), &status(summary.clone())), summary, previous }
     }
 
     /// The map's points, decoded from its encoding (for a refresh that starts from them).
     pub fn points(&self) -> Vec<pb::Point> {
-        self.to_proto(false).map.map(|map| map.points).unwrap_or_default()
-    }
-
-    fn to_proto(&self, omit_points: bool) -> pb::EmbeddingMapStatus {
-        self.answer.decode(omit_points)
+        self.answer.decode(false).map.map(|map| map.points).unwrap_or_default()
     }
 }
 

@@ -41,7 +41,7 @@ pub struct SharedAnswer<M> {
     message: PhantomData<fn() -> M>,
 }
 
-impl<M: Message + Default + PartialEq> SharedAnswer<M> {
+impl<M: Message + Default> SharedAnswer<M> {
     /// `without_points` is `with_points` less its bulk (the points, per-point columns).
     pub fn new(with_points: &M, without_points: &M) -> Self {
         SharedAnswer {
@@ -63,12 +63,13 @@ impl<M: Message + Default + PartialEq> SharedAnswer<M> {
     }
 
     /// An answer as pieces whose concatenation is the message: the shared encoding, then
-    /// `changing`'s few bytes (a refresh's progress) unless it is empty. Protobuf merges
+    /// `changing`'s few bytes (a refresh's progress) unless it has none set. Protobuf merges
     /// concatenated messages field by field, so `changing`'s fields are set in the answer.
     pub fn with(&self, omit_points: bool, changing: &M) -> Vec<Bytes> {
         let mut pieces = vec![self.encoded(omit_points)];
-        if *changing != M::default() {
-            pieces.push(changing.encode_to_vec().into());
+        let changing = changing.encode_to_vec();
+        if !changing.is_empty() {
+            pieces.push(changing.into());
         }
         pieces
     }
