@@ -3,10 +3,21 @@
 //! `serde_json::Value` (several hundred bytes a point).
 
 use bytes::Bytes;
-use embeddingmap_proto::{api as api_pb, v1 as pb};
+use embeddingmap_proto::{
+    api as api_pb,
+    v1::{self as pb, Phase},
+};
 use serde::Serialize;
 
-use crate::map_view::phase_name;
+/// `RESULT_UPDATED` -> `updated`, as HTTP names a refresh's outcome.
+pub fn result_name(outcome: &pb::RefreshOutcome) -> String {
+    outcome.result().as_str_name().trim_start_matches("RESULT_").to_lowercase()
+}
+
+/// `PHASE_NEAREST_NEIGHBORS` -> `nearest_neighbors`, as HTTP JSON names phases.
+pub fn phase_name(phase: Phase) -> String {
+    phase.as_str_name().trim_start_matches("PHASE_").to_lowercase()
+}
 
 /// Seconds since the epoch (or a duration) as JSON numbers carry them.
 pub fn seconds(seconds: i64, nanos: i32) -> f64 {

@@ -13,7 +13,7 @@ use axum::{
 use bytes::Bytes;
 use embeddingmap_proto::{
     api as api_pb,
-    v1::{self as pb, MapState, Phase},
+    v1::{self as pb, MapState},
 };
 use service_kit::ready_answers::SharedAnswer;
 
@@ -21,7 +21,7 @@ use crate::{
     error::{ApiError, RETRY_AFTER_SECONDS},
     map_json::{
         ClusterJson, ComputingJson, FailureJson, LastRefreshJson, OpenObject, PointJson, ProgressJson, ReadyJson,
-        RefreshJson, SerializeIter, seconds,
+        RefreshJson, SerializeIter, phase_name, result_name, seconds,
     },
 };
 
@@ -103,16 +103,6 @@ pub struct JoinedMap {
     pub generation: u64,
     /// Each point's cluster at each level (coarsest first), in the order of the points.
     pub cluster_assignments: Vec<Vec<u32>>,
-}
-
-/// `RESULT_UPDATED` -> `updated`, as HTTP names a refresh's outcome.
-fn result_name(outcome: &pb::RefreshOutcome) -> String {
-    outcome.result().as_str_name().trim_start_matches("RESULT_").to_lowercase()
-}
-
-/// `PHASE_NEAREST_NEIGHBORS` -> `nearest_neighbors`, as HTTP JSON names phases.
-pub fn phase_name(phase: Phase) -> String {
-    phase.as_str_name().trim_start_matches("PHASE_").to_lowercase()
 }
 
 impl JoinedMap {
