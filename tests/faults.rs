@@ -730,11 +730,6 @@ async fn file_writes(card: &mut Scorecard) {
     println!("files changed by both services: {written:?}");
 }
 
-/// Where each section's rows are kept, and the scorecard gathered from them.
-fn artifacts() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts")
-}
-
 /// The sections run one at a time, whichever test threads cargo gives them.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -743,7 +738,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 /// a regression.
 async fn section(name: &str, run: impl AsyncFnOnce(&mut Scorecard)) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let kept = artifacts().join("scorecard");
+    // Each section's rows are kept in artifacts/scorecard/, the scorecard gathered beside them.
+    let kept = end_to_end_tests::artifacts_dir().join("scorecard");
     std::fs::create_dir_all(&kept).unwrap();
     // A section that fails before its end must not leave an earlier run's clean rows behind.
     let _ = std::fs::remove_file(kept.join(format!("{name}.json")));
@@ -755,7 +751,7 @@ async fn section(name: &str, run: impl AsyncFnOnce(&mut Scorecard)) {
         let rows = std::fs::read(entry.unwrap().path()).unwrap();
         gathered.merge(serde_json::from_slice(&rows).unwrap());
     }
-    std::fs::write(artifacts().join("scorecard.txt"), gathered.render()).unwrap();
+    std::fs::write(end_to_end_tests::artifacts_dir().join("scorecard.txt"), gathered.render()).unwrap();
     let scorecard = card.render();
     println!("\n{scorecard}");
     // Every regression shows as a count in the scorecard; any count above zero fails here.

@@ -421,9 +421,7 @@ async fn events_survive_the_loss_of_the_volume_through_litestream_but_the_last_s
         restore_seconds,
     );
     println!("{report}");
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    std::fs::write(artifacts.join("backup-drill.txt"), &report).unwrap();
+    std::fs::write(end_to_end_tests::artifacts_dir().join("backup-drill.txt"), &report).unwrap();
     assert!(acknowledged.len() > 100, "too few events written to mean anything: {report}");
     assert!(oldest_lost <= SYNC_INTERVAL + SYNC_SLACK, "an event older than the sync window was lost: {report}");
 

@@ -27,7 +27,7 @@ const ITEMS: i64 = 16;
 /// scripts/test.sh prints), and for this test's own output.
 fn report(name: &str, line: &str) {
     println!("{line}");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts/postgres");
+    let dir = end_to_end_tests::artifacts_dir().join("postgres");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(format!("{name}.txt")), format!("{line}\n")).unwrap();
 }

@@ -2,17 +2,14 @@
 //! `tests/peers` by the test command). Each prints one JSON line of what it saw and exits non-zero
 //! with the reason on a failed check; screenshots go to `artifacts/` at the repository root.
 
-use std::path::PathBuf;
-
 /// Runs `tests/peers/SCRIPT` on the page at `page_url` signed in with `token`; what it saw.
 pub fn run_page_script(script: &str, page_url: &str, token: &str) -> serde_json::Value {
-    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers");
+    let peers = crate::peers_dir();
     assert!(
         peers.join("node_modules/playwright-core").exists(),
         "run scripts/test.sh, which runs npm ci in tests/peers"
     );
-    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
+    let artifacts = crate::artifacts_dir();
     let output = std::process::Command::new("node")
         .arg(peers.join(script))
         .arg(page_url)
@@ -27,6 +24,6 @@ pub fn run_page_script(script: &str, page_url: &str, token: &str) -> serde_json:
 
 /// Whether `artifacts/NAME` was written (a screenshot of some size).
 pub fn artifact_saved(name: &str) -> bool {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../artifacts").join(name);
+    let path = crate::artifacts_dir().join(name);
     path.metadata().is_ok_and(|metadata| metadata.len() > 1000)
 }

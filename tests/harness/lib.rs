@@ -308,6 +308,14 @@ pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
+/// `artifacts/` at the workspace root, created: what the full tier leaves to read (screenshots,
+/// the fault scorecard, the drills' figures).
+pub fn artifacts_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// The demo corpus's labels (digits 0-9), in corpus order.
 pub fn digits_labels() -> Vec<i64> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../embedding-service/data/digits_y.npy");
