@@ -23,6 +23,16 @@ Corpora (each `NAME_X.npy` float32 N x 384; labelled ones also `NAME_y.npy` int3
 - pypi:  package summaries from a registry package list (a TSV with a `summary` column, such as
          a PyPI name/version/summary listing): 60,000 distinct summaries of 6+ words, unlabelled.
 - docs-small: 1,200 rows of docs10k (the test corpus; float32, under 2 MB), with labels.
+- code:  the source of every function in the same libraries, its docstring left out (`ast.unparse`,
+         so comments go too), labelled by the same module groups as docs: code, not prose, and
+         longer texts (most fill the 128 tokens). Writes `code` (at most 600 per group) and
+         `code10k` (at most 200 per group).
+- pypi-families, npm-families: package summaries from a registry package list (`--summaries`),
+         labelled by the framework the package extends, read from its name (`django-*`,
+         `odoo14-*`, `pytest-*`; `eslint-*`, `@aws-sdk/*`, ...; the families are listed below).
+         Summaries that differ only in the package's own name (`Typing stubs for X`) are kept
+         once. Writes `pypifam` and `npmfam` (at most 800 per family) and `pypifam10k` and
+         `npmfam10k` (at most 400 per family).
 
 Vectors are cached: a rerun with the same texts reads `NAME_X.npy` instead of recomputing
 (embedding 60k texts takes several minutes on 2 cores).
@@ -49,6 +59,28 @@ MAX_TOKENS = 128
 LIBRARIES = ["numpy", "scipy", "sklearn", "pandas", "sympy", "matplotlib"]
 MIN_GROUP = 150
 PER_GROUP_SMALL = 400
+PER_CODE_GROUP, PER_CODE_GROUP_SMALL = 600, 200
+PER_FAMILY, PER_FAMILY_SMALL = 800, 400
+# Package families: the first word of a package's name (its scope on npm) -> the framework it
+# extends. Only names that say the host framework: generic first words (`py`, `simple`, `my`)
+# and families of one templated summary (`types`, `topsis`) are left out.
+PYPI_FAMILIES = {
+    **{k: "odoo" for k in ["odoo", "odoo8", "odoo9", "odoo10", "odoo11", "odoo12", "odoo13", "odoo14"]},
+    **{k: k for k in ["django", "flask", "pytest", "nonebot", "langchain", "fastapi", "streamlit",
+                      "azure", "sphinx", "mkdocs", "micropython", "robotframework", "napari",
+                      "pydantic", "flake8", "adafruit", "dash", "sqlalchemy", "wagtail", "mcp",
+                      "jupyterlab", "ros", "torch", "boto3"]},
+    "collective": "plone", "plone": "plone", "llama": "llama-index",
+    "alibabacloud": "alibabacloud", "aliyun": "alibabacloud",
+    "jupyter": "jupyterlab", "dj": "django", "drf": "django",
+}
+NPM_FAMILIES = {
+    **{k: k for k in ["react", "eslint", "vue", "gulp", "ember", "babel", "grunt", "vite", "postcss",
+                      "gatsby", "jest", "express", "rollup", "webpack", "svelte", "cordova",
+                      "remark", "graphql", "expo", "nuxt", "serverless", "redux", "jquery",
+                      "@stdlib", "@aws-sdk", "@azure", "@fontsource"]},
+    "angular": "angular", "ngx": "angular", "@angular": "angular", "@babel": "babel",
+}
 
 
 # ---- the model --------------------------------------------------------------------------------
@@ -166,8 +198,8 @@ def group_of(module: str) -> str:
     return parts[0]
 
 
-def docstrings():
-    """(text, group) for every function/class docstring of the stdlib and the LIBRARIES."""
+def module_trees():
+    """(syntax tree, module group) of every module of the stdlib and the LIBRARIES, tests left out."""
     roots = [(pathlib.Path(sysconfig.get_paths()["stdlib"]), None)]
     purelib = pathlib.Path(sysconfig.get_paths()["purelib"])
     roots += [(purelib / lib, lib) for lib in LIBRARIES]
@@ -184,29 +216,87 @@ def docstrings():
                 tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
             except (SyntaxError, ValueError):
                 continue
-            group = group_of(module)
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        text = first_paragraph(doc)
-                        if len(text.split()) >= 5:
-                            yield text, group
+            yield tree, group_of(module)
 
 
-def docs_corpus():
+def docstrings():
+    """(text, group) for every function/class docstring of the stdlib and the LIBRARIES."""
+    for tree, group in module_trees():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node)
+                if doc:
+                    text = first_paragraph(doc)
+                    if len(text.split()) >= 5:
+                        yield text, group
+
+
+def function_sources():
+    """(source, group) for every function of the stdlib and the LIBRARIES, docstring removed."""
+    for tree, group in module_trees():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+                        and isinstance(body[0].value.value, str):
+                    body = body[1:]
+                if len(body) < 2:
+                    continue
+                node.body = body
+                try:
+                    text = ast.unparse(node)[:2000]
+                except (ValueError, RecursionError):
+                    continue
+                yield " ".join(text.split()), group
+
+
+def labelled(pairs, min_group=MIN_GROUP):
+    """Texts found under exactly one group, in groups of at least min_group; shuffled."""
     by_text = {}
-    for text, group in docstrings():
+    for text, group in pairs:
         by_text.setdefault(text, set()).add(group)
     rows = sorted((text, next(iter(groups))) for text, groups in by_text.items() if len(groups) == 1)
     counts = {}
     for _, group in rows:
         counts[group] = counts.get(group, 0) + 1
-    groups = sorted(g for g, c in counts.items() if c >= MIN_GROUP and g)
+    groups = sorted(g for g, c in counts.items() if c >= min_group and g)
     index = {g: i for i, g in enumerate(groups)}
     rows = [(t, g) for t, g in rows if g in index]
     random.Random(530).shuffle(rows)
     return [t for t, _ in rows], np.array([index[g] for _, g in rows], dtype=np.int32), groups
+
+
+def family_summaries(path, families):
+    """(summary, family) for each package whose name starts with a family's word."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        columns = [c.split(" ")[0] for c in f.readline().rstrip("\n").split("\t")]
+        name_at, summary_at = columns.index("name"), columns.index("summary")
+        templates = set()
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) <= summary_at:
+                continue
+            name = fields[name_at].lower()
+            first = name.split("/")[0] if name.startswith("@") else re.split(r"[-_.]", name)[0]
+            family = families.get(first)
+            text = " ".join(fields[summary_at].split())
+            if family is None or len(text.split()) < 5:
+                continue
+            # The summary less the words of the package's own name: one key per template.
+            own = set(re.split(r"[-_./@]", name))
+            template = " ".join(w for w in re.findall(r"[\w'-]+", text.lower()) if w not in own)
+            if template not in templates:
+                templates.add(template)
+                yield text, family
+
+
+def capped(texts, labels, groups, per_group, seed):
+    keep = balanced_subset(labels, per_group, seed)
+    return [texts[i] for i in keep], labels[keep], groups
+
+
+def docs_corpus():
+    return labelled(docstrings())
 
 
 def pypi_texts(path, n=60_000):
@@ -261,10 +351,10 @@ def balanced_subset(labels, per_group, seed):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("corpus", choices=["docs", "pypi", "docs-small"])
+    parser.add_argument("corpus", choices=["docs", "pypi", "docs-small", "code", "pypi-families", "npm-families"])
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench/data"))
     parser.add_argument("--cache", type=pathlib.Path, default=pathlib.Path.home() / ".cache/embedding-map/models")
-    parser.add_argument("--summaries", help="package list TSV with a summary column (pypi)")
+    parser.add_argument("--summaries", help="package list TSV with name and summary columns (pypi, *-families)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.corpus == "pypi":
@@ -272,6 +362,23 @@ def main():
             parser.error("pypi needs --summaries LIST.tsv")
         texts = pypi_texts(args.summaries)
         write(args.out, "pypi60k", texts, cached_embed(args.out, "pypi60k", texts, args.cache))
+        return
+    if args.corpus in ("code", "pypi-families", "npm-families"):
+        if args.corpus == "code":
+            full, small, (per, per_small) = "code", "code10k", (PER_CODE_GROUP, PER_CODE_GROUP_SMALL)
+            texts, labels, groups = labelled(function_sources())
+        else:
+            if not args.summaries:
+                parser.error(f"{args.corpus} needs --summaries LIST.tsv")
+            families = PYPI_FAMILIES if args.corpus == "pypi-families" else NPM_FAMILIES
+            full = "pypifam" if args.corpus == "pypi-families" else "npmfam"
+            small, (per, per_small) = f"{full}10k", (PER_FAMILY, PER_FAMILY_SMALL)
+            texts, labels, groups = labelled(family_summaries(args.summaries, families))
+        texts, labels, groups = capped(texts, labels, groups, per, seed=11)
+        vectors = cached_embed(args.out, full, texts, args.cache)
+        write(args.out, full, texts, vectors, labels, groups)
+        rows = balanced_subset(labels, per_small, seed=10)
+        write(args.out, small, [texts[i] for i in rows], vectors[rows], labels[rows], groups)
         return
     texts, labels, groups = docs_corpus()
     data = pathlib.Path("bench/data") if args.corpus == "docs-small" else args.out
