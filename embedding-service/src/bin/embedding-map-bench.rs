@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
             "run": run,
             "n": n,
             "dimensions": dimensions,
+            "pca_dimensions": parameters.pca_dimensions,
             "knn": parameters.knn.name(),
             "gradient": parameters.gradient.name(),
             "iterations": parameters.iterations,
