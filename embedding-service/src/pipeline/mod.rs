@@ -22,7 +22,7 @@ use crate::error::MapError;
 /// The map-making code's version, part of every stored map's key: raised by any change that makes
 /// the same corpus and settings give another map (a new optimiser step, a fixed neighbour
 /// search), so a map the older code stored is computed anew rather than served as current.
-pub const ALGORITHM_VERSION: u32 = 1;
+pub const ALGORITHM_VERSION: u32 = 2;
 
 pub use knn::KnnMethod;
 pub use prepare::{PcaWidth, l2_normalized};

@@ -67,7 +67,7 @@ pub struct MapSettings {
     #[arg(long, env = "EMBEDDING_FINAL_LEARNING_RATE", default_value_t = 0.0)]
     pub final_learning_rate: f64,
 
-    /// Nearest-neighbour search.
+    /// Nearest-neighbour search; `auto` searches exactly up to 20,000 points and in cells above.
     #[arg(long, env = "EMBEDDING_KNN", value_enum, default_value_t = KnnChoice::Auto)]
     pub knn: KnnChoice,
 
