@@ -22,10 +22,10 @@ pub enum KnnMethod {
     },
 }
 
-/// Up to this many points the automatic choice searches exactly. On six real labelled corpora
-/// (docs/benchmarks.md) the cells' 0.9 recall cost up to 0.004 preservation and much of the
-/// global layout against exact neighbours, while the exact search took no longer at 10k and
-/// 0.8 s more at 18k; its N-squared cost outgrows the cells' from about here.
+/// Up to this many points the automatic choice searches exactly. On seven real labelled corpora
+/// (docs/benchmarks.md) the cells' 0.9 recall cost 0.003-0.010 preservation at 10k and 0.015 at
+/// 18-19k against exact neighbours, while the exact search took no longer at 10k and 0.6-0.7 s
+/// more at 18-19k; its N-squared cost outgrows the cells' from about here.
 pub const EXACT_UP_TO: usize = 20_000;
 
 impl KnnMethod {
