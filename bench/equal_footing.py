@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+
 HERE = pathlib.Path(__file__).resolve().parent
 SCORES = ["knn10", "preservation10", "global_spearman"]
 
@@ -87,8 +89,6 @@ def main():
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
     for prefix in args.corpora:
-        import numpy as np
-
         n, width = np.load(f"{prefix}_X.npy", mmap_mode="r").shape
         name = pathlib.Path(prefix).name
         print(f"{name}: {n} x {width}", file=sys.stderr, flush=True)

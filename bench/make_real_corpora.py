@@ -236,13 +236,10 @@ def function_sources():
     for tree, group in module_trees():
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                body = node.body
-                if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
-                        and isinstance(body[0].value.value, str):
-                    body = body[1:]
+                body = node.body[1:] if ast.get_docstring(node, clean=False) is not None else node.body
                 if len(body) < 2:
                     continue
-                node.body = body
+                node.body = body  # the tree is read once: unparse it without the docstring
                 try:
                     text = ast.unparse(node)[:2000]
                 except (ValueError, RecursionError):
@@ -250,8 +247,8 @@ def function_sources():
                 yield " ".join(text.split()), group
 
 
-def labelled(pairs, min_group=MIN_GROUP):
-    """Texts found under exactly one group, in groups of at least min_group; shuffled."""
+def labelled(pairs):
+    """Texts found under exactly one group, in groups of at least MIN_GROUP; shuffled."""
     by_text = {}
     for text, group in pairs:
         by_text.setdefault(text, set()).add(group)
@@ -259,7 +256,7 @@ def labelled(pairs, min_group=MIN_GROUP):
     counts = {}
     for _, group in rows:
         counts[group] = counts.get(group, 0) + 1
-    groups = sorted(g for g, c in counts.items() if c >= min_group and g)
+    groups = sorted(g for g, c in counts.items() if c >= MIN_GROUP and g)
     index = {g: i for i, g in enumerate(groups)}
     rows = [(t, g) for t, g in rows if g in index]
     random.Random(530).shuffle(rows)
@@ -288,11 +285,6 @@ def family_summaries(path, families):
             if template not in templates:
                 templates.add(template)
                 yield text, family
-
-
-def capped(texts, labels, groups, per_group, seed):
-    keep = balanced_subset(labels, per_group, seed)
-    return [texts[i] for i in keep], labels[keep], groups
 
 
 def docs_corpus():
@@ -374,7 +366,8 @@ def main():
             full = "pypifam" if args.corpus == "pypi-families" else "npmfam"
             small, (per, per_small) = f"{full}10k", (PER_FAMILY, PER_FAMILY_SMALL)
             texts, labels, groups = labelled(family_summaries(args.summaries, families))
-        texts, labels, groups = capped(texts, labels, groups, per, seed=11)
+        keep = balanced_subset(labels, per, seed=11)
+        texts, labels = [texts[i] for i in keep], labels[keep]
         vectors = cached_embed(args.out, full, texts, args.cache)
         write(args.out, full, texts, vectors, labels, groups)
         rows = balanced_subset(labels, per_small, seed=10)
