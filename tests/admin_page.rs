@@ -5,19 +5,29 @@
 use end_to_end_tests::{
     api::*,
     browser::{artifact_saved, run_page_script},
-    start_embedding,
+    digits_vectors, start_embedding,
 };
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admin_page_signs_in_shows_progress_then_an_interactive_map() {
-    // More iterations than the default keep the computing state on screen long enough to read.
-    let embedding = start_embedding(&["--iterations", "4000"]);
+    // The corpus is put in place by the page script once the page shows the map failed for want
+    // of it, so the page is signed in before the computation starts, however slowly the browser
+    // starts; more iterations than the default keep the computing state on screen long enough to
+    // read.
     let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("digits.npy");
+    let embedding = start_embedding(&["--corpus", corpus.to_str().unwrap(), "--iterations", "4000"]);
     let api = start_api(&dir.path().join("page.sqlite3"), &embedding.url(), &[]);
     import_digits(&api).await;
 
-    let seen = run_page_script("admin_page.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
+    let seen = run_page_script(
+        "admin_page.mjs",
+        &http_url(&api, "/admin/"),
+        ADMIN_TOKEN,
+        &[digits_vectors().to_str().unwrap(), corpus.to_str().unwrap()],
+    );
     assert!(seen["unauthorized"].as_str().unwrap().contains("401"), "{seen}");
+    assert!(seen["failedText"].as_str().unwrap().contains("does not exist"), "{seen}");
     assert!(seen["progressText"].as_str().unwrap().contains("Iteration"), "{seen}");
     assert!(seen["etaText"].as_str().unwrap().contains("s left"), "{seen}");
     assert_eq!(seen["total"], 1797, "{seen}");
@@ -41,7 +51,7 @@ async fn a_box_and_a_lasso_select_what_the_api_selects_export_it_and_travel_in_t
     let api = start_api(&dir.path().join("selection.sqlite3"), &embedding.url(), &[]);
     import_digits(&api).await;
 
-    let seen = run_page_script("admin_selection.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
+    let seen = run_page_script("admin_selection.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN, &[]);
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen}");
     let ids = |value: &serde_json::Value| -> Vec<u64> {
         value.as_array().unwrap().iter().map(|id| id.as_u64().unwrap()).collect()

@@ -16,7 +16,7 @@ use embeddingmap_proto::api::{
 use end_to_end_tests::{
     ServiceProcess,
     api::*,
-    digits_labels, eventually, health_status,
+    corpus_files, digits_labels, digits_vectors, eventually, health_status,
     sqlite::{hold_write_lock, sqlite3},
     start_embedding,
 };
@@ -84,12 +84,30 @@ async fn wait_for_ready_map(api: &ServiceProcess) -> (reqwest::Response, usize) 
 }
 
 async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embedding_restart(database: TestDatabase) {
-    // More iterations than the default keep the map computing while the API boots.
-    let embedding = start_embedding(&["--iterations", "3000"]);
+    // The corpus is put in place once the API answers that the map failed for want of it, so the
+    // computation is watched from its start however slowly the API boots; more iterations than
+    // the default keep it computing for a few polls.
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("digits.npy");
+    let embedding = start_embedding(&["--corpus", corpus.to_str().unwrap(), "--iterations", "3000"]);
     let port = embedding.address.port();
     let api = start_api(&database, &embedding.url(), &[]);
     import_digits(&api).await;
 
+    let failed = eventually("the map failed (500)", Duration::from_secs(30), Duration::from_millis(50), async || {
+        let response = get_map(&api, None).await;
+        (response.status() == StatusCode::INTERNAL_SERVER_ERROR).then_some(response)
+    })
+    .await;
+    let failure: Value = failed.json().await.unwrap();
+    assert_eq!(failure["error"]["code"], "map_failed", "{failure}");
+    let message = failure["error"]["message"].as_str().unwrap();
+    assert!(message.contains("does not exist"), "{failure}");
+    corpus_files::copy_into_place(&digits_vectors(), &corpus);
+    eventually("the map computing (202)", Duration::from_secs(30), Duration::from_millis(50), async || {
+        (get_map(&api, None).await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
     let (ready, computing) = wait_for_ready_map(&api).await;
     assert!(computing > 0, "the map was seen computing (202) before it was ready");
     let etag = ready.headers()["etag"].to_str().unwrap().to_owned();

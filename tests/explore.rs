@@ -232,8 +232,12 @@ async fn many_categories_keep_distinct_colours_a_short_legend_and_the_map_in_vie
         })
         .collect();
     assert!(admin_post(&api, "/api/admin/items/import", &json!({ "items": items })).await.status().is_success());
-    let seen =
-        end_to_end_tests::browser::run_page_script("admin_categories.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
+    let seen = end_to_end_tests::browser::run_page_script(
+        "admin_categories.mjs",
+        &http_url(&api, "/admin/"),
+        ADMIN_TOKEN,
+        &[],
+    );
     let categories = seen["categories"].as_u64().unwrap();
     assert!(categories >= 58, "{seen}");
     assert_eq!(seen["buttons"], 16, "15 distinct categories and one Other: {seen}");

@@ -396,7 +396,8 @@ async fn the_admin_page_swaps_maps_in_place_and_keeps_what_the_admin_chose() {
     // The corpus changes on disk (an incremental change); the page asks for the refresh.
     write_corpus(dir.path(), 7, 0);
 
-    let seen = end_to_end_tests::browser::run_page_script("admin_refresh.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN);
+    let seen =
+        end_to_end_tests::browser::run_page_script("admin_refresh.mjs", &http_url(&api, "/admin/"), ADMIN_TOKEN, &[]);
     let (before, after) = (&seen["before"], &seen["after"]);
     assert_eq!(seen["stateWhileUpdating"], "ready", "the map stayed on screen while updating: {seen}");
     assert!(seen["updatingText"].as_str().unwrap().starts_with("updating: "), "{seen}");

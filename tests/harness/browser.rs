@@ -2,8 +2,9 @@
 //! `tests/peers` by the test command). Each prints one JSON line of what it saw and exits non-zero
 //! with the reason on a failed check; screenshots go to `artifacts/` at the repository root.
 
-/// Runs `tests/peers/SCRIPT` on the page at `page_url` signed in with `token`; what it saw.
-pub fn run_page_script(script: &str, page_url: &str, token: &str) -> serde_json::Value {
+/// Runs `tests/peers/SCRIPT` on the page at `page_url` signed in with `token` (with `extra`
+/// arguments after the artifacts directory); what it saw.
+pub fn run_page_script(script: &str, page_url: &str, token: &str, extra: &[&str]) -> serde_json::Value {
     let peers = crate::peers_dir();
     assert!(
         peers.join("node_modules/playwright-core").exists(),
@@ -15,6 +16,7 @@ pub fn run_page_script(script: &str, page_url: &str, token: &str) -> serde_json:
         .arg(page_url)
         .arg(token)
         .arg(&artifacts)
+        .args(extra)
         .output()
         .expect("node");
     let stdout = String::from_utf8_lossy(&output.stdout);

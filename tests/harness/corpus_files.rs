@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 
 use npyz::WriterBuilder;
 
+/// Copies `source` to `destination` as tools replace files: written beside it, then renamed over
+/// it, so a corpus watch never reads it half written.
+pub fn copy_into_place(source: &Path, destination: &Path) {
+    let part = destination.with_extension("part");
+    std::fs::copy(source, &part).expect("copy the corpus");
+    std::fs::rename(&part, destination).expect("rename the corpus into place");
+}
+
 /// Writes a float32 `.npy` of `rows x columns` from `values` (row-major).
 pub fn write_matrix(path: &Path, rows: usize, columns: usize, values: &[f32]) -> PathBuf {
     assert_eq!(values.len(), rows * columns);

@@ -316,6 +316,11 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
+/// The demo corpus's vectors as a file (the embedding service serves the same bytes bundled).
+pub fn digits_vectors() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../embedding-service/data/digits_X.npy")
+}
+
 /// The demo corpus's labels (digits 0-9), in corpus order.
 pub fn digits_labels() -> Vec<i64> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../embedding-service/data/digits_y.npy");

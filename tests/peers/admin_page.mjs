@@ -1,10 +1,13 @@
 // Drives the admin page in Debian's Chromium (headless) against the real services:
-//     node admin_page.mjs PAGE_URL ADMIN_TOKEN ARTIFACTS_DIR
+//     node admin_page.mjs PAGE_URL ADMIN_TOKEN ARTIFACTS_DIR DEMO_CORPUS CORPUS
+// The embedding service is started on CORPUS before it exists; the script copies DEMO_CORPUS there
+// once the page shows that failure, and the service's corpus watch computes the map.
 // Prints one JSON line of what it saw; exits non-zero with the reason on the first failed check.
+import { copyFileSync, renameSync } from "node:fs";
 import { chromium } from "playwright-core";
 import { launchOptions } from "./chromium.mjs";
 
-const [pageUrl, token, artifacts] = process.argv.slice(2);
+const [pageUrl, token, artifacts, demoCorpus, corpus] = process.argv.slice(2);
 
 const check = (ok, message) => {
   if (!ok) {
@@ -43,9 +46,15 @@ try {
   await page.waitForFunction(() => document.querySelector("#sign-in-error").textContent.includes("401"), null, { timeout: 15000 });
   const unauthorized = await page.textContent("#sign-in-error");
 
-  // The right token: computing with progress first.
+  // The right token: the corpus is missing, and the page says so.
   await page.fill("#token", token);
   await page.click("#sign-in button[type=submit]");
+  await page.waitForFunction(() => window.__adminMap.state === "failed", null, { timeout: 30000 });
+  const failedText = await page.textContent("#status-detail");
+
+  // The corpus written elsewhere and renamed into place, as tools do: computing with progress.
+  copyFileSync(demoCorpus, `${corpus}.part`);
+  renameSync(`${corpus}.part`, corpus);
   await page.waitForFunction(() => document.querySelector("#status-detail").textContent.includes("Iteration"), null, { timeout: 60000 });
   check((await state()) === "computing", "the computing state was not shown");
   const progressText = await page.textContent("#status-detail");
@@ -129,7 +138,7 @@ try {
   check(reloadDownloads === 1, `after a reload the page downloaded the map ${reloadDownloads} times`);
   check(violations.length === 0, `CSP violations or page errors: ${violations.join(" | ")}`);
 
-  console.log(JSON.stringify({ unauthorized, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount, csp, downloads, reloadDownloads, violations, labels: labels.length, listed, ringed, overlapText }));
+  console.log(JSON.stringify({ unauthorized, failedText, progressText, etaText, total, drawn, tooltip, threes, afterToggle, searchCount, csp, downloads, reloadDownloads, violations, labels: labels.length, listed, ringed, overlapText }));
 } finally {
   await browser.close();
 }
