@@ -2,14 +2,16 @@
 """Map quality on equal footing: our maps against openTSNE's at every input preparation.
 
     python bench/equal_footing.py bench/data/docs10k [bench/data/code10k ...] \\
-        [--ours 'defaults:' --ours 'exact:--knn exact'] [--peer-dims 50,100,200] [--peer-iters 500,1000]
+        [--ours 'defaults:' --ours 'exact:--knn exact'] [--peer-dims 50,100,200] [--peer-iters 500,1000] \\
+        [--peer-neighbors auto,exact]
 
 Each corpus is named by its prefix: PREFIX_X.npy (the vectors) and PREFIX_y.npy (labels).
 - Ours, once per --ours entry `LABEL:FLAGS` (FLAGS go to `embedding-map-bench`; NAME=VALUE tokens
   among them are set in its environment instead): three runs, the median time, and the scores of
   the map, which is the same bit for bit in every run.
 - openTSNE (bench/peers.py, the seed's settings) at each PCA width of --peer-dims narrower than the
-  corpus and each schedule of --peer-iters (either empty: none), once: its runs take minutes.
+  corpus and each schedule of --peer-iters (either empty: none), and with each neighbour search of
+  --peer-neighbors (its default, Annoy, or exact), once: its runs take minutes.
   Its figures are kept in RESULTS/PREFIX.json and not run again unless --rerun-peers.
 Scores: 10-NN label accuracy, 10-NN preservation and the global Spearman score (bench/peers.py
 says how each is computed; the same code scores every map). Prints one markdown table a corpus,
@@ -59,13 +61,14 @@ def ours(args, prefix, label, flags):
     return row
 
 
-def opentsne(args, prefix, dims, iters):
+def opentsne(args, prefix, dims, iters, neighbors):
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "map.npy"
         report = run_json([args.python, str(HERE / "peers.py"), "run", "opentsne", f"{prefix}_X.npy",
                            "--labels", f"{prefix}_y.npy", "--pca-dims", str(dims), "--iters", str(iters),
-                           "--out", str(out)])[-1]
-    row = {"name": f"openTSNE, PCA {dims}, {iters} it", "seconds": report["seconds"], "pca": dims,
+                           "--neighbors", neighbors, "--out", str(out)])[-1]
+    search = ", exact kNN" if neighbors == "exact" else ""
+    row = {"name": f"openTSNE, PCA {dims}, {iters} it{search}", "seconds": report["seconds"], "pca": dims,
            **{k: report[k] for k in SCORES}}
     print(f"  {row}", file=sys.stderr, flush=True)
     return row
@@ -81,6 +84,7 @@ def main():
     parser.add_argument("--ours", action="append", help="LABEL:FLAGS, one map configuration of ours")
     parser.add_argument("--peer-dims", default="50,100,200")
     parser.add_argument("--peer-iters", default="500,1000")
+    parser.add_argument("--peer-neighbors", default="auto", help="auto (openTSNE's Annoy), exact, or both")
     parser.add_argument("--rerun-peers", action="store_true")
     parser.add_argument("--results", type=pathlib.Path, default=HERE / "results" / "equal-footing")
     parser.add_argument("--bin-dir", type=pathlib.Path,
@@ -96,10 +100,11 @@ def main():
         peers = json.loads(kept.read_text()) if kept.exists() and not args.rerun_peers else {}
         for dims in (int(d) for d in args.peer_dims.split(",") if d):
             for iters in (int(i) for i in args.peer_iters.split(",") if i):
-                key = f"{min(dims, width)}/{iters}"
-                if key not in peers:
-                    peers[key] = opentsne(args, prefix, min(dims, width), iters)
-                    kept.write_text(json.dumps(peers, indent=1) + "\n")
+                for neighbors in (n for n in args.peer_neighbors.split(",") if n):
+                    key = f"{min(dims, width)}/{iters}" + ("/exact" if neighbors == "exact" else "")
+                    if key not in peers:
+                        peers[key] = opentsne(args, prefix, min(dims, width), iters, neighbors)
+                        kept.write_text(json.dumps(peers, indent=1) + "\n")
         rows = [ours(args, prefix, *entry.split(":", 1)) for entry in (args.ours or ["defaults:"])]
         print(f"\n**{name}** ({n:,} x {width}); seconds, 10-NN labels, 10-NN preservation, global Spearman\n")
         print("| map | PCA | seconds | labels | preservation | global | openTSNE maps better on both |")
