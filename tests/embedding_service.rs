@@ -61,7 +61,9 @@ async fn demo_map_is_computing_first_then_ready_with_advancing_progress() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_streams_progress_then_the_ready_map_and_stays_open() {
-    let service = start_embedding(&[]);
+    // More iterations than the default keep the map computing until the watch starts, on a
+    // loaded machine too.
+    let service = start_embedding(&["--iterations", "2000"]);
     let mut client = map_client(&service).await;
     let mut stream =
         client.watch_embedding_map(WatchEmbeddingMapRequest { omit_points: false }).await.unwrap().into_inner();
@@ -98,7 +100,8 @@ async fn two_boots_with_the_same_corpus_and_seed_give_identical_maps() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_serves_at_once_and_names_map_readiness_separately() {
-    let service = start_embedding(&[]);
+    // Computing long enough for the first checks to see it, on a loaded machine too.
+    let service = start_embedding(&["--iterations", "2000"]);
     assert_eq!(health_status(&service, "").await, ServingStatus::Serving);
     assert_eq!(health_status(&service, MAP_SERVICE).await, ServingStatus::Serving);
     assert_eq!(health_status(&service, MAP_READY).await, ServingStatus::NotServing, "not ready while computing");
