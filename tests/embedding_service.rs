@@ -151,6 +151,22 @@ async fn plain_flat_index_uses_row_numbers_and_npy_uses_its_ids_file() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_hnsw_index_gives_the_map_of_the_flat_index_of_its_vectors() {
+    // The same 240 vectors, written by FAISS as IndexHNSWFlat and as IndexFlatL2: the graph is not
+    // used, its storage is read in row order, so the maps are the same bit for bit.
+    let mut maps = Vec::new();
+    for fixture in ["clusters_hnsw.index", "clusters_flat_l2.index"] {
+        let service = start_embedding(&["--corpus", fixtures_dir().join(fixture).to_str().unwrap()]);
+        let mut client = map_client(&service).await;
+        let ready = poll_until_final(&mut client, LIMIT).await.pop().unwrap();
+        assert_eq!(ready.state(), MapState::Ready, "{fixture}: {:?}", ready.failure);
+        maps.push(points(&ready).iter().map(|p| (p.0, p.1.to_bits(), p.2.to_bits())).collect::<Vec<_>>());
+    }
+    assert_eq!(maps[0].len(), 240);
+    assert!(maps[0] == maps[1], "the HNSW index's map differs from the flat index's");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_float16_corpus_gives_the_map_of_the_same_values_in_float32() {
     // The values a float16 file can hold, written once as float16 and once widened to float32:
     // the same numbers, so the same map, point for point and bit for bit.
@@ -180,6 +196,7 @@ async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
     std::fs::write(path("truncated.index"), &fixture[..fixture.len() / 2]).unwrap();
     std::fs::write(path("garbage.npy"), b"\x93NUMPY garbage").unwrap();
     std::fs::create_dir(path("directory.index")).unwrap();
+    std::fs::write(path("ivf.index"), b"IwFl and an IVF index's lists would follow").unwrap();
     let mut with_nan = corpus_files::clustered(2, 10, 4);
     with_nan[13] = f32::NAN;
     corpus_files::write_matrix(&path("nan.npy"), 20, 4, &with_nan);
@@ -194,7 +211,7 @@ async fn bad_corpora_fail_with_a_clear_message_while_health_answers() {
         (vec!["--corpus".into(), path("truncated.index").display().to_string()], "is not a valid FAISS index"),
         (vec!["--corpus".into(), path("garbage.npy").display().to_string()], "is not a valid .npy matrix"),
         (vec!["--corpus".into(), fixtures_dir().join("empty_flat.index").display().to_string()], "corpus is empty"),
-        (vec!["--corpus".into(), fixtures_dir().join("clusters_hnsw.index").display().to_string()], "HNSW"),
+        (vec!["--corpus".into(), path("ivf.index").display().to_string()], "IVF (IndexIVFFlat)"),
         (
             vec!["--corpus".into(), path("nan.npy").display().to_string()],
             "non-finite value (NaN or infinity) at row 3, column 1",

@@ -372,22 +372,24 @@ fn widen<T: Into<i64>>(values: std::io::Result<Vec<T>>, path: &Path) -> Result<V
     Ok(values.map_err(|e| corrupt(path, ".npy id vector", e))?.into_iter().map(Into::into).collect())
 }
 
-/// A FAISS index file, opened as `file`: flat (IP or L2), optionally inside an ID map.
+/// A FAISS index file, opened as `file`: flat (IP or L2) or HNSW over flat storage, optionally
+/// inside an ID map.
 fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Option<Vec<i64>>), MapError> {
     const FORMAT: &str = "FAISS index";
     let mut reader = BufReader::new(&file.file);
-    match faiss_layout::check(&mut reader, file.signature.len).map_err(|reason| corrupt(path, FORMAT, reason))? {
-        Layout::Loadable => {}
-        Layout::Unsupported(fourcc) => {
-            return Err(MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) });
-        }
-    }
+    let hnsw =
+        match faiss_layout::check(&mut reader, file.signature.len).map_err(|reason| corrupt(path, FORMAT, reason))? {
+            Layout::Loadable { hnsw } => hnsw,
+            Layout::Unsupported(fourcc) => {
+                return Err(MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) });
+            }
+        };
     drop(reader);
     // FAISS opens the file by name itself: given the one checked above, not whatever the path
     // names by now.
     let index = faiss::read_index(file.proc_path()).map_err(|e| corrupt(path, FORMAT, e))?;
     unchanged_since_opened(path, &file)?;
-    let contents = faiss_ext::read_flat_contents(&index)
+    let contents = faiss_ext::read_flat_contents(&index, hnsw)
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
     let rows = contents.vectors.len().checked_div(contents.dimensions).unwrap_or(0);
@@ -405,7 +407,7 @@ fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Opti
 fn index_type_name(fourcc: &[u8; 4]) -> String {
     let code = String::from_utf8_lossy(fourcc).into_owned();
     let name = match &fourcc[..] {
-        b"IHNf" => "HNSW (IndexHNSWFlat)",
+        b"IHNp" | b"IHNs" | b"IHN2" => "HNSW over compressed storage (IndexHNSWPQ, IndexHNSWSQ, IndexHNSW2Level)",
         b"IwFl" | b"IwFL" => "IVF (IndexIVFFlat)",
         b"IwPQ" => "IVF-PQ (IndexIVFPQ)",
         b"IxPQ" => "PQ (IndexPQ)",

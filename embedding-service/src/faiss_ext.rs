@@ -58,15 +58,14 @@ pub struct FlatContents {
     pub dimensions: usize,
 }
 
-/// Reads every vector of a flat index, unwrapping an `IndexIDMap`/`IndexIDMap2` if present.
-/// Returns `None` when the index (or the one inside the ID map) is not flat.
-pub fn read_flat_contents(index: &IndexImpl) -> Result<Option<FlatContents>, String> {
+/// Reads every vector of a flat index, or of an HNSW index's storage when `hnsw` (its file said
+/// so: the C API cannot tell), unwrapping an `IndexIDMap`/`IndexIDMap2` if present. Returns
+/// `None` when the index (or the one inside the ID map) is neither.
+pub fn read_flat_contents(index: &IndexImpl, hnsw: bool) -> Result<Option<FlatContents>, String> {
     let outer: *mut FaissIndex = index.inner_ptr();
     // SAFETY: `outer` is a live index owned by `index`; the casts return null or a view of it.
     unsafe {
-        let (inner, ids) = if !faiss_sys::faiss_IndexFlat_cast(outer).is_null() {
-            (outer, None)
-        } else if !faiss_sys::faiss_IndexIDMap_cast(outer).is_null() {
+        let (inner, ids) = if !faiss_sys::faiss_IndexIDMap_cast(outer).is_null() {
             let map = faiss_sys::faiss_IndexIDMap_cast(outer);
             let (mut ptr, mut len) = (std::ptr::null_mut(), 0usize);
             faiss_sys::faiss_IndexIDMap_id_map(map, &mut ptr, &mut len);
@@ -77,9 +76,10 @@ pub fn read_flat_contents(index: &IndexImpl) -> Result<Option<FlatContents>, Str
             faiss_sys::faiss_IndexIDMap2_id_map(map, &mut ptr, &mut len);
             (faiss_sys::faiss_IndexIDMap2_sub_index(map), Some(copy_ids(ptr, len)))
         } else {
-            return Ok(None);
+            (outer, None)
         };
-        if inner.is_null() || faiss_sys::faiss_IndexFlat_cast(inner).is_null() {
+        // An HNSW index reconstructs a row from its flat storage, in row order.
+        if inner.is_null() || (!hnsw && faiss_sys::faiss_IndexFlat_cast(inner).is_null()) {
             return Ok(None);
         }
         let dimensions = usize::try_from(faiss_sys::faiss_Index_d(inner)).unwrap_or(0);

@@ -2,37 +2,42 @@
 //!
 //! FAISS trusts the size fields it reads: a forged vector length makes it allocate up to 4 TB
 //! before it notices the file is short, and a truncated flat index leaks what it had read.
-//! Both were found by fuzzing. So only the layouts the service loads (flat, or flat inside an ID
-//! map) reach FAISS, and only once every size in them fits the file; any other type code is
-//! named and refused without FAISS reading it.
+//! Both were found by fuzzing. So only the layouts the service loads (flat, or HNSW over flat
+//! storage, either inside an ID map or not) reach FAISS, and only once every size in them fits
+//! the file; any other type code is named and refused without FAISS reading it.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 /// What the walk found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Every size fits: FAISS may read the file.
-    Loadable,
+    /// Every size fits: FAISS may read the file. `hnsw`: the vectors are the storage of an HNSW
+    /// graph (which FAISS reads too, and the service does not use).
+    Loadable { hnsw: bool },
     /// A type the service does not load, with the type code that says which.
     Unsupported([u8; 4]),
 }
 
 const FLAT: [&[u8; 4]; 3] = [b"IxF2", b"IxFI", b"IxFl"];
+/// `IndexHNSWFlat`: a graph over a flat index that holds every vector exactly, in row order.
+const HNSW_FLAT: &[u8; 4] = b"IHNf";
 const ID_MAP: [&[u8; 4]; 2] = [b"IxMp", b"IxM2"];
 
 /// Walks the file from its start; `Err` carries why it is not a valid index.
 pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> {
     let mut walk = Walk { file, len, at: 0 };
     let fourcc = walk.fourcc()?;
-    if FLAT.contains(&&fourcc) {
-        walk.flat()?;
+    let mut hnsw = &fourcc == HNSW_FLAT;
+    if FLAT.contains(&&fourcc) || hnsw {
+        walk.vectors(&fourcc)?;
     } else if ID_MAP.contains(&&fourcc) {
         let (map_d, map_rows) = walk.header()?;
         let inner = walk.fourcc()?;
-        if !FLAT.contains(&&inner) {
+        hnsw = &inner == HNSW_FLAT;
+        if !FLAT.contains(&&inner) && !hnsw {
             return Ok(Layout::Unsupported(fourcc));
         }
-        let (d, rows) = walk.flat()?;
+        let (d, rows) = walk.vectors(&inner)?;
         // FAISS indexes the ID map by the outer count (IndexIDMap2 rebuilds its reverse map that
         // way), so a count that disagrees with the vectors reads out of bounds.
         if (map_d, map_rows) != (d, rows) {
@@ -46,7 +51,7 @@ pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> 
     } else {
         return Ok(Layout::Unsupported(fourcc));
     }
-    Ok(Layout::Loadable)
+    Ok(Layout::Loadable { hnsw })
 }
 
 struct Walk<'a, F> {
@@ -86,6 +91,45 @@ impl<F: Read + Seek> Walk<'_, F> {
         let d = u64::try_from(d).ok().filter(|&d| d > 0).ok_or(format!("dimension {d} is not positive"))?;
         let ntotal = u64::try_from(ntotal).map_err(|_| format!("vector count {ntotal} is negative"))?;
         Ok((d, ntotal))
+    }
+
+    /// A flat or HNSW-over-flat index after its type code; returns its (dimensions, vector count).
+    fn vectors(&mut self, fourcc: &[u8; 4]) -> Result<(u64, u64), String> {
+        if fourcc == HNSW_FLAT { self.hnsw_flat() } else { self.flat() }
+    }
+
+    /// FAISS's `read_HNSW` and the storage after it. Only the storage's vectors are read from
+    /// it, but FAISS allocates every array of the graph as the file sizes it, so each must fit.
+    fn hnsw_flat(&mut self) -> Result<(u64, u64), String> {
+        let (d, rows) = self.header()?;
+        for (what, width) in [("HNSW level probabilities", 8), ("HNSW neighbours per level", 4)] {
+            let count = self.u64(what)?;
+            self.skip(count, width, what)?;
+        }
+        let levels = self.u64("HNSW levels")?;
+        if levels != rows {
+            return Err(format!("HNSW has levels for {levels} points, its header says {rows}"));
+        }
+        self.skip(levels, 4, "HNSW levels")?;
+        let offsets = self.u64("HNSW offsets")?;
+        if Some(offsets) != rows.checked_add(1) {
+            return Err(format!("HNSW has {offsets} offsets for {rows} points"));
+        }
+        self.skip(offsets, 8, "HNSW offsets")?;
+        let links = self.u64("HNSW neighbour lists")?;
+        self.skip(links, 4, "HNSW neighbour lists")?;
+        // Entry point, top level, the two search widths and a retired field: five int32s.
+        let _settings: [u8; 20] = self.bytes("HNSW settings")?;
+        let storage = self.fourcc()?;
+        if !FLAT.contains(&&storage) {
+            let code = String::from_utf8_lossy(&storage).into_owned();
+            return Err(format!("HNSW storage has type code {code:?}, not a flat index"));
+        }
+        let (storage_d, storage_rows) = self.flat()?;
+        if (storage_d, storage_rows) != (d, rows) {
+            return Err(format!("HNSW header says {rows} x {d}, its storage holds {storage_rows} x {storage_d}"));
+        }
+        Ok((d, rows))
     }
 
     /// A flat index after its type code; returns its (dimensions, vector count).
@@ -140,12 +184,52 @@ mod tests {
 
     #[test]
     fn consistent_flat_and_id_map_files_are_loadable() {
-        assert_eq!(run(&flat(3, 2, 6)), Ok(Layout::Loadable));
+        assert_eq!(run(&flat(3, 2, 6)), Ok(Layout::Loadable { hnsw: false }));
         let mut map = header(b"IxMp", 3, 2);
         map.extend(flat(3, 2, 6));
         map.extend(2u64.to_le_bytes());
         map.extend([0u8; 16]);
-        assert_eq!(run(&map), Ok(Layout::Loadable));
+        assert_eq!(run(&map), Ok(Layout::Loadable { hnsw: false }));
+    }
+
+    /// What FAISS writes for an `IndexHNSWFlat` of `rows` points: the graph's five arrays (sized
+    /// as given), its settings, then the flat storage.
+    fn hnsw(d: i32, rows: i64, levels: u64, offsets: u64, storage: Vec<u8>) -> Vec<u8> {
+        let mut out = header(b"IHNf", d, rows);
+        for (count, width) in [(2u64, 8), (2, 4), (levels, 4), (offsets, 8), (rows as u64 * 4, 4)] {
+            out.extend(count.to_le_bytes());
+            out.extend(vec![0u8; (count * width) as usize]);
+        }
+        out.extend([0u8; 20]);
+        out.extend(storage);
+        out
+    }
+
+    #[test]
+    fn hnsw_over_flat_storage_is_loadable_bare_or_in_an_id_map() {
+        assert_eq!(run(&hnsw(3, 2, 2, 3, flat(3, 2, 6))), Ok(Layout::Loadable { hnsw: true }));
+        let mut map = header(b"IxM2", 3, 2);
+        map.extend(hnsw(3, 2, 2, 3, flat(3, 2, 6)));
+        map.extend(2u64.to_le_bytes());
+        map.extend([0u8; 16]);
+        assert_eq!(run(&map), Ok(Layout::Loadable { hnsw: true }));
+        // The one FAISS wrote (tests/fixtures): walked to its last byte, and not one further.
+        let written = include_bytes!("../../tests/fixtures/clusters_hnsw.index");
+        assert_eq!(run(written), Ok(Layout::Loadable { hnsw: true }));
+        assert!(run(&written[..written.len() - 1]).unwrap_err().contains("bytes remain"));
+    }
+
+    #[test]
+    fn hnsw_graphs_that_disagree_with_their_storage_or_the_file_are_refused() {
+        assert!(run(&hnsw(3, 2, 1, 3, flat(3, 2, 6))).unwrap_err().contains("levels for 1 points"));
+        assert!(run(&hnsw(3, 2, 2, 2, flat(3, 2, 6))).unwrap_err().contains("2 offsets for 2 points"));
+        assert!(run(&hnsw(3, 2, 2, 3, flat(3, 1, 3))).unwrap_err().contains("storage holds 1 x 3"));
+        let mut pq = header(b"IxPQ", 3, 2);
+        pq.extend([0u8; 64]);
+        assert!(run(&hnsw(3, 2, 2, 3, pq)).unwrap_err().contains("not a flat index"));
+        let mut forged = header(b"IHNf", 3, 2);
+        forged.extend((1u64 << 40).to_le_bytes());
+        assert!(run(&forged).unwrap_err().contains("bytes remain"));
     }
 
     #[test]
@@ -168,9 +252,9 @@ mod tests {
 
     #[test]
     fn other_types_are_named_without_being_parsed() {
-        assert_eq!(run(b"IHNf and whatever follows"), Ok(Layout::Unsupported(*b"IHNf")));
+        assert_eq!(run(b"IwFl and whatever follows"), Ok(Layout::Unsupported(*b"IwFl")));
         let mut map = header(b"IxM2", 3, 2);
-        map.extend(b"IHNf");
+        map.extend(b"IwFl");
         assert_eq!(run(&map), Ok(Layout::Unsupported(*b"IxM2")));
     }
 }
