@@ -8,10 +8,12 @@
 //! read once for all of them, as one matrix-matrix product, so a scan bound by memory bandwidth
 //! for one query serves many for little more (docs/benchmarks.md has the figures).
 
-use std::{cmp::Ordering, collections::HashMap};
+use std::{cmp::Ordering, collections::HashMap, sync::Arc};
 
 use ndarray::{Array2, ArrayView1, Axis, s};
 use rayon::prelude::*;
+
+use crate::pipeline::UnitRows;
 
 /// Most neighbours one query may ask for.
 pub const MAX_K: u32 = 100;
@@ -39,8 +41,9 @@ pub enum QueryError {
 pub struct NeighborIndex {
     ids: Vec<i64>,
     rows: HashMap<i64, usize>,
-    /// `n x d`, each row of unit length (a zero row stays zero).
-    vectors: Array2<f32>,
+    /// `n x d`, each row of unit length (a zero row stays zero); shared with the map being
+    /// computed from them.
+    vectors: Arc<Array2<f32>>,
 }
 
 /// A checked query: the unit vector to compare, how many to give, and the row to leave out (the
@@ -68,8 +71,13 @@ impl std::fmt::Debug for NeighborIndex {
 impl NeighborIndex {
     /// From the corpus's ids and rows (normalised here, so `vectors` may be the raw corpus).
     pub fn new(ids: Vec<i64>, vectors: Array2<f32>) -> Self {
+        Self::from_unit_rows(ids, &UnitRows::new(vectors))
+    }
+
+    /// From the corpus's ids and its rows as the map reads them, without a copy.
+    pub fn from_unit_rows(ids: Vec<i64>, vectors: &UnitRows) -> Self {
         let rows = ids.iter().enumerate().map(|(row, &id)| (id, row)).collect();
-        NeighborIndex { ids, rows, vectors: crate::pipeline::l2_normalized(vectors) }
+        NeighborIndex { ids, rows, vectors: vectors.shared() }
     }
 
     pub fn dimensions(&self) -> usize {

@@ -51,7 +51,7 @@ fn the_default_map_of_real_embeddings_keeps_neighbours_as_well_as_opentsne() {
     let vectors = source.load().unwrap().vectors;
     let input_neighbors = quality::input_neighbors(vectors.clone()).unwrap();
 
-    let map = pipeline::compute_map(vectors, &settings, &Quiet).unwrap();
+    let map = pipeline::compute_map(pipeline::UnitRows::new(vectors), &settings, &Quiet).unwrap();
     let preservation = quality::neighbor_preservation(&map.points, &input_neighbors).unwrap();
     let accuracy = quality::knn_label_accuracy(&map.points, &labels).unwrap();
     eprintln!("docs1200 at defaults: preservation {preservation:.4}, label accuracy {accuracy:.4}");

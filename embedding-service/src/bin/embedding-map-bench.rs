@@ -16,7 +16,7 @@ use std::{path::PathBuf, time::Instant};
 use clap::Parser;
 use embedding_service::{
     corpus::CorpusSource,
-    pipeline::{self, MapOutput, MapSettings, ProgressSink, WarmStart, quality},
+    pipeline::{self, MapOutput, MapSettings, ProgressSink, UnitRows, WarmStart, quality},
 };
 use embeddingmap_proto::v1::Phase;
 
@@ -81,8 +81,8 @@ fn main() -> anyhow::Result<()> {
         let (n, dimensions) = (corpus.len(), corpus.dimensions());
         let start = parent.as_ref().map(|parent| WarmStart::from_parent(parent.iter().copied(), &corpus.ids));
         let MapOutput { points, parameters, timings } = match start.filter(|start| start.applies(settings)) {
-            Some(start) => pipeline::compute_map_from(corpus.vectors, settings, &Quiet, &start)?,
-            None => pipeline::compute_map(corpus.vectors, settings, &Quiet)?,
+            Some(start) => pipeline::compute_map_from(UnitRows::new(corpus.vectors), settings, &Quiet, &start)?,
+            None => pipeline::compute_map(UnitRows::new(corpus.vectors), settings, &Quiet)?,
         };
         let total = started.elapsed();
         totals.push(total.as_secs_f64());

@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use embeddingmap_proto::v1::Phase;
 
-use ndarray::Array2;
-
 use crate::error::MapError;
 
 /// The map-making code's version, part of every stored map's key: raised by any change that makes
@@ -25,7 +23,7 @@ use crate::error::MapError;
 pub const ALGORITHM_VERSION: u32 = 2;
 
 pub use knn::KnnMethod;
-pub use prepare::{PcaWidth, l2_normalized};
+pub use prepare::{PcaWidth, UnitRows, l2_normalized};
 pub use settings::{GradientChoice, KnnChoice, Layout, MapParameters, MapSettings};
 pub use warm_start::WarmStart;
 
@@ -98,11 +96,12 @@ pub struct MapOutput {
     pub timings: PhaseTimings,
 }
 
-/// Computes the map of a corpus's vectors (`n x d`), one point per row. Blocking and CPU-bound.
-/// The vectors are consumed: normalised in place and freed once projected, which at 200k x 384
-/// keeps 300 MB out of the neighbour search and the optimisation.
+/// Computes the map of a corpus's rows (`n x d`, at unit length), one point per row. Blocking
+/// and CPU-bound. The rows are only read, for the PCA, and this handle on them is dropped then:
+/// unless a neighbour index shares them, the neighbour search and the optimisation run without
+/// them (300 MB at 200k x 384).
 pub fn compute_map(
-    vectors: Array2<f32>,
+    vectors: UnitRows,
     settings: &MapSettings,
     progress: &dyn ProgressSink,
 ) -> Result<MapOutput, MapError> {
@@ -113,7 +112,7 @@ pub fn compute_map(
 /// had): no early exaggeration and `--refresh-iterations`, so the layout stays recognisable.
 /// Deterministic like a fresh map: the same parent, corpus and settings give the same points.
 pub fn compute_map_from(
-    vectors: Array2<f32>,
+    vectors: UnitRows,
     settings: &MapSettings,
     progress: &dyn ProgressSink,
     start: &WarmStart,
@@ -122,12 +121,12 @@ pub fn compute_map_from(
 }
 
 fn compute(
-    vectors: Array2<f32>,
+    vectors: UnitRows,
     settings: &MapSettings,
     progress: &dyn ProgressSink,
     start: Option<&WarmStart>,
 ) -> Result<MapOutput, MapError> {
-    let (points, dimensions) = vectors.dim();
+    let (points, dimensions) = vectors.rows().dim();
     let mut parameters = settings.resolve(points, dimensions)?;
     if let Some(start) = start {
         if start.positions.len() != points {
@@ -142,14 +141,14 @@ fn compute(
     use_threads(parameters.threads);
     let mut timings = PhaseTimings::default();
 
+    // Normalised when the rows were made, before the neighbour index took them.
     progress.phase(Phase::Normalizing);
-    let started = Instant::now();
-    let normalized = prepare::l2_normalized(vectors);
-    timings.normalize = started.elapsed();
+    timings.normalize = vectors.normalized_in;
 
     progress.phase(Phase::Pca);
     let started = Instant::now();
-    let reduced = prepare::pca_reduce(normalized, parameters.pca_width)?;
+    let reduced = prepare::pca_reduce(vectors.rows(), parameters.pca_width)?;
+    drop(vectors);
     parameters.pca_dimensions = reduced.ncols() as u32;
     let initial = match (start, parameters.init) {
         // Placed once the neighbours are known.
