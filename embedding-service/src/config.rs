@@ -21,8 +21,8 @@ pub struct Config {
     #[arg(long, env = "EMBEDDING_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
-    /// Corpus to map: a FAISS index file (flat, IP or L2, or HNSW over flat storage, with or without
-    /// an ID map) or a float16, float32 or float64 `.npy` matrix. Without one, the bundled demo corpus
+    /// Corpus to map: a FAISS index file (flat, IP or L2, HNSW over flat storage, or float16 codes;
+    /// with or without an ID map) or a float16, float32 or float64 `.npy` matrix. Without one, the bundled demo corpus
     /// (scikit-learn's digits) is served.
     #[arg(long, env = "EMBEDDING_CORPUS")]
     pub corpus: Option<PathBuf>,

@@ -372,14 +372,14 @@ fn widen<T: Into<i64>>(values: std::io::Result<Vec<T>>, path: &Path) -> Result<V
     Ok(values.map_err(|e| corrupt(path, ".npy id vector", e))?.into_iter().map(Into::into).collect())
 }
 
-/// A FAISS index file, opened as `file`: flat (IP or L2) or HNSW over flat storage, optionally
-/// inside an ID map.
+/// A FAISS index file, opened as `file`: flat (IP or L2), HNSW over flat storage or float16
+/// scalar-quantizer codes, optionally inside an ID map.
 fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Option<Vec<i64>>), MapError> {
     const FORMAT: &str = "FAISS index";
     let mut reader = BufReader::new(&file.file);
-    let hnsw =
+    let held =
         match faiss_layout::check(&mut reader, file.signature.len).map_err(|reason| corrupt(path, FORMAT, reason))? {
-            Layout::Loadable { hnsw } => hnsw,
+            Layout::Loadable(held) => held,
             Layout::Unsupported(fourcc) => {
                 return Err(MapError::UnsupportedIndex { path: path.to_owned(), found: index_type_name(&fourcc) });
             }
@@ -389,7 +389,7 @@ fn load_faiss_index(path: &Path, file: RegularFile) -> Result<(Array2<f32>, Opti
     // names by now.
     let index = faiss::read_index(file.proc_path()).map_err(|e| corrupt(path, FORMAT, e))?;
     unchanged_since_opened(path, &file)?;
-    let contents = faiss_ext::read_flat_contents(&index, hnsw)
+    let contents = faiss_ext::read_index_vectors(&index, held)
         .map_err(|e| corrupt(path, FORMAT, e))?
         .ok_or_else(|| corrupt(path, FORMAT, "FAISS read it as a different index type than its type code says"))?;
     let rows = contents.vectors.len().checked_div(contents.dimensions).unwrap_or(0);
@@ -411,7 +411,7 @@ fn index_type_name(fourcc: &[u8; 4]) -> String {
         b"IwFl" | b"IwFL" => "IVF (IndexIVFFlat)",
         b"IwPQ" => "IVF-PQ (IndexIVFPQ)",
         b"IxPQ" => "PQ (IndexPQ)",
-        b"IxSQ" => "scalar-quantizer (IndexScalarQuantizer)",
+        b"IxSQ" => "lossy scalar-quantizer (IndexScalarQuantizer other than SQfp16)",
         b"IxPT" => "pre-transform (IndexPreTransform)",
         b"IxMp" | b"IxM2" => "ID map over a non-flat index",
         _ => return format!("type-code {code:?}"),
@@ -439,6 +439,43 @@ mod tests {
         let duplicated = Corpus::new(Array2::zeros((3, 2)), Some(vec![7, 8, 7]));
         assert!(matches!(duplicated, Err(MapError::DuplicateId { id: 7, first: 0, second: 2 })));
         assert!(matches!(Corpus::new(Array2::zeros((0, 2)), None), Err(MapError::EmptyCorpus)));
+    }
+
+    #[test]
+    fn float16_faiss_indexes_give_their_values_rounded_to_float16_bare_or_id_mapped() {
+        use faiss::Index;
+        let (rows, d) = (50, 8);
+        let values: Vec<f32> = (0..rows * d).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.3).collect();
+        let rounded: Vec<f32> = values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        let dir = tempfile::tempdir().unwrap();
+        // Written by FAISS itself, as a user's SQfp16 index would be.
+        let bare = dir.path().join("fp16.index");
+        let mut index = faiss::index_factory(d as u32, "SQfp16", faiss::MetricType::L2).unwrap();
+        index.train(&values).unwrap();
+        index.add(&values).unwrap();
+        faiss::write_index(&index, bare.to_str().unwrap()).unwrap();
+        let corpus = CorpusSource::FaissIndex(bare).load().unwrap();
+        assert_eq!(corpus.ids, (0..rows as i64).collect::<Vec<_>>());
+        assert_eq!(corpus.vectors.as_slice().unwrap(), &rounded[..]);
+
+        let mapped = dir.path().join("fp16_idmap.index");
+        let mut index = faiss::index_factory(d as u32, "IDMap,SQfp16", faiss::MetricType::L2).unwrap();
+        index.train(&values).unwrap();
+        let ids: Vec<faiss::Idx> = (0..rows as u64).map(|i| faiss::Idx::new(1000 + 3 * i)).collect();
+        index.add_with_ids(&values, &ids).unwrap();
+        faiss::write_index(&index, mapped.to_str().unwrap()).unwrap();
+        let corpus = CorpusSource::FaissIndex(mapped).load().unwrap();
+        assert_eq!(corpus.ids, (0..rows as i64).map(|i| 1000 + 3 * i).collect::<Vec<_>>());
+        assert_eq!(corpus.vectors.as_slice().unwrap(), &rounded[..]);
+
+        // 8-bit codes lose more than float16 does: refused by name.
+        let lossy = dir.path().join("sq8.index");
+        let mut index = faiss::index_factory(d as u32, "SQ8", faiss::MetricType::L2).unwrap();
+        index.train(&values).unwrap();
+        index.add(&values).unwrap();
+        faiss::write_index(&index, lossy.to_str().unwrap()).unwrap();
+        let error = CorpusSource::FaissIndex(lossy).load().unwrap_err().to_string();
+        assert!(error.contains("lossy scalar-quantizer"), "{error}");
     }
 
     /// A float32 `.npy` file of `shape` whose data section holds `values` as written.

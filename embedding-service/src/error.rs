@@ -16,8 +16,8 @@ pub enum MapError {
 
     #[error(
         "corpus file {path} holds a FAISS {found} index, which is not supported: write a flat \
-         index (IndexFlatIP or IndexFlatL2) or an IndexHNSWFlat, optionally inside IndexIDMap, or \
-         a float16, float32 or float64 .npy matrix"
+         index (IndexFlatIP or IndexFlatL2), an IndexHNSWFlat or an SQfp16 IndexScalarQuantizer, \
+         optionally inside IndexIDMap, or a float16, float32 or float64 .npy matrix"
     )]
     UnsupportedIndex { path: PathBuf, found: String },
 

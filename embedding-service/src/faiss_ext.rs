@@ -6,6 +6,8 @@ use std::{ffi::CStr, os::raw::c_int};
 use faiss::index::IndexImpl;
 use faiss_sys::{FaissIndex, FaissVectorTransform};
 
+use crate::faiss_layout::Vectors;
+
 unsafe extern "C" {
     // From libgomp, which faiss-sys links for FAISS's OpenMP loops.
     fn omp_set_num_threads(threads: c_int);
@@ -49,8 +51,8 @@ fn check(code: c_int) -> Result<(), String> {
     if code == 0 { Ok(()) } else { Err(last_error()) }
 }
 
-/// What a loaded index turned out to be, with the vectors it stores.
-pub struct FlatContents {
+/// The vectors a loaded index stores, with its ids.
+pub struct IndexVectors {
     /// The ID map's ids, when the index has one.
     pub ids: Option<Vec<i64>>,
     /// Row-major vectors, `ntotal x d`.
@@ -58,10 +60,10 @@ pub struct FlatContents {
     pub dimensions: usize,
 }
 
-/// Reads every vector of a flat index, or of an HNSW index's storage when `hnsw` (its file said
-/// so: the C API cannot tell), unwrapping an `IndexIDMap`/`IndexIDMap2` if present. Returns
-/// `None` when the index (or the one inside the ID map) is neither.
-pub fn read_flat_contents(index: &IndexImpl, hnsw: bool) -> Result<Option<FlatContents>, String> {
+/// Reads every vector of an index that holds them as `held` says (its file said so: the C API
+/// cannot tell an HNSW or a scalar quantizer apart), unwrapping an `IndexIDMap`/`IndexIDMap2` if
+/// present. Returns `None` when a flat index was expected and FAISS read another type.
+pub fn read_index_vectors(index: &IndexImpl, held: Vectors) -> Result<Option<IndexVectors>, String> {
     let outer: *mut FaissIndex = index.inner_ptr();
     // SAFETY: `outer` is a live index owned by `index`; the casts return null or a view of it.
     unsafe {
@@ -78,8 +80,9 @@ pub fn read_flat_contents(index: &IndexImpl, hnsw: bool) -> Result<Option<FlatCo
         } else {
             (outer, None)
         };
-        // An HNSW index reconstructs a row from its flat storage, in row order.
-        if inner.is_null() || (!hnsw && faiss_sys::faiss_IndexFlat_cast(inner).is_null()) {
+        // An HNSW index reconstructs a row from its flat storage, a scalar quantizer by decoding
+        // its code; both in row order.
+        if inner.is_null() || (held == Vectors::Flat && faiss_sys::faiss_IndexFlat_cast(inner).is_null()) {
             return Ok(None);
         }
         let dimensions = usize::try_from(faiss_sys::faiss_Index_d(inner)).unwrap_or(0);
@@ -89,7 +92,7 @@ pub fn read_flat_contents(index: &IndexImpl, hnsw: bool) -> Result<Option<FlatCo
         if total > 0 {
             check(faiss_sys::faiss_Index_reconstruct_n(inner, 0, total as i64, vectors.as_mut_ptr()))?;
         }
-        Ok(Some(FlatContents { ids, vectors, dimensions }))
+        Ok(Some(IndexVectors { ids, vectors, dimensions }))
     }
 }
 

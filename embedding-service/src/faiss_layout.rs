@@ -2,42 +2,65 @@
 //!
 //! FAISS trusts the size fields it reads: a forged vector length makes it allocate up to 4 TB
 //! before it notices the file is short, and a truncated flat index leaks what it had read.
-//! Both were found by fuzzing. So only the layouts the service loads (flat, or HNSW over flat
-//! storage, either inside an ID map or not) reach FAISS, and only once every size in them fits
-//! the file; any other type code is named and refused without FAISS reading it.
+//! Both were found by fuzzing. So only the layouts the service loads (flat, HNSW over flat
+//! storage, or float16 codes, either inside an ID map or not) reach FAISS, and only once every
+//! size in them fits the file; any other type code is named and refused without FAISS reading it.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
 /// What the walk found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Layout {
-    /// Every size fits: FAISS may read the file. `hnsw`: the vectors are the storage of an HNSW
-    /// graph (which FAISS reads too, and the service does not use).
-    Loadable { hnsw: bool },
+    /// Every size fits: FAISS may read the file, whose vectors are held as this says.
+    Loadable(Vectors),
     /// A type the service does not load, with the type code that says which.
     Unsupported([u8; 4]),
+}
+
+/// How a loadable index holds its vectors, which says how they are read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vectors {
+    /// A flat index: the vectors as they were added.
+    Flat,
+    /// The flat storage of an HNSW graph (which FAISS reads too, and the service does not use).
+    HnswFlat,
+    /// A scalar quantizer's float16 codes: each value rounded to float16, decoded by FAISS.
+    Float16,
 }
 
 const FLAT: [&[u8; 4]; 3] = [b"IxF2", b"IxFI", b"IxFl"];
 /// `IndexHNSWFlat`: a graph over a flat index that holds every vector exactly, in row order.
 const HNSW_FLAT: &[u8; 4] = b"IHNf";
+/// `IndexScalarQuantizer`, loaded when its type is float16 (`SQfp16`).
+const SCALAR_QUANTIZER: &[u8; 4] = b"IxSQ";
+/// FAISS's `ScalarQuantizer::QT_fp16`.
+const QT_FP16: i32 = 4;
 const ID_MAP: [&[u8; 4]; 2] = [b"IxMp", b"IxM2"];
+
+/// What holds the vectors for a type code the service loads.
+fn vectors_of(fourcc: &[u8; 4]) -> Option<Vectors> {
+    match fourcc {
+        code if FLAT.contains(&code) => Some(Vectors::Flat),
+        code if code == HNSW_FLAT => Some(Vectors::HnswFlat),
+        code if code == SCALAR_QUANTIZER => Some(Vectors::Float16),
+        _ => None,
+    }
+}
 
 /// Walks the file from its start; `Err` carries why it is not a valid index.
 pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> {
     let mut walk = Walk { file, len, at: 0 };
     let fourcc = walk.fourcc()?;
-    let mut hnsw = &fourcc == HNSW_FLAT;
-    if FLAT.contains(&&fourcc) || hnsw {
-        walk.vectors(&fourcc)?;
+    let vectors = if let Some(vectors) = vectors_of(&fourcc) {
+        if walk.vectors(vectors)?.is_none() {
+            return Ok(Layout::Unsupported(fourcc));
+        }
+        vectors
     } else if ID_MAP.contains(&&fourcc) {
         let (map_d, map_rows) = walk.header()?;
         let inner = walk.fourcc()?;
-        hnsw = &inner == HNSW_FLAT;
-        if !FLAT.contains(&&inner) && !hnsw {
-            return Ok(Layout::Unsupported(fourcc));
-        }
-        let (d, rows) = walk.vectors(&inner)?;
+        let Some(vectors) = vectors_of(&inner) else { return Ok(Layout::Unsupported(fourcc)) };
+        let Some((d, rows)) = walk.vectors(vectors)? else { return Ok(Layout::Unsupported(inner)) };
         // FAISS indexes the ID map by the outer count (IndexIDMap2 rebuilds its reverse map that
         // way), so a count that disagrees with the vectors reads out of bounds.
         if (map_d, map_rows) != (d, rows) {
@@ -48,10 +71,11 @@ pub fn check(file: &mut (impl Read + Seek), len: u64) -> Result<Layout, String> 
             return Err(format!("ID map has {ids} ids for {rows} vectors"));
         }
         walk.skip(ids, 8, "ID map")?;
+        vectors
     } else {
         return Ok(Layout::Unsupported(fourcc));
-    }
-    Ok(Layout::Loadable { hnsw })
+    };
+    Ok(Layout::Loadable(vectors))
 }
 
 struct Walk<'a, F> {
@@ -93,9 +117,36 @@ impl<F: Read + Seek> Walk<'_, F> {
         Ok((d, ntotal))
     }
 
-    /// A flat or HNSW-over-flat index after its type code; returns its (dimensions, vector count).
-    fn vectors(&mut self, fourcc: &[u8; 4]) -> Result<(u64, u64), String> {
-        if fourcc == HNSW_FLAT { self.hnsw_flat() } else { self.flat() }
+    /// An index holding `vectors`, after its type code; returns its (dimensions, vector count),
+    /// or None for a scalar quantizer of a type other than float16.
+    fn vectors(&mut self, vectors: Vectors) -> Result<Option<(u64, u64)>, String> {
+        match vectors {
+            Vectors::Flat => self.flat().map(Some),
+            Vectors::HnswFlat => self.hnsw_flat().map(Some),
+            Vectors::Float16 => self.float16(),
+        }
+    }
+
+    /// FAISS's `IndexScalarQuantizer`: its quantizer's settings, then one code per vector.
+    fn float16(&mut self) -> Result<Option<(u64, u64)>, String> {
+        let (d, rows) = self.header()?;
+        let qtype = i32::from_le_bytes(self.bytes("scalar quantizer")?);
+        if qtype != QT_FP16 {
+            return Ok(None);
+        }
+        let _range: [u8; 8] = self.bytes("scalar quantizer")?; // range statistic and its argument
+        let (sq_d, code_size) = (self.u64("scalar quantizer")?, self.u64("scalar quantizer")?);
+        if sq_d != d || Some(code_size) != d.checked_mul(2) {
+            return Err(format!("float16 quantizer of {sq_d} dimensions, {code_size}-byte codes, in a {d}-d index"));
+        }
+        let trained = self.u64("scalar quantizer training")?;
+        self.skip(trained, 4, "scalar quantizer training")?;
+        let codes = self.u64("codes length")?;
+        if Some(codes) != rows.checked_mul(code_size) {
+            return Err(format!("codes hold {codes} bytes, not {rows} codes of {code_size}"));
+        }
+        self.skip(codes, 1, "codes")?;
+        Ok(Some((d, rows)))
     }
 
     /// FAISS's `read_HNSW` and the storage after it. Only the storage's vectors are read from
@@ -184,12 +235,12 @@ mod tests {
 
     #[test]
     fn consistent_flat_and_id_map_files_are_loadable() {
-        assert_eq!(run(&flat(3, 2, 6)), Ok(Layout::Loadable { hnsw: false }));
+        assert_eq!(run(&flat(3, 2, 6)), Ok(Layout::Loadable(Vectors::Flat)));
         let mut map = header(b"IxMp", 3, 2);
         map.extend(flat(3, 2, 6));
         map.extend(2u64.to_le_bytes());
         map.extend([0u8; 16]);
-        assert_eq!(run(&map), Ok(Layout::Loadable { hnsw: false }));
+        assert_eq!(run(&map), Ok(Layout::Loadable(Vectors::Flat)));
     }
 
     /// What FAISS writes for an `IndexHNSWFlat` of `rows` points: the graph's five arrays (sized
@@ -207,15 +258,15 @@ mod tests {
 
     #[test]
     fn hnsw_over_flat_storage_is_loadable_bare_or_in_an_id_map() {
-        assert_eq!(run(&hnsw(3, 2, 2, 3, flat(3, 2, 6))), Ok(Layout::Loadable { hnsw: true }));
+        assert_eq!(run(&hnsw(3, 2, 2, 3, flat(3, 2, 6))), Ok(Layout::Loadable(Vectors::HnswFlat)));
         let mut map = header(b"IxM2", 3, 2);
         map.extend(hnsw(3, 2, 2, 3, flat(3, 2, 6)));
         map.extend(2u64.to_le_bytes());
         map.extend([0u8; 16]);
-        assert_eq!(run(&map), Ok(Layout::Loadable { hnsw: true }));
+        assert_eq!(run(&map), Ok(Layout::Loadable(Vectors::HnswFlat)));
         // The one FAISS wrote (tests/fixtures): walked to its last byte, and not one further.
         let written = include_bytes!("../../tests/fixtures/clusters_hnsw.index");
-        assert_eq!(run(written), Ok(Layout::Loadable { hnsw: true }));
+        assert_eq!(run(written), Ok(Layout::Loadable(Vectors::HnswFlat)));
         assert!(run(&written[..written.len() - 1]).unwrap_err().contains("bytes remain"));
     }
 
@@ -248,6 +299,37 @@ mod tests {
         map.extend(flat(3, 0, 0));
         map.extend(0u64.to_le_bytes());
         assert!(run(&map).unwrap_err().contains("ID map header says"));
+    }
+
+    /// What FAISS writes for an `IndexScalarQuantizer` of `qtype` with `code_size`-byte codes.
+    fn scalar_quantizer(d: i32, rows: i64, qtype: i32, code_size: u64, codes: u64) -> Vec<u8> {
+        let mut out = header(b"IxSQ", d, rows);
+        out.extend(qtype.to_le_bytes());
+        out.extend([0u8; 8]);
+        out.extend((d as u64).to_le_bytes());
+        out.extend(code_size.to_le_bytes());
+        out.extend(0u64.to_le_bytes());
+        out.extend(codes.to_le_bytes());
+        out.extend(vec![0u8; codes.min(1 << 20) as usize]);
+        out
+    }
+
+    #[test]
+    fn float16_codes_are_loadable_and_other_quantizers_are_named() {
+        assert_eq!(run(&scalar_quantizer(3, 2, QT_FP16, 6, 12)), Ok(Layout::Loadable(Vectors::Float16)));
+        let mut map = header(b"IxMp", 3, 2);
+        map.extend(scalar_quantizer(3, 2, QT_FP16, 6, 12));
+        map.extend(2u64.to_le_bytes());
+        map.extend([0u8; 16]);
+        assert_eq!(run(&map), Ok(Layout::Loadable(Vectors::Float16)));
+        // 8-bit codes are lossy: refused by name, as in an ID map.
+        assert_eq!(run(&scalar_quantizer(3, 2, 0, 3, 6)), Ok(Layout::Unsupported(*b"IxSQ")));
+        let mut map = header(b"IxMp", 3, 2);
+        map.extend(scalar_quantizer(3, 2, 0, 3, 6));
+        assert_eq!(run(&map), Ok(Layout::Unsupported(*b"IxSQ")));
+        assert!(run(&scalar_quantizer(3, 2, QT_FP16, 4, 8)).unwrap_err().contains("4-byte codes"));
+        assert!(run(&scalar_quantizer(3, 2, QT_FP16, 6, 10)).unwrap_err().contains("not 2 codes of 6"));
+        assert!(run(&scalar_quantizer(3, 1 << 38, QT_FP16, 6, 6 << 38)).unwrap_err().contains("bytes remain"));
     }
 
     #[test]
