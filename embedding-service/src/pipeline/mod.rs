@@ -10,7 +10,10 @@ pub mod quality;
 mod settings;
 mod warm_start;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use clap::ValueEnum;
 use embeddingmap_proto::v1::Phase;
@@ -147,7 +150,11 @@ fn compute(
 
     progress.phase(Phase::Pca);
     let started = Instant::now();
-    let reduced = prepare::pca_reduce(vectors.rows(), parameters.pca_width)?;
+    let reduced = match prepare::pca_reduce(vectors.rows(), parameters.pca_width)? {
+        Some(projected) => Arc::new(projected),
+        // Narrow enough already: the rows themselves, shared rather than copied.
+        None => vectors.shared(),
+    };
     drop(vectors);
     parameters.pca_dimensions = reduced.ncols() as u32;
     let initial = match (start, parameters.init) {

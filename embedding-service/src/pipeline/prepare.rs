@@ -27,9 +27,9 @@ pub fn l2_normalized(mut normalized: Array2<f32>) -> Array2<f32> {
     normalized
 }
 
-/// A corpus's rows at unit length, shared: the map reads them once, for its PCA, and the
-/// neighbour index keeps them, so the service holds one copy of a corpus (1.5 GB at 1M x 384)
-/// rather than two. Only `UnitRows::new` makes one, so the rows are always normalised.
+/// A corpus's rows at unit length, shared: the map reads them for its PCA (and searches them
+/// as they are when they are narrow enough to need none), and the neighbour index keeps them, so
+/// the service holds one copy of a corpus (1.5 GB at 1M x 384) rather than two. Only `UnitRows::new` makes one, so the rows are always normalised.
 #[derive(Clone)]
 pub struct UnitRows {
     rows: Arc<Array2<f32>>,
@@ -97,12 +97,12 @@ impl PcaWidth {
     }
 }
 
-/// FAISS PCA down to the columns `width` picks; a copy of the input when it is no wider than
-/// `width` allows (the neighbour search consumes its input).
-pub fn pca_reduce(vectors: &Array2<f32>, width: PcaWidth) -> Result<Array2<f32>, MapError> {
+/// FAISS PCA down to the columns `width` picks, or None when the input is no wider than `width`
+/// allows (the input is then used as it is, not copied).
+pub fn pca_reduce(vectors: &Array2<f32>, width: PcaWidth) -> Result<Option<Array2<f32>>, MapError> {
     let (n, d) = vectors.dim();
     if d <= width.widest() {
-        return Ok(vectors.to_owned());
+        return Ok(None);
     }
     let flat = vectors.as_standard_layout();
     // Every axis is needed for the automatic choice (the noise level is the median eigenvalue);
@@ -114,7 +114,7 @@ pub fn pca_reduce(vectors: &Array2<f32>, width: PcaWidth) -> Result<Array2<f32>,
         if matches!(width, PcaWidth::Fixed(_)) { None } else { Some(&choose) };
     let (projected, kept) = faiss_ext::pca_project(flat.as_slice().expect("standard layout"), d, axes, choose)
         .map_err(|e| MapError::faiss("PCA", e))?;
-    Array2::from_shape_vec((n, kept), projected).map_err(|e| MapError::faiss("PCA", e))
+    Array2::from_shape_vec((n, kept), projected).map(Some).map_err(|e| MapError::faiss("PCA", e))
 }
 
 /// The first two principal components (FAISS orders them by decreasing variance), scaled so the
@@ -152,7 +152,7 @@ mod tests {
         // The seed's shape: fewer points (here 60) than dimensions (100).
         let vectors = ndarray::Array2::from_shape_fn((60, 100), |(i, j)| ((i * 31 + j * 17) % 23) as f32 - 11.0);
         for width in [PcaWidth::AboveNoise { min: 5, max: 8 }, PcaWidth::Fixed(8)] {
-            let reduced = pca_reduce(&vectors, width).unwrap();
+            let reduced = pca_reduce(&vectors, width).unwrap().expect("100 columns are reduced");
             assert_eq!(reduced.nrows(), 60);
             assert!((5..=8).contains(&reduced.ncols()), "{width:?}: {} columns", reduced.ncols());
         }

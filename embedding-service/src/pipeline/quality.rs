@@ -18,7 +18,8 @@ pub fn knn_recall(vectors: Array2<f32>, settings: &MapSettings) -> Result<f64, M
     let (points, dimensions) = vectors.dim();
     let parameters = settings.resolve(points, dimensions)?;
     use_threads(parameters.threads);
-    let reduced = prepare::pca_reduce(&prepare::l2_normalized(vectors), parameters.pca_width)?;
+    let normalized = prepare::l2_normalized(vectors);
+    let reduced = prepare::pca_reduce(&normalized, parameters.pca_width)?.unwrap_or(normalized);
     let k = parameters.neighbors as usize;
     let found = knn::nearest_neighbors(&reduced, k, parameters.knn, parameters.threads)?;
     let exact = knn::nearest_neighbors(&reduced, k, KnnMethod::Exact, parameters.threads)?;
