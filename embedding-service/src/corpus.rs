@@ -413,7 +413,7 @@ fn index_type_name(fourcc: &[u8; 4]) -> String {
         b"IxPQ" => "PQ (IndexPQ)",
         b"IxSQ" => "lossy scalar-quantizer (IndexScalarQuantizer other than SQfp16)",
         b"IxPT" => "pre-transform (IndexPreTransform)",
-        b"IxMp" | b"IxM2" => "ID map over a non-flat index",
+        b"IxMp" | b"IxM2" => "ID map over an index type the service does not load",
         _ => return format!("type-code {code:?}"),
     };
     format!("{name}, type-code {code:?},")

@@ -60,9 +60,9 @@ pub struct IndexVectors {
     pub dimensions: usize,
 }
 
-/// Reads every vector of an index that holds them as `held` says (its file said so: the C API
-/// cannot tell an HNSW or a scalar quantizer apart), unwrapping an `IndexIDMap`/`IndexIDMap2` if
-/// present. Returns `None` when a flat index was expected and FAISS read another type.
+/// Reads every vector of an index that holds them as `held` says (its file said so; the C API
+/// has no cast for an HNSW index), unwrapping an `IndexIDMap`/`IndexIDMap2` if present. Returns
+/// `None` when FAISS read a type other than the one expected.
 pub fn read_index_vectors(index: &IndexImpl, held: Vectors) -> Result<Option<IndexVectors>, String> {
     let outer: *mut FaissIndex = index.inner_ptr();
     // SAFETY: `outer` is a live index owned by `index`; the casts return null or a view of it.
@@ -82,7 +82,12 @@ pub fn read_index_vectors(index: &IndexImpl, held: Vectors) -> Result<Option<Ind
         };
         // An HNSW index reconstructs a row from its flat storage, a scalar quantizer by decoding
         // its code; both in row order.
-        if inner.is_null() || (held == Vectors::Flat && faiss_sys::faiss_IndexFlat_cast(inner).is_null()) {
+        let expected = match held {
+            Vectors::Flat => !faiss_sys::faiss_IndexFlat_cast(inner).is_null(),
+            Vectors::Float16 => !faiss_sys::faiss_IndexScalarQuantizer_cast(inner).is_null(),
+            Vectors::HnswFlat => true,
+        };
+        if inner.is_null() || !expected {
             return Ok(None);
         }
         let dimensions = usize::try_from(faiss_sys::faiss_Index_d(inner)).unwrap_or(0);

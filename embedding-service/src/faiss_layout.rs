@@ -172,6 +172,11 @@ impl<F: Read + Seek> Walk<'_, F> {
         // Entry point, top level, the two search widths and a retired field: five int32s.
         let _settings: [u8; 20] = self.bytes("HNSW settings")?;
         let storage = self.fourcc()?;
+        if &storage == b"null" {
+            return Err("the HNSW graph was written without its storage, so it holds no vectors: write the \
+                        index with its storage"
+                .to_owned());
+        }
         if !FLAT.contains(&&storage) {
             let code = String::from_utf8_lossy(&storage).into_owned();
             return Err(format!("HNSW storage has type code {code:?}, not a flat index"));
@@ -278,6 +283,8 @@ mod tests {
         let mut pq = header(b"IxPQ", 3, 2);
         pq.extend([0u8; 64]);
         assert!(run(&hnsw(3, 2, 2, 3, pq)).unwrap_err().contains("not a flat index"));
+        let without_storage = hnsw(3, 2, 2, 3, b"null".to_vec());
+        assert!(run(&without_storage).unwrap_err().contains("written without its storage"));
         let mut forged = header(b"IHNf", 3, 2);
         forged.extend((1u64 << 40).to_le_bytes());
         assert!(run(&forged).unwrap_err().contains("bytes remain"));
