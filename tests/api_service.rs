@@ -104,12 +104,13 @@ async fn map_endpoint_goes_202_then_200_joined_then_304_and_survives_an_embeddin
     let message = failure["error"]["message"].as_str().unwrap();
     assert!(message.contains("does not exist"), "{failure}");
     corpus_files::copy_into_place(&digits_vectors(), &corpus);
+    // Seen computing (202) before it is ready: the failed map stays until the corpus watch starts
+    // the computation, which then answers 202 until its last iteration.
     eventually("the map computing (202)", Duration::from_secs(30), Duration::from_millis(50), async || {
         (get_map(&api, None).await.status() == StatusCode::ACCEPTED).then_some(())
     })
     .await;
-    let (ready, computing) = wait_for_ready_map(&api).await;
-    assert!(computing > 0, "the map was seen computing (202) before it was ready");
+    let (ready, _) = wait_for_ready_map(&api).await;
     let etag = ready.headers()["etag"].to_str().unwrap().to_owned();
     let body: Value = ready.json().await.unwrap();
     assert_eq!(body["status"], "ready");
