@@ -554,7 +554,7 @@ async function follow(token: string, baseUrl: string) {
         } else if (status.state === MapState.FAILED) {
           setState("failed");
           $("map-panel").hidden = true;
-          showStatus("The map could not be computed", `${status.failure?.message ?? "unknown reason"} — fix the corpus or configuration and restart the embedding service.`);
+          showStatus("The map could not be computed", `${status.failure?.message ?? "unknown reason"} — fix the corpus (the embedding service reads a changed corpus file again unless its corpus watch is off) or its configuration (then restart it).`);
         }
       }
       await new Promise((resolve) => setTimeout(resolve, RECHECK_MS));
