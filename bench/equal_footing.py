@@ -84,7 +84,7 @@ def main():
     parser.add_argument("--ours", action="append", help="LABEL:FLAGS, one map configuration of ours")
     parser.add_argument("--peer-dims", default="50,100,200")
     parser.add_argument("--peer-iters", default="500,1000")
-    parser.add_argument("--peer-neighbors", default="auto", help="auto (openTSNE's Annoy), exact, or both")
+    parser.add_argument("--peer-neighbors", default="auto", help="auto (openTSNE's Annoy), exact, or auto,exact")
     parser.add_argument("--rerun-peers", action="store_true")
     parser.add_argument("--results", type=pathlib.Path, default=HERE / "results" / "equal-footing")
     parser.add_argument("--bin-dir", type=pathlib.Path,
