@@ -102,7 +102,7 @@ fn the_postgres_overlay_validates_and_its_cluster_matches_the_operators_schema()
     }
     // The replicas read their database from the operator's Secret, and every variable they are
     // given is one the binary reads.
-    let documents = documents_of("deploy/overlays/postgres");
+    let documents = parsed(&yaml);
     let api = workload(&documents, "Deployment", "api-service");
     assert!(api.env.contains_key("API_DATABASE") && !api.env.contains_key("API_WAL_CHECKPOINTS"));
     assert!(api.container["volumeMounts"].as_array().unwrap().iter().all(|m| m["mountPath"] != "/data"));
@@ -121,9 +121,13 @@ fn documents() -> Vec<Value> {
 
 /// A rendered kustomization as JSON documents.
 fn documents_of(kustomization: &str) -> Vec<Value> {
-    let yaml = render(kustomization);
+    parsed(&render(kustomization))
+}
+
+/// Rendered YAML as JSON documents.
+fn parsed(yaml: &str) -> Vec<Value> {
     let script = "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))";
-    let (ok, stdout) = python(&["-c", script], &yaml);
+    let (ok, stdout) = python(&["-c", script], yaml);
     assert!(ok);
     serde_json::from_slice(&stdout).unwrap()
 }
