@@ -263,28 +263,33 @@ def labelled(pairs):
     return [t for t, _ in rows], np.array([index[g] for _, g in rows], dtype=np.int32), groups
 
 
-def family_summaries(path, families):
-    """(summary, family) for each package whose name starts with a family's word."""
+def package_summaries(path):
+    """(name, summary) of each row of a registry package list: a TSV whose header names a `name`
+    and a `summary` column (words after a header's first are a note). Whitespace collapsed."""
     with open(path, encoding="utf-8", errors="replace") as f:
         columns = [c.split(" ")[0] for c in f.readline().rstrip("\n").split("\t")]
         name_at, summary_at = columns.index("name"), columns.index("summary")
-        templates = set()
         for line in f:
             fields = line.rstrip("\n").split("\t")
-            if len(fields) <= summary_at:
-                continue
-            name = fields[name_at].lower()
-            first = name.split("/")[0] if name.startswith("@") else re.split(r"[-_.]", name)[0]
-            family = families.get(first)
-            text = " ".join(fields[summary_at].split())
-            if family is None or len(text.split()) < 5:
-                continue
-            # The summary less the words of the package's own name: one key per template.
-            own = set(re.split(r"[-_./@]", name))
-            template = " ".join(w for w in re.findall(r"[\w'-]+", text.lower()) if w not in own)
-            if template not in templates:
-                templates.add(template)
-                yield text, family
+            if len(fields) > max(name_at, summary_at):
+                yield fields[name_at], " ".join(fields[summary_at].split())
+
+
+def family_summaries(path, families):
+    """(summary, family) for each package whose name starts with a family's word."""
+    templates = set()
+    for name, text in package_summaries(path):
+        name = name.lower()
+        first = name.split("/")[0] if name.startswith("@") else re.split(r"[-_.]", name)[0]
+        family = families.get(first)
+        if family is None or len(text.split()) < 5:
+            continue
+        # The summary less the words of the package's own name: one key per template.
+        own = set(re.split(r"[-_./@]", name))
+        template = " ".join(w for w in re.findall(r"[\w'-]+", text.lower()) if w not in own)
+        if template not in templates:
+            templates.add(template)
+            yield text, family
 
 
 def docs_corpus():
@@ -292,19 +297,12 @@ def docs_corpus():
 
 
 def pypi_texts(path, n=60_000):
-    with open(path, encoding="utf-8", errors="replace") as f:
-        columns = f.readline().rstrip("\n").split("\t")
-        at = columns.index("summary")
-        seen, texts = set(), []
-        for line in f:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) <= at:
-                continue
-            text = " ".join(fields[at].split())
-            key = text.lower()
-            if len(text.split()) >= 6 and key not in seen:
-                seen.add(key)
-                texts.append(text)
+    seen, texts = set(), []
+    for _, text in package_summaries(path):
+        key = text.lower()
+        if len(text.split()) >= 6 and key not in seen:
+            seen.add(key)
+            texts.append(text)
     random.Random(60).shuffle(texts)
     return texts[:n]
 
