@@ -80,9 +80,10 @@ fn main() -> anyhow::Result<()> {
         let load = started.elapsed();
         let (n, dimensions) = (corpus.len(), corpus.dimensions());
         let start = parent.as_ref().map(|parent| WarmStart::from_parent(parent.iter().copied(), &corpus.ids));
+        let rows = UnitRows::new(corpus.vectors);
         let MapOutput { points, parameters, timings } = match start.filter(|start| start.applies(settings)) {
-            Some(start) => pipeline::compute_map_from(UnitRows::new(corpus.vectors), settings, &Quiet, &start)?,
-            None => pipeline::compute_map(UnitRows::new(corpus.vectors), settings, &Quiet)?,
+            Some(start) => pipeline::compute_map_from(rows, settings, &Quiet, &start)?,
+            None => pipeline::compute_map(rows, settings, &Quiet)?,
         };
         let total = started.elapsed();
         totals.push(total.as_secs_f64());
